@@ -1,0 +1,1 @@
+"""Core CAD package: sandboxed execution, geometry and metrics, rendering, datasets."""
