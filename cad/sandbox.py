@@ -52,6 +52,8 @@ class Geometry:
     ``vertices`` are per-face (not merged), ``triangles`` index them, ``tri_face`` gives each
     triangle's face index, ``face_planar`` says which faces are planar, ``edges`` holds B-rep edge
     polylines as segments of shape (K, 2, 3), seams and degenerate edges excluded.
+    ``face_solid`` gives each face's solid index; ``mass`` holds OpenCascade's exact mass
+    properties: volume, centroid (3) and inertia tensor about the centroid (9), unit density.
     """
 
     vertices: np.ndarray
@@ -59,6 +61,10 @@ class Geometry:
     tri_face: np.ndarray
     face_planar: np.ndarray
     edges: np.ndarray
+    face_solid: np.ndarray
+    mass: np.ndarray
+
+    ARRAYS = ("vertices", "triangles", "tri_face", "face_planar", "edges", "face_solid", "mass")
 
 
 @dataclass
@@ -153,8 +159,10 @@ def _reduce_to_solids(value) -> list:
         shapes = [o for o in value.objects if isinstance(o, cq.Shape)]
         solids = [s for o in shapes for s in o.Solids()]
         if not solids:
-            found = value.findSolid(searchStack=True, searchParents=True) if shapes or value.parent else None
-            solids = list(found.Solids()) if found is not None else []
+            try:  # an unfinished chain (e.g. a sketch after an extrude): the nearest solid
+                solids = list(value.findSolid(searchStack=True, searchParents=True).Solids())
+            except ValueError:
+                solids = []
         return solids
     if isinstance(value, cq.Assembly):
         return list(value.toCompound().Solids())
@@ -189,7 +197,19 @@ def _find_result(namespace: dict):
     return None, None
 
 
-def _tessellate(shape, opts: ExecOptions) -> Geometry:
+def _mass_properties(shape) -> np.ndarray:
+    from OCP.BRepGProp import BRepGProp
+    from OCP.GProp import GProp_GProps
+
+    props = GProp_GProps()
+    BRepGProp.VolumeProperties_s(shape.wrapped, props)
+    c = props.CentreOfMass()
+    m = props.MatrixOfInertia()
+    inertia = [m.Value(i, j) for i in (1, 2, 3) for j in (1, 2, 3)]
+    return np.array([props.Mass(), c.X(), c.Y(), c.Z(), *inertia], dtype=float)
+
+
+def _tessellate(shape, solids: list, opts: ExecOptions) -> Geometry:
     from OCP.BRep import BRep_Tool
     from OCP.BRepAdaptor import BRepAdaptor_Curve, BRepAdaptor_Surface
     from OCP.BRepMesh import BRepMesh_IncrementalMesh
@@ -204,8 +224,10 @@ def _tessellate(shape, opts: ExecOptions) -> Geometry:
     diag = max(bb.DiagonalLength, 1e-9)
     BRepMesh_IncrementalMesh(shape.wrapped, opts.tolerance * diag, False, opts.angular_tolerance, True)
     verts, tris, tri_face, planar = [], [], [], []
+    faces = [f for s in solids for f in s.Faces()]
+    face_solid = np.array([i for i, s in enumerate(solids) for _ in s.Faces()], dtype=np.int32)
     offset = 0
-    for fi, face in enumerate(shape.Faces()):
+    for fi, face in enumerate(faces):
         loc = TopLoc_Location()
         poly = BRep_Tool.Triangulation_s(face.wrapped, loc)
         planar.append(BRepAdaptor_Surface(face.wrapped).GetType() == GeomAbs_Plane)
@@ -248,6 +270,8 @@ def _tessellate(shape, opts: ExecOptions) -> Geometry:
         tri_face=np.concatenate(tri_face) if tri_face else np.zeros(0, dtype=np.int32),
         face_planar=np.array(planar, dtype=bool),
         edges=np.concatenate(segments) if segments else np.zeros((0, 2, 3)),
+        face_solid=face_solid,
+        mass=_mass_properties(shape),
     )
 
 
@@ -288,8 +312,8 @@ def _child_main(code: str, opts: ExecOptions, result_fd: int) -> None:
                         "brep_valid": bool(shape.isValid()),
                     }
                     if opts.want_geometry:
-                        g = _tessellate(shape, opts)
-                        arrays = [g.vertices, g.triangles, g.tri_face, g.face_planar, g.edges]
+                        g = _tessellate(shape, solids, opts)
+                        arrays = [getattr(g, name) for name in Geometry.ARRAYS]
             except MemoryError:
                 header = {"status": "memory", "error": "MemoryError: memory limit exceeded"}
             except RecursionError as exc:
@@ -325,7 +349,7 @@ def _parse_child_blob(blob: bytes) -> ExecResult:
         size = int(np.prod(shape)) * dt.itemsize
         arrays.append(np.frombuffer(blob[pos:pos + size], dtype=dt).reshape(shape).copy())
         pos += size
-    geometry = Geometry(*arrays) if len(arrays) == 5 else None
+    geometry = Geometry(*arrays) if len(arrays) == len(Geometry.ARRAYS) else None
     bbox = header.get("bbox")
     return ExecResult(
         status=status, error=str(header.get("error", ""))[:1000],

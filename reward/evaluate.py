@@ -1,0 +1,103 @@
+"""Score predictions against ground truth: ``python -m reward.evaluate --pred P.jsonl --gt G.jsonl``.
+
+Pred lines ``{"id", "code"}``; ground truth the same or GenCAD rows (``deepcad_id``,
+``cadquery``). Every ground-truth id is scored; an id with no prediction counts as a failure
+(status ``missing``, error class semantic). Prints a JSON summary (``n``, ``vsr``, ``exec_rate``,
+``iou_best`` and with ``--iou both`` ``iou_best_voxel``, ``n_valid``, error classes, seconds);
+``--out`` also keeps per-id rows. See ``reward.metrics`` for the definitions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cad.execute import load_programs
+from cad.geometry import best_iou
+from cad.io import InputError
+from cad.sandbox import DEFAULT_TIMEOUT, ExecOptions, ExecResult, SandboxPool
+from reward.metrics import error_class, summarise
+
+
+def evaluate_pairs(
+    pairs: list[tuple[str, str | None, str]],
+    pool: SandboxPool,
+    iou: str = "exact",
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Score ``(id, pred_code or None, gt_code)`` triples; returns (summary, per-id rows)."""
+    opts = ExecOptions(timeout=timeout, want_geometry=True)
+    t0 = time.perf_counter()
+    codes = []
+    for _, pred, gt in pairs:
+        codes.extend([pred if pred is not None else "", gt])
+    results = pool.imap(codes, opts)
+    rows, execs, ious, ious_voxel = [], [], [], []
+    for pid, pred, _ in tqdm(pairs, desc="evaluate", unit="id", disable=not progress):
+        pr: ExecResult = next(results)
+        gr: ExecResult = next(results)
+        if pred is None:
+            pr = ExecResult("runtime_error", "missing: no prediction for this id")
+        row = {"id": pid, "status": pr.status, "error": pr.error, "executable": pr.executable,
+               "error_class": error_class(pr), "gt_status": gr.status, "iou": None}
+        if pr.executable and gr.executable and pr.geometry is not None and gr.geometry is not None:
+            if iou in ("exact", "both"):
+                row["iou"] = best_iou(pr.geometry, gr.geometry, "exact").iou
+            if iou in ("voxel", "both"):
+                row["iou_voxel"] = best_iou(pr.geometry, gr.geometry, "voxel").iou
+                if iou == "voxel":
+                    row["iou"] = row["iou_voxel"]
+        execs.append(pr)
+        ious.append(row["iou"])
+        ious_voxel.append(row.get("iou_voxel"))
+        rows.append(row)
+    summary = summarise(execs, ious, ious_voxel if iou == "both" else None).to_json()
+    summary["gt_not_executable"] = sum(r["gt_status"] != "ok" for r in rows)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reward.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--pred", required=True, help="JSONL of {'id', 'code'} predictions")
+    ap.add_argument("--gt", required=True, help="JSONL of ground truth ({'id','code'} or GenCAD rows)")
+    ap.add_argument("--iou", choices=("exact", "voxel", "both"), default="exact")
+    ap.add_argument("--out", help="write the summary and per-id rows to this JSON file")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    args = ap.parse_args(argv)
+    try:
+        preds = load_programs(args.pred)
+        gts = load_programs(args.gt)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pred_by_id = {pid: code for pid, code, _ in preds}
+    unmatched = sorted(set(pred_by_id) - {pid for pid, _, _ in gts})
+    if unmatched:
+        print(f"warning: {len(unmatched)} prediction ids have no ground truth and are ignored "
+              f"(first: {unmatched[0]!r})", file=sys.stderr)
+    bad_gt = [(pid, err) for pid, code, err in gts if code is None]
+    if bad_gt:
+        print(f"error: {args.gt}: {len(bad_gt)} ground-truth rows have no program "
+              f"(first: {bad_gt[0][1]}); fix or remove them", file=sys.stderr)
+        return 2
+    pairs = [(pid, pred_by_id.get(pid), code) for pid, code, _ in gts]
+    with SandboxPool(args.workers) as pool:
+        summary, rows = evaluate_pairs(pairs, pool, args.iou, args.timeout)
+    summary["unmatched_predictions"] = len(unmatched)
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The study's metrics over executed programs: VSR, Executable %, Best IoU and error classes.
+
+Definitions (one place, used by evaluation, reranking and the reward):
+
+* VSR (valid syntax rate, the study's definition): the code runs without error and leaves a
+  CadQuery object holding a solid, i.e. sandbox status ``ok``.
+* Executable %: that object is a valid solid (closed shells) with positive volume.
+* Best IoU: ``cad.geometry.best_iou``, averaged over ids where prediction and ground truth both
+  execute (``n_valid``).
+* Error classes, as the study counts them:
+  - ``syntax``: the program does not parse (status ``syntax_error``).
+  - ``semantic``: it parses but fails, or gives a wrong operation: ``runtime_error``, ``timeout``,
+    ``memory``, ``crash``, ``rejected`` (an operation outside the safety policy) or a result that
+    is not a valid solid (open shell, zero volume).
+  - ``structural``: it runs but leaves no solid result (status ``no_solid``: no ``solid`` variable
+    or fallback, or an incomplete workplane chain that never produced a solid).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cad.sandbox import ExecResult
+
+ERROR_CLASSES = ("syntax", "semantic", "structural")
+
+
+def error_class(result: ExecResult) -> str | None:
+    """The study's error class of one execution, or None when it is executable."""
+    if result.status == "syntax_error":
+        return "syntax"
+    if result.status == "no_solid":
+        return "structural"
+    if result.status != "ok" or not result.executable:
+        return "semantic"
+    return None
+
+
+@dataclass
+class Summary:
+    n: int
+    vsr: float
+    exec_rate: float
+    iou_best: float | None
+    n_valid: int
+    errors: dict
+    statuses: dict
+    iou_best_voxel: float | None = None
+
+    def to_json(self) -> dict:
+        out = {
+            "n": self.n, "vsr": round(self.vsr, 4), "exec_rate": round(self.exec_rate, 4),
+            "iou_best": None if self.iou_best is None else round(self.iou_best, 4),
+            "n_valid": self.n_valid, "errors": self.errors, "statuses": self.statuses,
+        }
+        if self.iou_best_voxel is not None:
+            out["iou_best_voxel"] = round(self.iou_best_voxel, 4)
+        return out
+
+
+def summarise(results: list[ExecResult], ious: list[float | None], ious_voxel: list[float | None] | None = None) -> Summary:
+    """Aggregate per-id executions and IoUs (None where the pair did not both execute)."""
+    n = len(results)
+    statuses: dict[str, int] = {}
+    errors = {c: 0 for c in ERROR_CLASSES}
+    for r in results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+        cls = error_class(r)
+        if cls:
+            errors[cls] += 1
+    valid = [x for x in ious if x is not None]
+    voxel = [x for x in (ious_voxel or []) if x is not None]
+    return Summary(
+        n=n,
+        vsr=sum(r.ok for r in results) / n if n else 0.0,
+        exec_rate=sum(r.executable for r in results) / n if n else 0.0,
+        iou_best=float(np.mean(valid)) if valid else None,
+        n_valid=len(valid),
+        errors={k: {"count": v, "rate": round(v / n, 4) if n else 0.0} for k, v in errors.items()},
+        statuses=statuses,
+        iou_best_voxel=float(np.mean(voxel)) if ious_voxel is not None and voxel else None,
+    )
