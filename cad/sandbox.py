@@ -51,8 +51,9 @@ class Geometry:
 
     ``vertices`` are per-face (not merged), ``triangles`` index them, ``tri_face`` gives each
     triangle's face index, ``face_planar`` says which faces are planar, ``edges`` holds B-rep edge
-    polylines as segments of shape (K, 2, 3), seams and degenerate edges excluded.
-    ``face_solid`` gives each face's solid index; ``mass`` holds OpenCascade's exact mass
+    polylines as segments of shape (K, 2, 3), degenerate edges excluded.
+    ``edge_seam`` flags segments that lie on a seam of a periodic surface (a cylinder's
+    seam line). ``face_solid`` gives each face's solid index; ``mass`` holds OpenCascade's exact mass
     properties: volume, centroid (3) and inertia tensor about the centroid (9), unit density.
     """
 
@@ -61,10 +62,11 @@ class Geometry:
     tri_face: np.ndarray
     face_planar: np.ndarray
     edges: np.ndarray
+    edge_seam: np.ndarray
     face_solid: np.ndarray
     mass: np.ndarray
 
-    ARRAYS = ("vertices", "triangles", "tri_face", "face_planar", "edges", "face_solid", "mass")
+    ARRAYS = ("vertices", "triangles", "tri_face", "face_planar", "edges", "edge_seam", "face_solid", "mass")
 
 
 @dataclass
@@ -251,25 +253,25 @@ def _tessellate(shape, solids: list, opts: ExecOptions) -> Geometry:
         offset += n
     edge_faces = TopTools_IndexedDataMapOfShapeListOfShape()
     TopExp.MapShapesAndAncestors_s(shape.wrapped, TopAbs_EDGE, TopAbs_FACE, edge_faces)
-    segments = []
+    segments, seams = [], []
     for i in range(1, edge_faces.Extent() + 1):
         edge = TopoDS.Edge_s(edge_faces.FindKey(i))
         if BRep_Tool.Degenerated_s(edge):
             continue
-        faces = edge_faces.FindFromIndex(i)
-        if any(BRep_Tool.IsClosed_s(edge, TopoDS.Face_s(f)) for f in faces):
-            continue  # seam of a periodic surface (cylinder, sphere): not drawn
+        seam = any(BRep_Tool.IsClosed_s(edge, TopoDS.Face_s(f)) for f in edge_faces.FindFromIndex(i))
         curve = BRepAdaptor_Curve(edge)
         k = 2 if curve.GetType() == GeomAbs_Line else 48
         ts = np.linspace(curve.FirstParameter(), curve.LastParameter(), k)
         pts = np.array([[p.X(), p.Y(), p.Z()] for p in (curve.Value(t) for t in ts)])
         segments.append(np.stack([pts[:-1], pts[1:]], axis=1))
+        seams.append(np.full(k - 1, seam, dtype=bool))
     return Geometry(
         vertices=np.concatenate(verts) if verts else np.zeros((0, 3)),
         triangles=(np.concatenate(tris) if tris else np.zeros((0, 3), dtype=np.int64)).astype(np.int32),
         tri_face=np.concatenate(tri_face) if tri_face else np.zeros(0, dtype=np.int32),
         face_planar=np.array(planar, dtype=bool),
         edges=np.concatenate(segments) if segments else np.zeros((0, 2, 3)),
+        edge_seam=np.concatenate(seams) if seams else np.zeros(0, dtype=bool),
         face_solid=face_solid,
         mass=_mass_properties(shape),
     )
