@@ -1,0 +1,1 @@
+"""Decoding strategies: beam, grammar-constrained, best-of-N with execution, reranking, retrieval."""

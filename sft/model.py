@@ -1,0 +1,175 @@
+"""Image-to-CadQuery model: a timm ViT encoder, a linear projection, a T5 decoder.
+
+    pixels -> ViT (timm, patch tokens) -> Linear(d_vit, d_model) -> T5 decoder -> program tokens
+
+transformers' ``VisionEncoderDecoderModel`` cannot take a T5 decoder, so the projected patch
+tokens are passed as ``encoder_outputs`` to ``T5ForConditionalGeneration`` and the T5 encoder's
+layers are dropped (its block list is emptied; ``config.num_layers`` stays equal to the decoder's,
+which keeps ``generate``'s cache sizing right in transformers 5.x).
+
+Two interfaces:
+* causal-LM shaped, ``forward(input_ids, attention_mask, pixel_values, labels=None)``: ``input_ids``
+  start with the decoder start token and logits at position t predict token t+1 (labels are
+  shifted inside, as in causal LMs). SFT and TRL's DPOTrainer both use it.
+* ``generate(pixel_values, ...)``: greedy, beam search or sampling with
+  ``num_return_sequences``, returning sequences and their log-probabilities.
+
+Pretrained weights (``google/vit-base-patch16-224`` through timm, ``Salesforce/codet5-small``) are
+loaded when ``config.pretrained`` is set and they can be found; otherwise the model starts from
+random initialisation and says so in one log line.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+
+log = logging.getLogger(__name__)
+
+
+class Img2CadConfig(PretrainedConfig):
+    model_type = "img2cad"
+
+    def __init__(self, encoder_name: str = "vit_base_patch16_224", image_size: int = 224, in_chans: int = 3,
+                 encoder_kwargs: dict | None = None, decoder: dict | None = None, pretrained: bool = False,
+                 pretrained_decoder: str = "Salesforce/codet5-small", vocab_size: int = 32100,
+                 pad_token_id: int = 0, eos_token_id: int = 1, decoder_start_token_id: int = 0, **kwargs):
+        self.encoder_name = encoder_name
+        self.image_size = image_size
+        self.in_chans = in_chans
+        self.encoder_kwargs = encoder_kwargs or {}
+        # CodeT5-small's decoder shape by default
+        self.decoder = {"d_model": 512, "d_kv": 64, "d_ff": 2048, "num_decoder_layers": 6, "num_heads": 8,
+                        "dropout_rate": 0.1, "feed_forward_proj": "relu", **(decoder or {})}
+        self.pretrained = pretrained
+        self.pretrained_decoder = pretrained_decoder
+        self.vocab_size = vocab_size
+        super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                         decoder_start_token_id=decoder_start_token_id, **kwargs)
+
+    def t5_config(self) -> T5Config:
+        layers = self.decoder["num_decoder_layers"]
+        return T5Config(vocab_size=self.vocab_size, num_layers=layers, pad_token_id=self.pad_token_id,
+                        eos_token_id=self.eos_token_id, decoder_start_token_id=self.decoder_start_token_id,
+                        is_encoder_decoder=True, tie_word_embeddings=True, **self.decoder)
+
+
+class Img2CadModel(PreTrainedModel):
+    config_class = Img2CadConfig
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = False
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: Img2CadConfig):
+        super().__init__(config)
+        self.encoder = timm.create_model(config.encoder_name, pretrained=False, num_classes=0,
+                                         img_size=config.image_size, in_chans=config.in_chans, **config.encoder_kwargs)
+        d_model = config.decoder["d_model"]
+        self.proj = nn.Linear(self.encoder.num_features, d_model)
+        self.t5 = T5ForConditionalGeneration(config.t5_config())
+        self.t5.encoder.block = nn.ModuleList()  # the T5 encoder is never used: the ViT replaces it
+        self.post_init()
+
+    # ---- encoding ---------------------------------------------------------------------------
+    def encode(self, pixel_values: torch.Tensor) -> BaseModelOutput:
+        """Projected ViT tokens (class token and patch tokens) as T5 encoder outputs."""
+        tokens = self.encoder.forward_features(pixel_values.to(self.proj.weight.dtype))
+        return BaseModelOutput(last_hidden_state=self.proj(tokens))
+
+    # ---- causal-LM-shaped forward -----------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                encoder_outputs: BaseModelOutput | None = None, **kwargs) -> CausalLMOutput:
+        if encoder_outputs is None:
+            if pixel_values is None:
+                raise ValueError("Img2CadModel.forward needs pixel_values (or encoder_outputs)")
+            encoder_outputs = self.encode(pixel_values)
+        out = self.t5(encoder_outputs=encoder_outputs, decoder_input_ids=input_ids,
+                      decoder_attention_mask=attention_mask, use_cache=False, return_dict=True)
+        logits = out.logits
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                                               labels[:, 1:].reshape(-1), ignore_index=-100)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    # ---- generation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_programs(self, pixel_values: torch.Tensor, max_new_tokens: int = 256, num_beams: int = 1,
+                          do_sample: bool = False, num_return_sequences: int = 1, temperature: float = 1.0,
+                          top_p: float = 1.0, logits_processor=None) -> "Generated":
+        """Decode programs; returns token ids (without the start token) and sequence log-probs."""
+        enc = self.encode(pixel_values)
+        out = self.t5.generate(
+            encoder_outputs=enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
+            num_return_sequences=num_return_sequences, temperature=temperature if do_sample else None,
+            top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
+            output_scores=True, return_dict_in_generate=True, logits_processor=logits_processor,
+            decoder_start_token_id=self.config.decoder_start_token_id, eos_token_id=self.config.eos_token_id,
+            pad_token_id=self.config.pad_token_id,
+        )
+        seqs = out.sequences
+        if num_beams > 1 and getattr(out, "sequences_scores", None) is not None:
+            lengths = (seqs[:, 1:] != self.config.pad_token_id).sum(1).clamp(min=1)
+            logprobs = out.sequences_scores * lengths  # beam scores are length-normalised
+        else:
+            trans = self.t5.compute_transition_scores(seqs, out.scores, normalize_logits=True)
+            trans = torch.where(torch.isfinite(trans), trans, torch.zeros_like(trans))
+            logprobs = trans.sum(-1)
+        return Generated(seqs[:, 1:], logprobs.float())
+
+    # ---- pretrained weights -----------------------------------------------------------------
+    def load_pretrained_parts(self) -> list[str]:
+        """Load public weights where reachable; returns what was loaded (logs what was not)."""
+        loaded = []
+        try:
+            ref = timm.create_model(self.config.encoder_name, pretrained=True, num_classes=0,
+                                    img_size=self.config.image_size, in_chans=self.config.in_chans,
+                                    **self.config.encoder_kwargs)
+            self.encoder.load_state_dict(ref.state_dict())
+            loaded.append(self.config.encoder_name)
+        except Exception as exc:  # noqa: BLE001 - offline, unknown name or shape mismatch
+            log.warning("encoder %s: no pretrained weights (%s: %s); random initialisation",
+                        self.config.encoder_name, type(exc).__name__, str(exc)[:120])
+        try:
+            ref = T5ForConditionalGeneration.from_pretrained(self.config.pretrained_decoder)
+            state = {k: v for k, v in ref.state_dict().items() if not k.startswith("encoder.block")}
+            if ref.config.vocab_size != self.config.vocab_size:
+                state = {k: v for k, v in state.items() if "shared" not in k and "embed_tokens" not in k and "lm_head" not in k}
+            self.t5.load_state_dict(state, strict=False)
+            loaded.append(self.config.pretrained_decoder)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("decoder %s: no pretrained weights (%s: %s); random initialisation",
+                        self.config.pretrained_decoder, type(exc).__name__, str(exc)[:120])
+        return loaded
+
+
+@dataclass
+class Generated:
+    sequences: torch.Tensor  # (B * num_return_sequences, T) token ids, no start token
+    logprobs: torch.Tensor  # (B * num_return_sequences,) sum of token log-probabilities
+
+
+def build_model(config: Img2CadConfig) -> Img2CadModel:
+    model = Img2CadModel(config)
+    if config.pretrained:
+        model.load_pretrained_parts()
+    else:
+        log.info("Img2CadModel: random initialisation (%s + T5 decoder, %.1fM parameters)",
+                 config.encoder_name, sum(p.numel() for p in model.parameters()) / 1e6)
+    return model
+
+
+def load_model(path: str, device: str | torch.device = "cpu"):
+    """(model, tokenizer, image processor) from a directory written by SFT or DPO."""
+    from transformers import PreTrainedTokenizerFast
+
+    from sft.image_processing import ImageProcessor
+
+    model = Img2CadModel.from_pretrained(path).to(device).eval()
+    return model, PreTrainedTokenizerFast.from_pretrained(path), ImageProcessor.from_pretrained(path)

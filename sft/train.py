@@ -1,0 +1,277 @@
+"""SFT training loop: ``accelerate launch -m sft --config configs/sft_baseline.yaml [key=value ...]``.
+
+One Accelerator drives mixed precision, gradient accumulation and TensorBoard. Batches come
+from an in-memory permutation seeded by (seed, epoch), so the data order is a function of the
+step alone and ``--resume`` (which restores model, optimiser, scheduler and RNG states from the
+last checkpoint) continues exactly as an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from cad.config import to_yaml
+from cad.data import load_gencad
+from sft.config import SFTConfig
+from sft.data import Examples, build_examples, collate
+from sft.image_processing import ImageProcessor
+from sft.model import Img2CadConfig, Img2CadModel, build_model
+from sft.tokenizer import build_tokenizer
+
+log = logging.getLogger("sft")
+
+
+def model_config(cfg: SFTConfig, tokenizer) -> Img2CadConfig:
+    return Img2CadConfig(
+        encoder_name=cfg.encoder_name, image_size=cfg.image_size, in_chans=cfg.in_chans,
+        encoder_kwargs=cfg.encoder_kwargs, decoder=cfg.decoder, pretrained=cfg.pretrained,
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+
+
+def load_splits(cfg: SFTConfig):
+    train = load_gencad(cfg.train_data, split=cfg.train_split)
+    if cfg.val_data is not None:
+        val = load_gencad(cfg.val_data, split=cfg.val_split)
+    else:
+        n_val = min(cfg.val_size, max(len(train) // 10, 1))
+        split = train.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
+        train, val = split["train"], split["test"]
+    if cfg.max_train_samples is not None:
+        train = train.select(range(min(cfg.max_train_samples, len(train))))
+    return train, val
+
+
+def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    pred = logits[:, :-1].argmax(-1)
+    tgt = labels[:, 1:]
+    mask = tgt != -100
+    return float((pred[mask] == tgt[mask]).float().mean()) if mask.any() else 0.0
+
+
+@torch.no_grad()
+def validation_loss(model, ex: Examples, pad_id: int, batch_size: int, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(ex), batch_size):
+        batch = collate(ex, list(range(start, min(start + batch_size, len(ex)))), pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(out.loss) * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def sample_programs(model, ex: Examples, tokenizer, n: int, device, max_new_tokens: int) -> list[str]:
+    model.eval()
+    idx = list(range(min(n, len(ex))))
+    batch = collate(ex, idx, tokenizer.pad_token_id)
+    gen = model.generate_programs(batch["pixel_values"].to(device), max_new_tokens=max_new_tokens)
+    model.train()
+    return tokenizer.batch_decode(gen.sequences, skip_special_tokens=True)
+
+
+def execution_rates(codes: list[str]) -> dict:
+    from cad.sandbox import default_pool
+
+    results = default_pool().run_many(codes)
+    n = max(len(results), 1)
+    return {"vsr": sum(r.ok for r in results) / n, "exec_rate": sum(r.executable for r in results) / n}
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = None) -> dict:
+    """Run SFT; ``interrupt_after`` stops right after that step's checkpoint (to test resuming)."""
+    out = Path(cfg.output_dir)
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                              log_with="tensorboard", project_dir=str(out))
+    set_seed(cfg.seed)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+
+    train_ds, val_ds = load_splits(cfg)
+    tok_dir = out / "tokenizer"
+    if resume and tok_dir.exists():
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    else:
+        tokenizer = build_tokenizer(cfg.tokenizer, [c for c in train_ds["cadquery"]], cfg.tokenizer_vocab_size, tok_dir)
+    processor = ImageProcessor(cfg.image_size, cfg.in_chans)
+    mcfg = model_config(cfg, tokenizer)
+    start = mcfg.decoder_start_token_id
+    train_ex = build_examples(train_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "train rows")
+    val_ex = build_examples(val_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "val rows")
+    if len(train_ex) == 0:
+        raise ValueError(f"{cfg.train_data}: no usable training rows (skipped: {train_ex.skipped[:3]})")
+
+    model = build_model(mcfg)
+    freeze = cfg.pretrained if cfg.freeze_encoder is None else cfg.freeze_encoder
+    if freeze:
+        model.encoder.requires_grad_(False)
+    if cfg.train_mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        names = "|".join(cfg.lora_target_modules)
+        targets = rf"t5\.decoder\.block\.\d+\.layer\.\d+\.(SelfAttention|EncDecAttention)\.({names})"
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, modules_to_save=["proj"] if freeze else None)
+        model = get_peft_model(model, lora)
+    elif cfg.train_mode != "full":
+        raise ValueError(f"train_mode must be 'full' or 'lora', got {cfg.train_mode!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.init_trackers("tensorboard")
+    writer = accelerator.get_tracker("tensorboard").writer if accelerator.is_main_process else None
+
+    state = {"step": 0, "best_val": math.inf, "bad_evals": 0, "train_seconds": 0.0}
+    ckpts = _checkpoints(out)
+    if resume and ckpts:
+        accelerator.load_state(str(ckpts[-1]))
+        state.update(json.loads((ckpts[-1] / "trainer_state.json").read_text()))
+        log.info("resumed from %s at step %d", ckpts[-1], state["step"])
+
+    n = len(train_ex)
+    per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    steps_per_epoch = max(n // per_step, 1)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    pad = tokenizer.pad_token_id
+    metrics: dict = {}
+    t_start = time.perf_counter()
+    samples_seen = 0
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="sft", unit="step", disable=not accelerator.is_main_process)
+    model.train()
+    while state["step"] < cfg.max_steps:
+        step = state["step"]
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).numpy()
+        aug_rng = np.random.default_rng([cfg.seed, step])
+        losses, accs = [], []
+        for micro in range(cfg.grad_accum):
+            lo = (in_epoch * cfg.grad_accum + micro) * cfg.batch_size * world
+            idx = perm[lo:lo + cfg.batch_size * world][rank::world]
+            if len(idx) == 0:
+                idx = perm[: cfg.batch_size]
+            batch = collate(train_ex, idx, pad, cfg.augment_shift, aug_rng)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                out_ = model(**batch)
+                accelerator.backward(out_.loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()  # the prepared scheduler only advances on optimiser steps
+                optimizer.zero_grad()
+            losses.append(float(out_.loss))
+            accs.append(token_accuracy(out_.logits.detach(), batch["labels"]))
+            samples_seen += len(idx) * world
+        state["step"] += 1
+        step = state["step"]
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            accelerator.log({"train/loss": float(np.mean(losses)), "train/token_accuracy": float(np.mean(accs)),
+                             "train/lr": scheduler.get_last_lr()[0],
+                             "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0}, step=step)
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(accs):.3f}")
+        if len(val_ex) and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            vl = validation_loss(accelerator.unwrap_model(model), val_ex, pad, cfg.batch_size, accelerator.device)
+            accelerator.log({"val/loss": vl}, step=step)
+            metrics["val_loss"] = vl
+            if vl < state["best_val"] - 1e-4:
+                state["best_val"], state["bad_evals"] = vl, 0
+            else:
+                state["bad_evals"] += 1
+        if len(val_ex) and accelerator.is_main_process and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+            codes = sample_programs(accelerator.unwrap_model(model), val_ex, tokenizer, cfg.sample_n,
+                                    accelerator.device, cfg.max_target_length)
+            rates = execution_rates(codes)
+            accelerator.log({"val/sample_vsr": rates["vsr"], "val/sample_exec_rate": rates["exec_rate"]}, step=step)
+            metrics.update({"sample_vsr": rates["vsr"], "sample_exec_rate": rates["exec_rate"]})
+            if writer is not None and codes:
+                writer.add_text("val/sample_program", "```\n" + codes[0] + "\n```", step)
+        stop = cfg.early_stopping_patience is not None and state["bad_evals"] >= cfg.early_stopping_patience
+        if step % cfg.save_every == 0 or step == cfg.max_steps or stop or step == interrupt_after:
+            state["train_seconds"] += time.perf_counter() - t_start
+            t_start = time.perf_counter()
+            ck = out / "checkpoints" / f"step-{step}"
+            accelerator.save_state(str(ck))
+            if accelerator.is_main_process:
+                (ck / "trainer_state.json").write_text(json.dumps(state))
+                for old in _checkpoints(out)[: -cfg.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+        if interrupt_after is not None and step >= interrupt_after:
+            accelerator.end_training()
+            return {"interrupted_at": step}
+        if stop:
+            log.info("early stopping at step %d (validation loss did not improve %d times)", step, state["bad_evals"])
+            break
+    bar.close()
+    state["train_seconds"] += time.perf_counter() - t_start
+    accelerator.wait_for_everyone()
+    metrics.update({
+        "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
+        "samples_per_s_this_run": round(samples_seen / max(state["train_seconds"], 1e-9), 2),
+        "trainable_parameters": n_trainable, "train_rows": len(train_ex), "val_rows": len(val_ex),
+        "skipped_rows": len(train_ex.skipped) + len(val_ex.skipped), "truncated_programs": train_ex.truncated,
+        "mean_target_tokens": float(np.mean([len(t) for t in train_ex.tokens])),
+        "peak_memory_mb": peak_memory_mb(),
+    })
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        if cfg.train_mode == "lora":
+            final = final.merge_and_unload()
+        save_final(final, tokenizer, processor, cfg, metrics, out / "final")
+    accelerator.end_training()
+    return metrics
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def save_final(model: Img2CadModel, tokenizer, processor: ImageProcessor, cfg: SFTConfig, metrics: dict, path: Path) -> None:
+    """Model (safetensors + config), tokenizer, image processor and a model card."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    processor.save_pretrained(path)
+    (path / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+    card = [
+        "# img2cad SFT model", "",
+        f"Image ({cfg.image_size} px, {cfg.in_chans} channel(s)) to CadQuery program: {cfg.encoder_name} encoder, "
+        f"T5 decoder {model.config.decoder}, tokenizer `{cfg.tokenizer}` ({len(tokenizer)} tokens).", "",
+        "## Data", f"- train: `{cfg.train_data}` ({metrics.get('train_rows')} rows), validation: "
+        f"`{cfg.val_data or 'held out from train'}` ({metrics.get('val_rows')} rows); canonical targets: {cfg.canonical}", "",
+        "## Metrics", "```json", json.dumps(metrics, indent=2), "```", "",
+        "## Config", "```yaml", to_yaml(cfg).rstrip(), "```", "",
+        "Load with `sft.load_model(path)`; decode with `python -m decoding --model PATH ...`.",
+    ]
+    (path / "README.md").write_text("\n".join(card) + "\n")

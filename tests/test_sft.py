@@ -1,0 +1,119 @@
+"""Tokenizer, model interfaces, image conversion, overfitting and exact resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from cad.config import ConfigError, load_config
+from cad.programs import canonicalize
+from sft.config import SFTConfig
+from sft.image_processing import ImageProcessor
+from sft.model import Img2CadConfig, build_model, load_model
+from sft.tokenizer import train_tokenizer
+
+TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
+            encoder_kwargs={"depth": 2, "embed_dim": 96, "num_heads": 3},
+            decoder={"d_model": 128, "d_kv": 32, "d_ff": 256, "num_decoder_layers": 2, "num_heads": 4, "dropout_rate": 0.0})
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from cad.synth import synthesize
+
+    path = tmp_path_factory.mktemp("synth16")
+    synthesize(16, path, seed=11, workers=2, shard_size=16, size=128, progress=False)
+    return path
+
+
+def test_tokenizer_round_trips_and_isolates_numbers(reference_rows):
+    tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=300)
+    for row in reference_rows:
+        text = canonicalize(row["cadquery"], 3)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+        pieces = tok.convert_ids_to_tokens(ids)
+        assert "0.75" in pieces or "0.0" in pieces  # numbers are whole tokens
+    lengths = [len(tok(canonicalize(r["cadquery"], 3))["input_ids"]) for r in reference_rows]
+    assert np.mean(lengths) < 150
+
+
+def test_causal_interface_and_generation():
+    model = build_model(Img2CadConfig(vocab_size=300, **TINY)).eval()
+    px = torch.randn(2, 1, 64, 64)
+    ids = torch.randint(3, 300, (2, 7))
+    ids[:, 0] = 0
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px, labels=ids)
+    assert out.logits.shape == (2, 7, 300) and torch.isfinite(out.loss)
+    # position t predicts token t+1: the loss equals cross-entropy of logits[:, :-1] against ids[:, 1:]
+    ref = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 300), ids[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, ref)
+    for kwargs, rows in ((dict(), 2), (dict(num_beams=4, num_return_sequences=2), 4), (dict(do_sample=True, num_return_sequences=3), 6)):
+        gen = model.generate_programs(px, max_new_tokens=6, **kwargs)
+        assert gen.sequences.shape[0] == rows and gen.logprobs.shape == (rows,)
+        assert (gen.logprobs <= 0).all()
+
+
+@pytest.mark.parametrize("mode,size", [("RGBA", (30, 20)), ("L", (448, 448)), ("P", (64, 64)), ("I;16", (50, 50)), ("1", (1, 1)), ("RGB", (1, 1))])
+def test_images_of_any_mode_are_converted(mode, size):
+    img = Image.new(mode, size)
+    for channels in (1, 3):
+        arr = ImageProcessor(32, channels).to_array(img)
+        assert arr.shape == (channels, 32, 32) and arr.dtype == np.uint8
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(SFTConfig, "configs/sft_tiny.yaml", ["lr=0.01", "decoder.d_model=64", "max_steps=5"])
+    assert cfg.lr == 0.01 and cfg.decoder["d_model"] == 64 and cfg.decoder["num_decoder_layers"] == 2
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(SFTConfig, "configs/sft_tiny.yaml", ["learning_rate=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(SFTConfig, None, ["lr"])
+
+
+def _cfg(tmp_path, data, **kw) -> SFTConfig:
+    base = dict(train_data=str(data), val_data=str(data), tokenizer_vocab_size=400, batch_size=16, lr=3e-3,
+                warmup_steps=10, max_steps=150, log_every=10, eval_every=1000, sample_every=1000, save_every=1000,
+                sample_n=4, output_dir=str(tmp_path / "out"), mixed_precision="no", **TINY)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def test_tiny_model_overfits_16_pairs(tmp_path, tiny_data):
+    from cad.data import load_gencad
+    from sft.train import train
+
+    metrics = train(_cfg(tmp_path, tiny_data, max_steps=160))
+    assert metrics["train_rows"] == 16
+    model, tok, proc = load_model(str(tmp_path / "out" / "final"))
+    ds = load_gencad(tiny_data)
+    from cad.data import to_image
+
+    px = proc([to_image(im) for im in ds["image"]])
+    gen = model.generate_programs(px, max_new_tokens=300)
+    decoded = tok.batch_decode(gen.sequences, skip_special_tokens=True)
+    targets = [canonicalize(c, 3) for c in ds["cadquery"]]
+    exact = sum(d == t for d, t in zip(decoded, targets))
+    assert exact >= 14, f"only {exact}/16 reproduced exactly"
+    card = (tmp_path / "out" / "final" / "README.md").read_text()
+    assert "Metrics" in card and "train_rows" in card
+
+
+def test_resume_gives_the_same_weights(tmp_path, tiny_data):
+    from sft.train import train
+
+    kw = dict(max_steps=6, save_every=2, warmup_steps=2, augment_shift=2,
+              decoder={**TINY["decoder"], "dropout_rate": 0.1})
+    train(_cfg(tmp_path / "a", tiny_data, **kw))
+    first = train(_cfg(tmp_path / "b", tiny_data, **kw), interrupt_after=3)
+    assert first == {"interrupted_at": 3}
+    train(_cfg(tmp_path / "b", tiny_data, **kw), resume=True)
+    a = load_file(str(tmp_path / "a" / "out" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "out" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    metrics = json.loads((tmp_path / "b" / "out" / "final" / "training_metrics.json").read_text())
+    assert metrics["steps"] == 6
