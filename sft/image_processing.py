@@ -2,7 +2,11 @@
 
 RGBA and LA are composited on white (GenCAD's background), palette, 16-bit and 1-bit images are
 converted, and every image is resized to ``size`` x ``size`` with bilinear filtering; then
-``(x / 255 - 0.5) / 0.5``. Saved next to the model as ``preprocessor_config.json``.
+inverted to "ink": ``(255 - x) / 255``, so the white background is 0 and grey faces and black
+edges are positive. On these sparse line-drawing renders, a zero background made a from-scratch
+ViT ground its decoder in the image far sooner than the usual [-1, 1] scaling (in a 16-pair
+overfitting probe: 15/16 programs reproduced against 2/16 in the same 900 steps). Saved next to
+the model as ``preprocessor_config.json``.
 """
 from __future__ import annotations
 
@@ -41,9 +45,9 @@ class ImageProcessor:
 
     @staticmethod
     def normalise(arrays: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) to float in [-1, 1]."""
+        """uint8 (B, C, H, W) to float ink in [0, 1] (background 0)."""
         t = torch.as_tensor(arrays).float()
-        return (t / 255.0 - 0.5) / 0.5
+        return (255.0 - t) / 255.0
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         return self.normalise(np.stack([self.to_array(im) for im in images]))

@@ -188,7 +188,7 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
                 optimizer.step()
                 scheduler.step()  # the prepared scheduler only advances on optimiser steps
                 optimizer.zero_grad()
-            losses.append(float(out_.loss))
+            losses.append(float(out_.loss.detach()))
             accs.append(token_accuracy(out_.logits.detach(), batch["labels"]))
             samples_seen += len(idx) * world
         state["step"] += 1

@@ -23,13 +23,19 @@ TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
 def tiny_data(tmp_path_factory):
     from cad.synth import synthesize
 
+    from cad.data import FEATURES, load_gencad
+
+    pool_dir = tmp_path_factory.mktemp("synth48")
+    synthesize(48, pool_dir, seed=11, workers=2, shard_size=48, size=128, progress=False)
+    ds = load_gencad(pool_dir)
+    shortest = np.argsort([len(c) for c in ds["cadquery"]])[:16]
     path = tmp_path_factory.mktemp("synth16")
-    synthesize(16, path, seed=11, workers=2, shard_size=16, size=128, progress=False)
+    ds.select(shortest.tolist()).cast(FEATURES).to_parquet(str(path / "train-00000.parquet"))
     return path
 
 
 def test_tokenizer_round_trips_and_isolates_numbers(reference_rows):
-    tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=300)
+    tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=1000)
     for row in reference_rows:
         text = canonicalize(row["cadquery"], 3)
         ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -74,8 +80,8 @@ def test_config_overrides_and_errors(tmp_path):
 
 
 def _cfg(tmp_path, data, **kw) -> SFTConfig:
-    base = dict(train_data=str(data), val_data=str(data), tokenizer_vocab_size=400, batch_size=16, lr=3e-3,
-                warmup_steps=10, max_steps=150, log_every=10, eval_every=1000, sample_every=1000, save_every=1000,
+    base = dict(train_data=str(data), val_data=str(data), tokenizer_vocab_size=400, batch_size=16, lr=2e-3,
+                warmup_steps=20, max_steps=800, log_every=10, eval_every=1000, sample_every=1000, save_every=1000,
                 sample_n=4, output_dir=str(tmp_path / "out"), mixed_precision="no", **TINY)
     base.update(kw)
     return SFTConfig(**base)
@@ -85,7 +91,7 @@ def test_tiny_model_overfits_16_pairs(tmp_path, tiny_data):
     from cad.data import load_gencad
     from sft.train import train
 
-    metrics = train(_cfg(tmp_path, tiny_data, max_steps=160))
+    metrics = train(_cfg(tmp_path, tiny_data))
     assert metrics["train_rows"] == 16
     model, tok, proc = load_model(str(tmp_path / "out" / "final"))
     ds = load_gencad(tiny_data)
