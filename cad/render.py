@@ -49,7 +49,7 @@ class Style:
 GENCAD_STYLE = Style()
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rasterise(px, py, pz, tris, shade, zbuf, ibuf):  # pragma: no cover - compiled
     h, w = zbuf.shape
     for t in range(tris.shape[0]):
@@ -77,7 +77,7 @@ def _rasterise(px, py, pz, tris, shade, zbuf, ibuf):  # pragma: no cover - compi
                     ibuf[y, x] = w0 * shade[a] + w1 * shade[b] + w2 * shade[c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _draw_lines(seg, zbuf, mask, eps):  # pragma: no cover - compiled
     h, w = zbuf.shape
     for s in range(seg.shape[0]):

@@ -1,31 +1,62 @@
 """Batched program prediction from images, written as ``{"id", "code", ...}`` JSONL, resumable.
 
-Strategies implemented here: ``greedy`` and ``beam`` (beam 4, the study's baseline). Each output
-line carries the strategy, the sequence log-probability and the number of tokens.
+Strategies (flags combine):
+
+* ``greedy``, ``beam``: one program per image (beam 4 is the study's baseline).
+* ``grammar``: beam search constrained by the CadQuery grammar (``decoding.constrained``), then
+  ``decoding.grammar.repair`` for programs cut by the length limit.
+* ``bestofn``: sample N programs per image, execute them all in the sandbox, keep the executable
+  ones and return the most likely; the most likely overall when none executes.
+* ``rerank``: best-of-N, then choose by ``decoding.rerank.combined_score`` (heuristics plus
+  render-and-compare against the input image; no ground truth).
+* ``retrieval``: the program of the nearest training image (``decoding.retrieval``).
+
+``k_retrieval > 0`` adds the k nearest training programs to the candidates of best-of-N and
+rerank; ``grammar=True`` constrains sampling too; ``repair=True`` repairs every candidate.
+Execution and scoring of one batch overlap with generation of the next (a worker thread).
 """
 from __future__ import annotations
 
 import json
-import logging
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessorList
 from tqdm import tqdm
 
 from cad.data import to_image
+from cad.sandbox import ExecOptions, SandboxPool
+from decoding.grammar import repair as repair_program
+from decoding.grammar import validate
+from decoding.rerank import DEFAULT_WEIGHTS, Candidate, combined_score
 
-log = logging.getLogger(__name__)
+STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
 
 
 @dataclass
 class DecodeConfig:
     strategy: str = "beam"
     num_beams: int = 4
+    n: int = 6
+    temperature: float = 0.8
+    top_p: float = 0.95
+    grammar: bool = False
+    repair: bool = False
+    k_retrieval: int = 0
+    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     batch_size: int = 16
     max_new_tokens: int = 512
+    timeout: float = 5.0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
+        if self.strategy == "grammar":
+            self.grammar = self.repair = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,40 +77,118 @@ def _done_ids(path: Path) -> set[str]:
     return done
 
 
+class Predictor:
+    """Holds the model, tokenizer, processor, sandbox and optional retrieval index."""
+
+    def __init__(self, model, tokenizer, processor, cfg: DecodeConfig, pool: SandboxPool | None = None, index=None):
+        self.model, self.tok, self.proc, self.cfg = model, tokenizer, processor, cfg
+        self.pool, self.index = pool, index
+        self.grammar_processor = None
+        if cfg.grammar and model is not None:
+            from decoding.constrained import GrammarLogitsProcessor
+
+            self.grammar_processor = GrammarLogitsProcessor(tokenizer)
+        if cfg.strategy in ("bestofn", "rerank") and pool is None:
+            raise ValueError(f"strategy {cfg.strategy} executes candidates: pass a SandboxPool")
+        if (cfg.strategy == "retrieval" or cfg.k_retrieval) and index is None:
+            raise ValueError("retrieval needs an index: pass --index or --retrieval-data")
+
+    def generate(self, images) -> list[list[Candidate]]:
+        """Candidates per image, before execution."""
+        cfg = self.cfg
+        out: list[list[Candidate]] = [[] for _ in images]
+        if cfg.strategy != "retrieval":
+            device = next(self.model.parameters()).device
+            px = self.proc(images).to(device)
+            sampling = cfg.strategy in ("bestofn", "rerank")
+            kwargs = ({"do_sample": True, "num_return_sequences": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p}
+                      if sampling else {"num_beams": 1 if cfg.strategy == "greedy" else cfg.num_beams})
+            procs = None
+            if self.grammar_processor is not None:
+                self.grammar_processor.reset()
+                procs = LogitsProcessorList([self.grammar_processor])
+            gen = self.model.generate_programs(px, max_new_tokens=cfg.max_new_tokens, logits_processor=procs, **kwargs)
+            texts = self.tok.batch_decode(gen.sequences, skip_special_tokens=True)
+            per = len(texts) // len(images)
+            for i, (text, lp, seq) in enumerate(zip(texts, gen.logprobs.tolist(), gen.sequences)):
+                n_tok = int((seq != self.tok.pad_token_id).sum())
+                out[i // per].append(Candidate(text, lp, n_tok, "sample" if sampling else cfg.strategy))
+        k = 1 if cfg.strategy == "retrieval" else cfg.k_retrieval
+        if k:
+            for i, hits in enumerate(self.index.query(images, k)):
+                out[i].extend(Candidate(code, 0.0, 1, "retrieval", scores={"similarity": sim}) for code, sim in hits)
+        if cfg.repair:
+            for cands in out:
+                for c in cands:
+                    if not validate(c.code).ok:
+                        c.code = repair_program(c.code).code
+        return out
+
+    def select(self, cands: list[Candidate], image) -> tuple[Candidate, dict]:
+        """Execute (when the strategy needs it) and choose one candidate."""
+        cfg = self.cfg
+        info = {"n_candidates": len(cands)}
+        if cfg.strategy not in ("bestofn", "rerank") or len(cands) == 1:
+            return cands[0], info
+        opts = ExecOptions(timeout=cfg.timeout, want_geometry=cfg.strategy == "rerank")
+        for c, r in zip(cands, self.pool.imap([c.code for c in cands], opts)):
+            c.result = r
+        executable = [c for c in cands if c.result.executable]
+        info["n_executable"] = len(executable)
+        if not executable:
+            return max(cands, key=lambda c: c.logprob if c.source != "retrieval" else float("-inf")), info
+        if cfg.strategy == "bestofn":
+            model_made = [c for c in executable if c.source != "retrieval"] or executable
+            return max(model_made, key=lambda c: c.logprob), info
+        for c in executable:
+            combined_score(c, image, cfg.weights)
+        return max(executable, key=lambda c: c.total), info
+
+
 def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path, cfg: DecodeConfig,
-            progress: bool = True) -> dict:
-    """Decode every row (``{"id", "image"}``) not yet in ``out_path``; append results there."""
+            pool: SandboxPool | None = None, index=None, progress: bool = True) -> dict:
+    """Decode every row (``{"id", "image"}``) not yet in ``out_path``; append results in input order."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done_ids(out)
     todo = [r for r in rows if str(r["id"]) not in done]
-    device = next(model.parameters()).device
-    kwargs = {"num_beams": cfg.num_beams if cfg.strategy == "beam" else 1}
+    predictor = Predictor(model, tokenizer, processor, cfg, pool, index)
     t0 = time.perf_counter()
     unreadable = 0
-    with out.open("a") as f, tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"decode {cfg.strategy}",
-                                  unit="img", disable=not progress) as bar:
+
+    def finish(batch: list[dict], images: list, cands: list[list[Candidate]]) -> list[dict]:
+        lines = []
+        for r, img, cs in zip(batch, images, cands):
+            chosen, info = predictor.select(cs, img)
+            lines.append({"id": str(r["id"]), "code": chosen.code, "strategy": cfg.strategy,
+                          "logprob": round(chosen.logprob, 4), "tokens": chosen.tokens, "source": chosen.source,
+                          **info, **({"scores": {k: round(v, 4) for k, v in chosen.scores.items()}} if chosen.scores else {})})
+        return lines
+
+    with out.open("a") as f, ThreadPoolExecutor(1) as worker, tqdm(
+            total=len(rows), initial=len(rows) - len(todo), desc=f"decode {cfg.strategy}", unit="img", disable=not progress) as bar:
+        pending = None
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start:start + cfg.batch_size]
             images, keep = [], []
             for r in chunk:
                 try:
-                    images.append(to_image(r["image"]))
+                    images.append(to_image(r["image"]).convert("RGB"))
                     keep.append(r)
                 except Exception as exc:  # noqa: BLE001 - reported per id, never silently dropped
                     unreadable += 1
                     f.write(json.dumps({"id": str(r["id"]), "code": "", "strategy": cfg.strategy,
                                         "error": f"unreadable image: {type(exc).__name__}: {exc}"}) + "\n")
-            if keep:
-                px = processor(images).to(device)
-                gen = model.generate_programs(px, max_new_tokens=cfg.max_new_tokens, **kwargs)
-                texts = tokenizer.batch_decode(gen.sequences, skip_special_tokens=True)
-                for r, text, lp, seq in zip(keep, texts, gen.logprobs.tolist(), gen.sequences):
-                    n_tok = int((seq != tokenizer.pad_token_id).sum())
-                    f.write(json.dumps({"id": str(r["id"]), "code": text, "strategy": cfg.strategy,
-                                        "logprob": round(lp, 4), "tokens": n_tok}) + "\n")
-            f.flush()
+            cands = predictor.generate(images) if keep else []
+            if pending is not None:  # execution of the previous batch ran while this one generated
+                for line in pending.result():
+                    f.write(json.dumps(line) + "\n")
+                f.flush()
+            pending = worker.submit(finish, keep, images, cands)
             bar.update(len(chunk))
+        if pending is not None:
+            for line in pending.result():
+                f.write(json.dumps(line) + "\n")
     seconds = time.perf_counter() - t0
     return {"decoded": len(todo), "unreadable": unreadable, "seconds": round(seconds, 2),
             "seconds_per_image": round(seconds / max(len(todo), 1), 4)}

@@ -1,0 +1,143 @@
+"""The CadQuery grammar the model writes: validation with error positions, and repair.
+
+``CADQUERY_LARK`` covers GenCAD-Code's subset exactly (workplanes on ``cq.Plane``s, loops of
+``moveTo``/``lineTo``/``threePointArc``/``circle``/``close``, ``add``, ``extrude`` with
+``both=True``, ``union``/``cut``) plus the common API beyond it: ``box``, ``rect``, ``polygon``,
+``polyline``, ``hole``, ``fillet``, ``chamfer``, ``workplane``, face/edge selectors,
+``translate``, ``rotate``, ``intersect`` and friends. The same text is the grammar for
+constrained decoding (``decoding.constrained``), so whatever validates here can be generated
+there and vice versa.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from lark import Lark, UnexpectedInput
+
+METHODS = [
+    # GenCAD-Code's subset
+    "moveTo", "lineTo", "threePointArc", "circle", "close", "add", "extrude", "union", "cut",
+    # the common API beyond it
+    "intersect", "box", "rect", "polygon", "polyline", "hole", "cboreHole", "cskHole", "fillet",
+    "chamfer", "workplane", "faces", "edges", "vertices", "wires", "solids", "translate", "rotate",
+    "center", "pushPoints", "rarray", "polarArray", "revolve", "sphere", "cylinder", "mirror",
+    "mirrorX", "mirrorY", "shell", "hLine", "vLine", "hLineTo", "vLineTo", "line", "radiusArc",
+    "sagittaArc", "tangentArcPoint", "spline", "ellipse", "slot2D", "offset2D", "twistExtrude",
+    "sweep", "loft", "split", "val", "vals", "first", "last", "end", "tag", "transformed",
+]
+CONSTRUCTORS = ["Workplane", "Plane", "Vector", "Location"]
+
+CADQUERY_LARK = r"""
+start: HEADER (NL stmt)* NL?
+HEADER: "import cadquery as cq"
+stmt: COMMENT | NAME "=" value
+value: chain | NUMBER | STRING | tuple | list | "True" | "False" | "None"
+chain: NAME trailer*
+trailer: "." (METHOD | CTOR) "(" args? ")"
+args: arg ("," arg)*
+arg: value | NAME "=" value
+tuple: "(" value "," (value ("," value)*)? ")"
+list: "[" (value ("," value)*)? "]"
+CTOR: %s
+METHOD: %s
+NAME: /[a-zA-Z_][a-zA-Z0-9_]*/
+NUMBER: /-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?/
+STRING: /"[^"\n]*"/ | /'[^'\n]*'/
+COMMENT: /#[^\n]*/
+NL: /[ \t]*\n[ \t\n]*/
+%%ignore /[ \t]+/
+""" % (" | ".join(f'"{c}"' for c in CONSTRUCTORS), " | ".join(f'"{m}"' for m in sorted(METHODS, key=len, reverse=True)))
+
+
+@lru_cache(maxsize=1)
+def parser() -> Lark:
+    return Lark(CADQUERY_LARK, parser="lalr", lexer="contextual")
+
+
+@dataclass
+class Validation:
+    ok: bool
+    error: str = ""
+    line: int | None = None
+    column: int | None = None
+    position: int | None = None  # character offset of the error
+
+
+def validate(code: str) -> Validation:
+    """Does ``code`` belong to the grammar? If not, where does it stop parsing?"""
+    text = code if code.endswith("\n") else code + "\n"
+    try:
+        parser().parse(text)
+        return Validation(True)
+    except UnexpectedInput as exc:
+        return Validation(False, str(exc).splitlines()[0][:200], exc.line, exc.column, getattr(exc, "pos_in_stream", None))
+
+
+@dataclass
+class Repair:
+    code: str
+    fixes: list[str] = field(default_factory=list)
+    ok: bool = False
+
+
+_ASSIGN = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(?!=)")
+_BODY = re.compile(r"\.(extrude|union|cut|intersect|box|cylinder|sphere|revolve)\(")
+
+
+def _balance(line: str) -> tuple[str, bool]:
+    """Close unclosed brackets at the end of a line, drop unmatched closers."""
+    out, stack = [], []
+    pairs = {")": "(", "]": "["}
+    changed = False
+    for ch in line:
+        if ch in "([":
+            stack.append(ch)
+        elif ch in ")]":
+            if not stack or stack[-1] != pairs[ch]:
+                changed = True
+                continue
+            stack.pop()
+        out.append(ch)
+    text = "".join(out).rstrip().rstrip(",.")
+    if stack:
+        changed = True
+        text += "".join(")" if c == "(" else "]" for c in reversed(stack))
+    return text, changed or text != line
+
+
+def repair(code: str) -> Repair:
+    """Fix frequent defects: missing import, unbalanced brackets, a truncated last statement,
+    a missing final ``solid=`` assignment. Returns the repaired program and the fixes applied."""
+    fixes: list[str] = []
+    lines = [ln.rstrip() for ln in code.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines or lines[0].strip() != "import cadquery as cq":
+        lines = [ln for ln in lines if ln.strip() != "import cadquery as cq"]
+        lines.insert(0, "import cadquery as cq")
+        fixes.append("added the import")
+    for i in range(1, len(lines)):
+        if lines[i].lstrip().startswith("#"):
+            continue
+        fixed, changed = _balance(lines[i])
+        if changed:
+            lines[i] = fixed
+            fixes.append(f"balanced brackets on line {i + 1}")
+    # drop statements that still do not parse, from the end (a truncated tail)
+    while len(lines) > 1 and not validate("\n".join(lines)).ok:
+        v = validate("\n".join(lines))
+        bad = (v.line or len(lines)) - 1
+        if bad < 1 or bad >= len(lines):
+            bad = len(lines) - 1
+        fixes.append(f"dropped unparsable line {bad + 1}")
+        del lines[bad]
+    assigned = [(m.group(1), line) for line in lines if (m := _ASSIGN.match(line))]
+    if not any(name == "solid" for name, _ in assigned):
+        bodies = [name for name, line in assigned if _BODY.search(line)]
+        if bodies:
+            lines.append(f"solid={bodies[-1]}")
+            fixes.append(f"assigned solid={bodies[-1]}")
+    text = "\n".join(lines) + "\n"
+    return Repair(text, fixes, validate(text).ok)

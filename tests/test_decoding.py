@@ -1,0 +1,141 @@
+"""Grammar, repair, constrained decoding, best-of-N selection, reranking, retrieval, the CLI."""
+import json
+
+import llguidance
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import LogitsProcessorList
+
+from cad.programs import canonicalize
+from cad.render import render_geometry
+from cad.sandbox import ExecOptions
+from decoding.constrained import GrammarLogitsProcessor
+from decoding.grammar import repair, validate
+from decoding.predict import DecodeConfig, Predictor
+from decoding.rerank import Candidate
+from decoding.retrieval import RetrievalIndex
+from sft.image_processing import ImageProcessor
+from sft.model import Img2CadConfig, build_model
+from sft.tokenizer import train_tokenizer
+
+TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
+            encoder_kwargs={"depth": 1, "embed_dim": 64, "num_heads": 2},
+            decoder={"d_model": 64, "d_kv": 16, "d_ff": 128, "num_decoder_layers": 1, "num_heads": 4, "dropout_rate": 0.0})
+
+
+def test_grammar_accepts_gencad_and_common_api(reference_rows):
+    for row in reference_rows:
+        assert validate(row["cadquery"]).ok and validate(canonicalize(row["cadquery"], 3)).ok
+    assert validate("import cadquery as cq\nsolid = cq.Workplane('XY').box(1, 2, 3).faces('>Z').workplane().hole(0.5)\n").ok
+    assert validate("import cadquery as cq\nr = cq.Workplane('XY').rect(2, 1).extrude(1).edges('|Z').fillet(0.1)\nsolid = r.translate((1, 0, 0))\n").ok
+    bad = validate("import cadquery as cq\nimport os\n")
+    assert not bad.ok and bad.line == 2
+
+
+def test_repair_fixes_truncated_and_mutated_programs(reference_rows):
+    rng = np.random.default_rng(0)
+    broken = []
+    for row in reference_rows:
+        code = row["cadquery"]
+        for frac in (0.5, 0.8, 0.95):
+            broken.append(code[: int(len(code) * frac)])
+        broken.append(code.replace("import cadquery as cq\n", "", 1))
+        i = [k for k, ch in enumerate(code) if ch == ")"][int(rng.integers(0, code.count(")")))]
+        broken.append(code[:i] + code[i + 1:])
+        broken.append("\n".join(ln for ln in code.splitlines() if not ln.startswith("solid=solid")
+                                and ln != "solid=solid0"))
+    assert not any(validate(b).ok for b in broken[:3])
+    fixed = [repair(b) for b in broken]
+    assert sum(f.ok for f in fixed) / len(fixed) >= 0.95
+    assert all("solid=" in f.code for f in fixed if ".extrude(" in f.code)
+
+
+@pytest.fixture(scope="module")
+def tiny(reference_rows):
+    tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=400)
+    cfg = Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **TINY)
+    torch.manual_seed(0)
+    return build_model(cfg).eval(), tok, ImageProcessor(64, 1)
+
+
+def test_constrained_outputs_stay_in_the_grammar(tiny):
+    model, tok, _ = tiny
+    px = torch.rand(2, 1, 64, 64)
+    for kwargs in (dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, num_return_sequences=3)):
+        proc = GrammarLogitsProcessor(tok)
+        gen = model.generate_programs(px, max_new_tokens=40, logits_processor=LogitsProcessorList([proc]), **kwargs)
+        for seq in gen.sequences.tolist():
+            ids = [t for t in seq if t != tok.pad_token_id]
+            ids = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
+            matcher = llguidance.LLMatcher(proc.ll_tokenizer, proc.grammar)
+            assert matcher.consume_tokens(ids) and not matcher.is_error()  # a grammatical prefix
+            text = tok.decode(ids)
+            assert repair(text).ok  # and cut-off programs complete by repair
+
+
+BOX = "import cadquery as cq\nsolid = cq.Workplane('XY').box({}, {}, {})\n"
+
+
+def test_bestofn_never_returns_a_failing_program_when_one_executes(pool):
+    cfg = DecodeConfig(strategy="bestofn", n=3)
+    predictor = Predictor(None, None, None, cfg, pool)
+    cands = [Candidate("import cadquery as cq\nsolid = cq.Workplane().rect(1, 1)\n", logprob=-1.0),
+             Candidate("import cadquery as cq\nsolid = cq.Workplane(\n", logprob=-0.5),
+             Candidate(BOX.format(1, 2, 3), logprob=-9.0)]
+    chosen, info = predictor.select(cands, None)
+    assert chosen.code == BOX.format(1, 2, 3) and info["n_executable"] == 1
+    none_run = [Candidate("solid = 1\n", logprob=-3.0), Candidate("solid = 2\n", logprob=-1.0)]
+    assert predictor.select(none_run, None)[0].logprob == -1.0  # fallback: the most likely
+
+
+def test_rerank_picks_the_candidate_that_renders_like_the_input(pool):
+    target = pool.run(BOX.format(3, 1, 0.2), ExecOptions(want_geometry=True))
+    image = Image.fromarray(render_geometry(target.geometry))
+    cfg = DecodeConfig(strategy="rerank", n=3)
+    predictor = Predictor(None, None, None, cfg, pool)
+    cands = [Candidate(BOX.format(1, 1, 1), logprob=-1.0, tokens=10),
+             Candidate(BOX.format(3.1, 1, 0.2), logprob=-6.0, tokens=10),
+             Candidate("import cadquery as cq\nsolid = cq.Workplane().circle(1).extrude(2)\n", logprob=-2.0, tokens=10)]
+    chosen, _ = predictor.select(cands, image)
+    assert chosen.code == BOX.format(3.1, 1, 0.2)
+    assert chosen.scores["silhouette"] > 0.9
+
+
+def test_retrieval_finds_the_training_image(tmp_path):
+    from cad.data import load_gencad, to_image
+    from cad.synth import synthesize
+
+    synthesize(12, tmp_path / "d", seed=3, workers=2, shard_size=12, size=128, progress=False)
+    index = RetrievalIndex.build(tmp_path / "d")
+    ds = load_gencad(tmp_path / "d")
+    hits = index.query([to_image(ds[5]["image"])], k=2)[0]
+    assert hits[0][0] == ds[5]["cadquery"] and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    index.save(tmp_path / "index.npz")
+    assert RetrievalIndex.load(tmp_path / "index.npz").programs == index.programs
+
+
+def test_decoding_cli_writes_every_id_for_every_strategy(tmp_path, tiny, reference_rows):
+    from decoding.__main__ import main
+
+    model, tok, proc = tiny
+    model.save_pretrained(str(tmp_path / "m"))
+    tok.save_pretrained(str(tmp_path / "m"))
+    proc.save_pretrained(tmp_path / "m")
+    data = tmp_path / "rows.jsonl"
+    from tests.conftest import REFERENCE
+
+    data.write_text("".join(json.dumps({**r, "image": str(REFERENCE / r["image"])}) + "\n" for r in reference_rows[:3]))
+    ids = [r["deepcad_id"] for r in reference_rows[:3]]
+    runs = {"greedy": [], "grammar": [], "bestofn": ["--n", "2"], "rerank": ["--n", "2", "--k-retrieval", "1"],
+            "retrieval": []}
+    for strategy, extra in runs.items():
+        out = tmp_path / f"{strategy}.jsonl"
+        argv = ["--model", str(tmp_path / "m"), "--data", str(data), "--strategy", strategy, "--out", str(out),
+                "--max-new-tokens", "24", "--batch-size", "2", "--retrieval-data", str(data), *extra]
+        assert main(argv) == 0
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert sorted(r["id"] for r in rows) == sorted(ids), strategy
+    retrieved = [json.loads(x) for x in (tmp_path / "retrieval.jsonl").read_text().splitlines()]
+    assert all(r["code"] == next(g["cadquery"] for g in reference_rows if g["deepcad_id"] == r["id"]) for r in retrieved)
