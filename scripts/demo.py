@@ -6,7 +6,8 @@
 3. Data: a small synthetic GenCAD-style train set and a held-out test set.
 4. SFT: the tiny recipe trained for a few minutes.
 5. Decoding and evaluation: greedy and beam-4 predictions on the synthetic test set and on the
-   ten real images, scored by ``reward.evaluate``; the table is printed and saved.
+   ten real images for each strategy (retrieval, beam 4, grammar, best-of-N, rerank), scored by
+   ``reward.evaluate``; the table is printed and saved.
 
 Everything lands in ``outputs/demo`` (override with DEMO_DIR); steps already done are reused.
 """
@@ -94,26 +95,38 @@ def main() -> None:
         metrics = train(cfg)
         print(json.dumps({k: metrics[k] for k in ("steps", "train_seconds", "val_loss", "samples_per_s_this_run")}))
 
-    step("5. Decoding and evaluation")
+    step("5. Decoding strategies and evaluation")
     from cad.data import load_gencad
     from decoding.predict import DecodeConfig, predict
+    from decoding.retrieval import RetrievalIndex
     from sft.model import load_model
 
     model, tok, proc = load_model(str(model_dir))
-    test = load_gencad(OUT / "synth-test")
+    index = RetrievalIndex.build(OUT / "synth-train")
+    test = load_gencad(OUT / "synth-test", limit=24)
     datasets_ = {
-        "synthetic-test-40": ([{"id": r["deepcad_id"], "image": r["image"]} for r in test],
+        "synthetic-test-24": ([{"id": r["deepcad_id"], "image": r["image"]} for r in test],
                               [(r["deepcad_id"], r["cadquery"]) for r in test]),
         "real-10": ([{"id": r["deepcad_id"], "image": str(REFERENCE / r["image"])} for r in rows],
                     [(r["deepcad_id"], r["cadquery"]) for r in rows]),
     }
+    strategies = {
+        "retrieval (nearest training image)": DecodeConfig(strategy="retrieval"),
+        "baseline: beam 4": DecodeConfig(strategy="beam"),
+        "+ grammar (constrained + repair)": DecodeConfig(strategy="grammar"),
+        "+ best-of-4 with execution": DecodeConfig(strategy="bestofn", n=4, grammar=True, repair=True),
+        "+ rerank (render-compare, 2 retrieved)": DecodeConfig(strategy="rerank", n=4, grammar=True, repair=True, k_retrieval=2),
+    }
     with SandboxPool(2) as pool:
         for name, (inputs, gts) in datasets_.items():
-            for strategy in ("greedy", "beam"):
-                preds = OUT / "preds" / f"{name}-{strategy}.jsonl"
-                stats = predict(model, tok, proc, inputs, preds, DecodeConfig(strategy=strategy, max_new_tokens=384), progress=False)
+            for label, cfg in strategies.items():
+                cfg.max_new_tokens = 320
+                preds = OUT / "preds" / f"{name}-{cfg.strategy}.jsonl"
+                stats = predict(model, tok, proc, inputs, preds, cfg, pool, index, progress=False)
                 s = evaluate_predictions(pool, preds, gts)
-                table.append({"data": name, "model": f"tiny SFT, {strategy}", **s, "s_per_image": stats["seconds_per_image"]})
+                table.append({"data": name, "model": f"tiny SFT, {label}" if cfg.strategy != "retrieval" else label,
+                              **s, "s_per_image": stats["seconds_per_image"]})
+                print(f"{name:18s} {label:40s} VSR {s['vsr']:.3f}  IoU {s['iou_best'] if s['iou_best'] is not None else '-'}", flush=True)
 
     lines = ["| data | model / strategy | n | VSR | Executable | Best IoU (exact) | s / image |", "|---|---|---|---|---|---|---|"]
     for r in table:
