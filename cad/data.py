@@ -139,6 +139,12 @@ def load_gencad(source: str | Path | None = None, split: str | None = None, subs
     return ds
 
 
+def undecoded(ds: datasets.Dataset) -> datasets.Dataset:
+    """The same rows with images left as bytes/paths, decoded by ``to_image`` where needed, so
+    one unreadable image costs one row (reported by its reader) instead of the whole run."""
+    return ds.cast_column("image", datasets.Image(decode=False)) if "image" in ds.features else ds
+
+
 def to_image(value) -> Image.Image:
     """Whatever the image column holds (PIL image, dict with bytes or path, path) as a PIL image."""
     if isinstance(value, Image.Image):

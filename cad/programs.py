@@ -26,8 +26,12 @@ def format_number(value: float, decimals: int = 4) -> str:
     return text + "0" if text.endswith(".") else text
 
 
-def canonicalize(code: str, decimals: int = 4, keep_comments: bool = False) -> str:
-    """The canonical training form of a program (see module docstring)."""
+def canonicalize(code: str, decimals: int = 4, keep_comments: bool = False, grid: int | None = None) -> str:
+    """The canonical training form of a program (see module docstring).
+
+    With ``grid`` (e.g. 256, DeepCAD's 8-bit quantisation), numbers that are exact multiples of
+    1/grid are written exactly (``0.0234375``) instead of being rounded to ``decimals``.
+    """
     lines = []
     for line in code.splitlines():
         stripped = line.strip()
@@ -36,7 +40,7 @@ def canonicalize(code: str, decimals: int = 4, keep_comments: bool = False) -> s
         if stripped.startswith("#"):
             lines.append(stripped)
             continue
-        body = NUMBER_RE.sub(lambda m: _canon_literal(m.group(0), decimals), stripped)
+        body = NUMBER_RE.sub(lambda m: _canon_literal(m.group(0), decimals, grid), stripped)
         body = re.sub(r"\s*=\s*(?!=)", "=", body)
         body = re.sub(r"\s*,\s*", ",", body)
         body = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", body))
@@ -44,10 +48,18 @@ def canonicalize(code: str, decimals: int = 4, keep_comments: bool = False) -> s
     return "\n".join(lines) + "\n"
 
 
-def _canon_literal(text: str, decimals: int) -> str:
+def on_grid(value: float, grid: int) -> bool:
+    """Is ``value`` an exact multiple of 1/grid (up to float noise)?"""
+    return abs(value * grid - round(value * grid)) < 1e-6
+
+
+def _canon_literal(text: str, decimals: int, grid: int | None = None) -> str:
     if re.fullmatch(r"-?\d+", text):
         return text  # integers (loop counts, sketch indices) stay as they are
-    return format_number(float(text), decimals)
+    value = float(text)
+    if grid and on_grid(value, grid):
+        return format_number(round(value * grid) / grid, 10)
+    return format_number(value, decimals)
 
 
 def perturb(code: str, rng: np.random.Generator, sigma: float = 0.1, decimals: int = 6) -> str:

@@ -183,7 +183,7 @@ def _circle_fits(profile: Profile, c, r: float, margin: float, others: list) -> 
 def make_holes(rng: np.random.Generator, profile: Profile, grid: float, max_holes: int) -> list[str]:
     """Circular holes (or one rectangular window) strictly inside the outer loop."""
     g = lambda v: round(v / grid) * grid  # noqa: E731
-    loops, placed = [], []
+    placed = []
     scale = min(profile.width, profile.height)
     if profile.is_circle and rng.random() < 0.6:  # concentric bore: a ring
         r_out = profile.width / 2

@@ -12,7 +12,7 @@ import sys
 
 from pathlib import Path
 
-from cad.data import DatasetUnavailable, load_gencad
+from cad.data import DatasetUnavailable, load_gencad, undecoded
 from cad.sandbox import SandboxPool
 from decoding.predict import STRATEGIES, DecodeConfig, predict, resolve_device
 from decoding.retrieval import RetrievalIndex
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         from sft.model import load_model
 
         model, tokenizer, processor = load_model(args.model, resolve_device(args.device))
-    rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in ds]
+    rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in undecoded(ds)]
     pool = SandboxPool(args.workers) if cfg.strategy in ("bestofn", "rerank") else None
     try:
         stats = predict(model, tokenizer, processor, rows, args.out, cfg, pool, index)

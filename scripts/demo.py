@@ -53,15 +53,6 @@ def renderer_on_reference(pool: SandboxPool, rows: list[dict]) -> list[float]:
     return scores
 
 
-def evaluate_predictions(pool: SandboxPool, preds: Path, gt_rows: list[tuple[str, str]]) -> dict:
-    by_id = {}
-    for line in preds.read_text().splitlines():
-        row = json.loads(line)
-        by_id[row["id"]] = row["code"]
-    summary, _ = evaluate_pairs([(i, by_id.get(i), code) for i, code in gt_rows], pool, progress=False)
-    return summary
-
-
 def main() -> None:
     t_start = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -96,46 +87,16 @@ def main() -> None:
         print(json.dumps({k: metrics[k] for k in ("steps", "train_seconds", "val_loss", "samples_per_s_this_run")}))
 
     step("5. Decoding strategies and evaluation")
-    from cad.data import load_gencad
-    from decoding.predict import DecodeConfig, predict
     from decoding.retrieval import RetrievalIndex
+    from scripts.eval_strategies import default_strategies, evaluate_strategies, write_table
     from sft.model import load_model
 
     model, tok, proc = load_model(str(model_dir))
     index = RetrievalIndex.build(OUT / "synth-train")
-    test = load_gencad(OUT / "synth-test", limit=24)
-    datasets_ = {
-        "synthetic-test-24": ([{"id": r["deepcad_id"], "image": r["image"]} for r in test],
-                              [(r["deepcad_id"], r["cadquery"]) for r in test]),
-        "real-10": ([{"id": r["deepcad_id"], "image": str(REFERENCE / r["image"])} for r in rows],
-                    [(r["deepcad_id"], r["cadquery"]) for r in rows]),
-    }
-    strategies = {
-        "retrieval (nearest training image)": DecodeConfig(strategy="retrieval"),
-        "baseline: beam 4": DecodeConfig(strategy="beam"),
-        "+ grammar (constrained + repair)": DecodeConfig(strategy="grammar"),
-        "+ best-of-4 with execution": DecodeConfig(strategy="bestofn", n=4, grammar=True, repair=True),
-        "+ rerank (render-compare, 2 retrieved)": DecodeConfig(strategy="rerank", n=4, grammar=True, repair=True, k_retrieval=2),
-    }
-    with SandboxPool(2) as pool:
-        for name, (inputs, gts) in datasets_.items():
-            for label, cfg in strategies.items():
-                cfg.max_new_tokens = 320
-                preds = OUT / "preds" / f"{name}-{cfg.strategy}.jsonl"
-                stats = predict(model, tok, proc, inputs, preds, cfg, pool, index, progress=False)
-                s = evaluate_predictions(pool, preds, gts)
-                table.append({"data": name, "model": f"tiny SFT, {label}" if cfg.strategy != "retrieval" else label,
-                              **s, "s_per_image": stats["seconds_per_image"]})
-                print(f"{name:18s} {label:40s} VSR {s['vsr']:.3f}  IoU {s['iou_best'] if s['iou_best'] is not None else '-'}", flush=True)
-
-    lines = ["| data | model / strategy | n | VSR | Executable | Best IoU (exact) | s / image |", "|---|---|---|---|---|---|---|"]
-    for r in table:
-        iou = "-" if r.get("iou_best") is None else f"{r['iou_best']:.3f}"
-        spi = r.get("s_per_image", "-")
-        lines.append(f"| {r['data']} | {r['model']} | {r['n']} | {r['vsr']:.3f} | {r['exec_rate']:.3f} | {iou} | {spi} |")
-    report = "\n".join(lines) + "\n"
-    (OUT / "table.md").write_text(report)
-    (OUT / "table.json").write_text(json.dumps(table, indent=2))
+    data = {"synthetic-test-24": str(OUT / "synth-test"), "real-10": str(REFERENCE / "samples.jsonl")}
+    table += evaluate_strategies(model, tok, proc, data, default_strategies(4, 2, 320), index, OUT, limit=24,
+                                 model_name="tiny SFT")
+    report = write_table(table, OUT)
     step(f"Results (table in {OUT / 'table.md'}; {time.perf_counter() - t_start:.0f} s)")
     print(report)
 

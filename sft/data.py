@@ -12,10 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cad.data import to_image
-from cad.programs import canonicalize
+from cad.data import to_image, undecoded
 from sft.image_processing import ImageProcessor
-from sft.tokenizer import NUMBER_DECIMALS
+from sft.tokenizer import canonical_target
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,13 @@ class Examples:
 
 
 def target_text(code: str, canonical: bool) -> str:
-    return canonicalize(code, NUMBER_DECIMALS) if canonical else code
+    return canonical_target(code) if canonical else code
 
 
 def build_examples(ds, processor: ImageProcessor, tokenizer, max_length: int, canonical: bool,
                    start_token_id: int, desc: str = "prepare") -> Examples:
     ids, images, tokens, codes, skipped, truncated = [], [], [], [], [], 0
+    ds = undecoded(ds)
     for row in tqdm(ds, desc=desc, unit="row", leave=False):
         rid = str(row.get("deepcad_id"))
         code = row.get("cadquery") or ""

@@ -1,8 +1,9 @@
 """Program tokenizer: CodeT5's where available, otherwise a number-aware byte-level BPE.
 
 The number-aware tokenizer is built for canonical programs (``cad.programs.canonicalize`` with 3
-decimals): every decimal number in [-2, 2] at a 0.001 step is one token of its own (an added
-token, matched before the BPE), so predicting a coordinate is one classification over a few
+decimals and DeepCAD's 1/256 grid kept exact): every number in [-2, 2] at a 0.001 step, and every
+multiple of 1/256 there (73% of GenCAD's numbers), is one token of its own (an added token,
+matched before the BPE, longest match first), so predicting a coordinate is one classification over a few
 thousand bins instead of a string of digit pieces. The byte-level BPE, trained on the text
 *between* numbers, covers the rest (identifiers, punctuation) and any rare number outside the
 range, so every program round-trips exactly. Special tokens: ``<pad>`` (also T5's decoder start),
@@ -22,13 +23,20 @@ from cad.programs import NUMBER_RE, canonicalize, format_number
 log = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 NUMBER_DECIMALS = 3
+NUMBER_GRID = 256
 NUMBER_RANGE = 2.0
 
 
-def number_tokens(decimals: int = NUMBER_DECIMALS, bound: float = NUMBER_RANGE) -> list[str]:
+def number_tokens(decimals: int = NUMBER_DECIMALS, bound: float = NUMBER_RANGE, grid: int = NUMBER_GRID) -> list[str]:
     step = 10 ** decimals
-    values = range(-int(bound * step), int(bound * step) + 1)
-    return sorted({format_number(v / step, decimals) for v in values})
+    values = {format_number(v / step, decimals) for v in range(-int(bound * step), int(bound * step) + 1)}
+    values |= {format_number(v / grid, 10) for v in range(-int(bound * grid), int(bound * grid) + 1)}
+    return sorted(values)
+
+
+def canonical_target(code: str) -> str:
+    """The program text the model is trained on and writes."""
+    return canonicalize(code, NUMBER_DECIMALS, grid=NUMBER_GRID)
 
 
 def _between_numbers(programs: Iterable[str]) -> Iterable[str]:
@@ -38,7 +46,7 @@ def _between_numbers(programs: Iterable[str]) -> Iterable[str]:
 
 def train_tokenizer(programs: Iterable[str], vocab_size: int = 1000, canonical: bool = True) -> PreTrainedTokenizerFast:
     """Train the number-aware BPE on (canonicalised) training programs."""
-    texts = [canonicalize(p, NUMBER_DECIMALS) if canonical else p for p in programs]
+    texts = [canonical_target(p) if canonical else p for p in programs]
     tok = Tokenizer(models.BPE(unk_token=None))
     # no regex pre-split: merges may span punctuation, so glue such as ").lineTo(" becomes one token
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

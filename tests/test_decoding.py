@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList
 
-from cad.programs import canonicalize
 from cad.render import render_geometry
 from cad.sandbox import ExecOptions
 from decoding.constrained import GrammarLogitsProcessor
@@ -18,7 +17,7 @@ from decoding.rerank import Candidate
 from decoding.retrieval import RetrievalIndex
 from sft.image_processing import ImageProcessor
 from sft.model import Img2CadConfig, build_model
-from sft.tokenizer import train_tokenizer
+from sft.tokenizer import canonical_target, train_tokenizer
 
 TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
             encoder_kwargs={"depth": 1, "embed_dim": 64, "num_heads": 2},
@@ -27,7 +26,7 @@ TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
 
 def test_grammar_accepts_gencad_and_common_api(reference_rows):
     for row in reference_rows:
-        assert validate(row["cadquery"]).ok and validate(canonicalize(row["cadquery"], 3)).ok
+        assert validate(row["cadquery"]).ok and validate(canonical_target(row["cadquery"])).ok
     assert validate("import cadquery as cq\nsolid = cq.Workplane('XY').box(1, 2, 3).faces('>Z').workplane().hole(0.5)\n").ok
     assert validate("import cadquery as cq\nr = cq.Workplane('XY').rect(2, 1).extrude(1).edges('|Z').fillet(0.1)\nsolid = r.translate((1, 0, 0))\n").ok
     bad = validate("import cadquery as cq\nimport os\n")

@@ -8,11 +8,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cad.config import ConfigError, load_config
-from cad.programs import canonicalize
 from sft.config import SFTConfig
 from sft.image_processing import ImageProcessor
 from sft.model import Img2CadConfig, build_model, load_model
-from sft.tokenizer import train_tokenizer
+from sft.tokenizer import canonical_target, train_tokenizer
 
 TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
             encoder_kwargs={"depth": 2, "embed_dim": 96, "num_heads": 3},
@@ -37,12 +36,12 @@ def tiny_data(tmp_path_factory):
 def test_tokenizer_round_trips_and_isolates_numbers(reference_rows):
     tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=1000)
     for row in reference_rows:
-        text = canonicalize(row["cadquery"], 3)
+        text = canonical_target(row["cadquery"])
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.decode(ids) == text
         pieces = tok.convert_ids_to_tokens(ids)
         assert "0.75" in pieces or "0.0" in pieces  # numbers are whole tokens
-    lengths = [len(tok(canonicalize(r["cadquery"], 3))["input_ids"]) for r in reference_rows]
+    lengths = [len(tok(canonical_target(r["cadquery"]))["input_ids"]) for r in reference_rows]
     assert np.mean(lengths) < 150
 
 
@@ -100,7 +99,7 @@ def test_tiny_model_overfits_16_pairs(tmp_path, tiny_data):
     px = proc([to_image(im) for im in ds["image"]])
     gen = model.generate_programs(px, max_new_tokens=300)
     decoded = tok.batch_decode(gen.sequences, skip_special_tokens=True)
-    targets = [canonicalize(c, 3) for c in ds["cadquery"]]
+    targets = [canonical_target(c) for c in ds["cadquery"]]
     exact = sum(d == t for d, t in zip(decoded, targets))
     assert exact >= 14, f"only {exact}/16 reproduced exactly"
     card = (tmp_path / "out" / "final" / "README.md").read_text()
@@ -123,3 +122,31 @@ def test_resume_gives_the_same_weights(tmp_path, tiny_data):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     metrics = json.loads((tmp_path / "b" / "out" / "final" / "training_metrics.json").read_text())
     assert metrics["steps"] == 6
+
+
+def test_lora_mode_trains_adapters_and_saves_a_plain_model(tmp_path, tiny_data):
+    from sft.train import train
+
+    metrics = train(_cfg(tmp_path, tiny_data, max_steps=3, train_mode="lora", lora_r=4, lora_alpha=8))
+    full = sum(p.numel() for p in build_model(Img2CadConfig(vocab_size=500, **TINY)).parameters())
+    assert 0 < metrics["trainable_parameters"] < full / 2
+    model, _, _ = load_model(str(tmp_path / "out" / "final"))
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_bad_rows_are_reported_and_skipped(tiny_data):
+    import datasets
+
+    from cad.data import FEATURES, load_gencad
+    from sft.data import build_examples
+
+    ds = load_gencad(tiny_data).select(range(3))
+    rows = ds.to_dict()
+    rows["cadquery"][1] = "   "
+    rows["image"][2] = {"bytes": b"not a png", "path": None}
+    bad = datasets.Dataset.from_dict(rows, features=FEATURES)
+    tok = train_tokenizer(rows["cadquery"][:1], vocab_size=300)
+    ex = build_examples(bad, ImageProcessor(32, 1), tok, 256, True, tok.pad_token_id)
+    assert len(ex) == 1
+    assert [s["id"] for s in ex.skipped] == [rows["deepcad_id"][1], rows["deepcad_id"][2]]
+    assert "empty program" in ex.skipped[0]["reason"] and "unreadable image" in ex.skipped[1]["reason"]

@@ -1,0 +1,1 @@
+"""Reward and metrics: ``score`` (execution, grammar, IoU) and the study's evaluation metrics."""
