@@ -14,7 +14,23 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     import cadquery  # noqa: F401 - the reason this process exists
+    # Everything the child imports, imported here: after dropping privileges the child may not be
+    # allowed to read the virtual environment (a checkout under a private home, say).
+    import ctypes  # noqa: F401
+    import resource  # noqa: F401
+
+    import OCP.BRep  # noqa: F401
+    import OCP.BRepAdaptor  # noqa: F401
+    import OCP.BRepCheck  # noqa: F401
+    import OCP.BRepGProp  # noqa: F401
     import OCP.BRepMesh  # noqa: F401
+    import OCP.GeomAbs  # noqa: F401
+    import OCP.GProp  # noqa: F401
+    import OCP.TopAbs  # noqa: F401
+    import OCP.TopExp  # noqa: F401
+    import OCP.TopLoc  # noqa: F401
+    import OCP.TopoDS  # noqa: F401
+    import OCP.TopTools  # noqa: F401
     from cad import policy  # noqa: F401
     from cad.sandbox import ExecResult, _recv, _send, run_in_child
 
