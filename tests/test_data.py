@@ -18,7 +18,7 @@ from tests.conftest import REFERENCE
 GEO = ExecOptions(want_geometry=True)
 
 
-def test_loader_reads_reference_rows():
+def test_loader_reads_reference_rows(reference_rows):
     ds = load_gencad(REFERENCE / "samples.jsonl")
     assert len(ds) == 10
     assert set(ds.column_names) == {"image", "deepcad_id", "cadquery", "token_count", "prompt", "hundred_subset"}
