@@ -26,6 +26,8 @@ demo: setup
 bench: setup
 	$(PY) scripts/bench_execute.py
 	$(PY) scripts/bench_iou.py
+	$(PY) scripts/bench_data.py
+	$(PY) scripts/bench_train.py --config configs/sft_tiny.yaml
 
 clean:
 	rm -rf $(VENV) outputs results
