@@ -88,8 +88,6 @@ class Predictor:
             from decoding.constrained import GrammarLogitsProcessor
 
             self.grammar_processor = GrammarLogitsProcessor(tokenizer)
-        if cfg.strategy in ("bestofn", "rerank") and pool is None:
-            raise ValueError(f"strategy {cfg.strategy} executes candidates: pass a SandboxPool")
         if (cfg.strategy == "retrieval" or cfg.k_retrieval) and index is None:
             raise ValueError("retrieval needs an index: pass --index or --retrieval-data")
 
@@ -130,6 +128,8 @@ class Predictor:
         info = {"n_candidates": len(cands)}
         if cfg.strategy not in ("bestofn", "rerank") or len(cands) == 1:
             return cands[0], info
+        if self.pool is None:
+            raise ValueError(f"strategy {cfg.strategy} executes candidates: pass a SandboxPool")
         opts = ExecOptions(timeout=cfg.timeout, want_geometry=cfg.strategy == "rerank")
         for c, r in zip(cands, self.pool.imap([c.code for c in cands], opts)):
             c.result = r

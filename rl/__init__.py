@@ -1,0 +1,1 @@
+"""Preference optimisation: pairs scored by the reward (``python -m rl.pairs``); DPO comes next."""

@@ -1,0 +1,168 @@
+"""Preference pairs for DPO: ``python -m rl.pairs --model SFT_DIR --data TRAIN --k 8 --out PAIRS_DIR``.
+
+Two separable steps, so sampling can run on a GPU machine and scoring here:
+
+1. sample (``--sample-only`` stops after it): K programs per training image from the SFT model,
+   appended to ``OUT/samples.jsonl`` (``{"id", "candidates": [{"code", "logprob"}]}``), resumable;
+2. score and pair (``--samples FILE`` starts here): every candidate gets ``reward.score`` against
+   the ground-truth program; chosen is the best; rejected are clearly worse (reward margin at
+   least ``--margin``), always including a non-executable one when there is one; images whose
+   candidates are all near-perfect or all failing are skipped. Scored ids go to
+   ``OUT/scored.jsonl`` as they finish (resumable); the pairs are saved as a ``datasets``
+   dataset in ``OUT/pairs`` with the image reference, both programs and both rewards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cad.data import DatasetUnavailable, load_gencad, undecoded
+from cad.sandbox import SandboxPool
+from reward.score import score
+
+
+def _done(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    ids = set()
+    for line in path.read_text().splitlines():
+        try:
+            ids.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return ids
+
+
+def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int = 8, max_new_tokens: int = 512,
+           temperature: float = 1.0, top_p: float = 0.95) -> Path:
+    """K sampled programs per image, appended to ``out/samples.jsonl``."""
+    from cad.data import to_image
+    from decoding.predict import DecodeConfig, Predictor
+    from sft.model import load_model
+
+    path = out / "samples.jsonl"
+    done = _done(path)
+    todo = [r for r in rows if r["id"] not in done]
+    model, tok, proc = load_model(model_dir)
+    cfg = DecodeConfig(strategy="bestofn", n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    predictor = Predictor(model, tok, proc, cfg)  # generation only: no sandbox needed here
+    with path.open("a") as f:
+        for start in tqdm(range(0, len(todo), batch_size), desc="sample", unit="batch"):
+            chunk = todo[start:start + batch_size]
+            cands = predictor.generate([to_image(r["image"]).convert("RGB") for r in chunk])
+            for r, cs in zip(chunk, cands):
+                f.write(json.dumps({"id": r["id"], "candidates": [{"code": c.code, "logprob": round(c.logprob, 4)} for c in cs]}) + "\n")
+            f.flush()
+    return path
+
+
+def make_pairs(candidates: list[str], rewards: list, margin: float, perfect: float = 0.95, max_pairs: int = 2) -> list[tuple[int, int]]:
+    """(chosen, rejected) index pairs for one image, or [] when it teaches nothing."""
+    executed = [r.executed for r in rewards]
+    if not any(executed):
+        return []  # all failing
+    if all(r.executed and r.iou >= perfect for r in rewards):
+        return []  # all near-perfect
+    totals = np.array([r.total for r in rewards])
+    best = int(np.argmax(totals))
+    pairs = []
+    failing = [i for i, r in enumerate(rewards) if not r.executed and totals[best] - totals[i] >= margin]
+    if failing:
+        pairs.append((best, min(failing, key=lambda i: totals[i])))
+    worse = [i for i in np.argsort(totals) if totals[best] - totals[i] >= margin and rewards[i].executed
+             and candidates[i] != candidates[best]]
+    for i in worse:
+        if len(pairs) >= max_pairs:
+            break
+        pairs.append((best, int(i)))
+    return pairs
+
+
+def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float, workers: int = 2) -> dict:
+    scored_path = out / "scored.jsonl"
+    done = _done(scored_path)
+    lines = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
+    with SandboxPool(workers) as pool, scored_path.open("a") as f:
+        for item in tqdm(lines, desc="score", unit="img"):
+            if item["id"] in done or item["id"] not in gt:
+                continue
+            codes = [c["code"] for c in item["candidates"]]
+            rewards = score(codes, pool, reference=gt[item["id"]]["cadquery"])
+            pairs = make_pairs(codes, rewards, margin)
+            f.write(json.dumps({"id": item["id"], "pairs": [
+                {"chosen": codes[a], "rejected": codes[b], "chosen_reward": rewards[a].total,
+                 "rejected_reward": rewards[b].total, "chosen_iou": rewards[a].iou, "rejected_iou": rewards[b].iou,
+                 "rejected_executed": rewards[b].executed} for a, b in pairs]}) + "\n")
+            f.flush()
+    return build_dataset(scored_path, gt, out / "pairs")
+
+
+def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path) -> dict:
+    import datasets
+
+    rows = {k: [] for k in ("id", "image_ref", "chosen", "rejected", "chosen_reward", "rejected_reward",
+                            "chosen_iou", "rejected_iou", "rejected_executed")}
+    images = 0
+    for line in scored_path.read_text().splitlines():
+        item = json.loads(line)
+        images += 1
+        for p in item["pairs"]:
+            rows["id"].append(item["id"])
+            rows["image_ref"].append(gt[item["id"]]["image_ref"])
+            for key in ("chosen", "rejected", "chosen_reward", "rejected_reward", "chosen_iou", "rejected_iou", "rejected_executed"):
+                rows[key].append(p[key])
+    datasets.Dataset.from_dict(rows).save_to_disk(str(target))
+    n = len(rows["id"])
+    margins = np.array(rows["chosen_reward"]) - np.array(rows["rejected_reward"]) if n else np.zeros(0)
+    return {"images": images, "pairs": n, "pairs_per_image": round(n / max(images, 1), 3),
+            "mean_margin": round(float(margins.mean()), 4) if n else None,
+            "rejected_failing_share": round(1.0 - float(np.mean(rows["rejected_executed"])), 4) if n else None,
+            "out": str(target)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rl.pairs", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="SFT model directory (for sampling)")
+    ap.add_argument("--data", required=True, help="training data with ground-truth programs")
+    ap.add_argument("--split", default=None)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--margin", type=float, default=1.0, help="minimum reward gap between chosen and rejected")
+    ap.add_argument("--samples", help="an existing samples.jsonl: skip sampling")
+    ap.add_argument("--sample-only", action="store_true")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        ds = undecoded(load_gencad(args.data, split=args.split, limit=args.limit))
+    except DatasetUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    gt = {r["deepcad_id"]: {"cadquery": r["cadquery"], "image_ref": r["image"].get("path") or f"{args.data}#{r['deepcad_id']}"}
+          for r in ds}
+    if args.samples:
+        samples = Path(args.samples)
+    else:
+        if not args.model:
+            print("error: pass --model to sample, or --samples FILE to score existing samples", file=sys.stderr)
+            return 2
+        rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in ds]
+        samples = sample(args.model, rows, args.k, out)
+    if args.sample_only:
+        print(json.dumps({"samples": str(samples)}))
+        return 0
+    stats = score_and_pair(samples, gt, out, args.margin, args.workers)
+    print(json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Preference pairs: scoring, pairing rules, the dataset on disk, and the sampling step."""
+import json
+
+import datasets
+import numpy as np
+
+from cad.programs import perturb
+from rl.pairs import main
+
+
+def test_pairs_from_given_samples(tmp_path, reference_rows):
+    from tests.conftest import REFERENCE
+
+    rows = reference_rows[:3]
+    rng = np.random.default_rng(0)
+    samples = tmp_path / "samples.jsonl"
+    with samples.open("w") as f:
+        for r in rows:
+            cands = [r["cadquery"], perturb(r["cadquery"], rng, 0.3), "import cadquery as cq\nsolid = cq.Workplane(\n"]
+            f.write(json.dumps({"id": r["deepcad_id"], "candidates": [{"code": c, "logprob": -1.0} for c in cands]}) + "\n")
+        # an id without ground truth is ignored
+        f.write(json.dumps({"id": rows[0]["deepcad_id"] + "x", "candidates": []}) + "\n")
+    out = tmp_path / "pairs"
+    assert main(["--data", str(REFERENCE / "samples.jsonl"), "--samples", str(samples), "--out", str(out), "--margin", "0.5"]) == 0
+    ds = datasets.load_from_disk(str(out / "pairs"))
+    assert "image" not in ds.column_names and "image_ref" in ds.column_names
+    assert len(ds) >= 3
+    assert all(c > r for c, r in zip(ds["chosen_reward"], ds["rejected_reward"]))
+    assert all(c == g for c, i in zip(ds["chosen"], ds["id"]) for g in [next(x["cadquery"] for x in rows if x["deepcad_id"] == i)])
+    # each image has one pair whose rejected program does not execute
+    for i in set(ds["id"]):
+        assert any(not e for e, j in zip(ds["rejected_executed"], ds["id"]) if j == i)
+    # resuming re-uses the scored ids and rebuilds the same dataset
+    assert main(["--data", str(REFERENCE / "samples.jsonl"), "--samples", str(samples), "--out", str(out), "--margin", "0.5"]) == 0
+    assert len(datasets.load_from_disk(str(out / "pairs"))) == len(ds)
+
+
+def test_sampling_step_writes_k_candidates_per_image(tmp_path, reference_rows):
+    import torch
+
+    from sft.image_processing import ImageProcessor
+    from sft.model import Img2CadConfig, build_model
+    from sft.tokenizer import train_tokenizer
+    from tests.conftest import REFERENCE
+    from tests.test_decoding import TINY
+
+    tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=300)
+    torch.manual_seed(0)
+    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **TINY))
+    model.save_pretrained(str(tmp_path / "m"))
+    tok.save_pretrained(str(tmp_path / "m"))
+    ImageProcessor(64, 1).save_pretrained(tmp_path / "m")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({**r, "image": str(REFERENCE / r["image"])}) + "\n" for r in reference_rows[:2]))
+    out = tmp_path / "out"
+    assert main(["--model", str(tmp_path / "m"), "--data", str(data), "--k", "3", "--out", str(out), "--sample-only"]) == 0
+    lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [len(x["candidates"]) for x in lines] == [3, 3]
+
+
+def test_pairing_rules():
+    from reward.score import Reward
+    from rl.pairs import make_pairs
+
+    r = lambda total, ex, iou: Reward(total, ex, True, iou)  # noqa: E731
+    assert make_pairs(["a", "b"], [r(-1, False, 0), r(-1, False, 0)], 0.5) == []  # all failing
+    assert make_pairs(["a", "b"], [r(6, True, 0.99), r(6, True, 0.97)], 0.5) == []  # all near-perfect
+    pairs = make_pairs(["a", "b", "c", "d"], [r(5, True, 0.8), r(-1, False, 0), r(2, True, 0.3), r(4.8, True, 0.78)], 0.5)
+    assert pairs[0] == (0, 1)  # the non-executable rejected comes first
+    assert (0, 2) in pairs and (0, 3) not in pairs  # 4.8 is within the margin of 5
