@@ -52,6 +52,10 @@ class Img2CadConfig(PretrainedConfig):
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id,
                          decoder_start_token_id=decoder_start_token_id, **kwargs)
 
+    def get_text_config(self, *args, **kwargs) -> "Img2CadConfig":
+        """This config is the text config (``decoder`` holds a shape dict, not a sub-config)."""
+        return self
+
     def t5_config(self) -> T5Config:
         layers = self.decoder["num_decoder_layers"]
         return T5Config(vocab_size=self.vocab_size, num_layers=layers, pad_token_id=self.pad_token_id,
@@ -74,6 +78,7 @@ class Img2CadModel(PreTrainedModel):
         self.t5 = T5ForConditionalGeneration(config.t5_config())
         self.t5.encoder.block = nn.ModuleList()  # the T5 encoder is never used: the ViT replaces it
         self.post_init()
+        self.generation_config = self.t5.generation_config  # trainers (TRL) read the pad token here
 
     # ---- encoding ---------------------------------------------------------------------------
     def encode(self, pixel_values: torch.Tensor) -> BaseModelOutput:
@@ -84,7 +89,13 @@ class Img2CadModel(PreTrainedModel):
     # ---- causal-LM-shaped forward -----------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                encoder_outputs: BaseModelOutput | None = None, **kwargs) -> CausalLMOutput:
+                encoder_outputs: BaseModelOutput | None = None, fused_lm_head: bool = False, **kwargs):
+        """Logits (and loss with ``labels``); with ``fused_lm_head=True`` per-token log-probs instead.
+
+        ``fused_lm_head`` follows TRL's contract (``trl.trainer.utils.FusedCausalLMOutput``): per-token
+        ``log_probs``, ``entropy``, ``mean_logits`` and ``is_top1`` of each next-token label, zero
+        where the label is -100. The logits are small here, so they are materialised.
+        """
         if encoder_outputs is None:
             if pixel_values is None:
                 raise ValueError("Img2CadModel.forward needs pixel_values (or encoder_outputs)")
@@ -92,6 +103,8 @@ class Img2CadModel(PreTrainedModel):
         out = self.t5(encoder_outputs=encoder_outputs, decoder_input_ids=input_ids,
                       decoder_attention_mask=attention_mask, use_cache=False, return_dict=True)
         logits = out.logits
+        if fused_lm_head:
+            return per_token_outputs(logits, labels)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
@@ -147,6 +160,26 @@ class Img2CadModel(PreTrainedModel):
             log.warning("decoder %s: no pretrained weights (%s: %s); random initialisation",
                         self.config.pretrained_decoder, type(exc).__name__, str(exc)[:120])
         return loaded
+
+
+def per_token_outputs(logits: torch.Tensor, labels: torch.Tensor):
+    """TRL's FusedCausalLMOutput fields from materialised logits (position t scores label t+1)."""
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    shifted = logits[:, :-1].float()
+    target = labels[:, 1:]
+    mask = target != -100
+    logp = torch.log_softmax(shifted, dim=-1)
+    safe = target.clamp(min=0).unsqueeze(-1)
+    log_probs = logp.gather(-1, safe).squeeze(-1).masked_fill(~mask, 0.0)
+    entropy = -(logp.exp() * logp).sum(-1).masked_fill(~mask, 0.0)
+    with torch.no_grad():
+        mean_logits = shifted.mean(-1).masked_fill(~mask, 0.0)
+        is_top1 = (shifted.argmax(-1) == target) & mask
+        log_sum_sq = torch.logsumexp(2 * logp, dim=-1).masked_fill(~mask, 0.0)
+    loss = -log_probs.sum() / mask.sum().clamp(min=1)
+    return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=entropy, log_sum_sq_probs=log_sum_sq,
+                               mean_logits=mean_logits, is_top1=is_top1, label_mask=mask)
 
 
 @dataclass

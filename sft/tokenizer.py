@@ -34,9 +34,10 @@ def number_tokens(decimals: int = NUMBER_DECIMALS, bound: float = NUMBER_RANGE, 
     return sorted(values)
 
 
-def canonical_target(code: str) -> str:
-    """The program text the model is trained on and writes."""
-    return canonicalize(code, NUMBER_DECIMALS, grid=NUMBER_GRID)
+def canonical_target(code: str, grid: int | None = NUMBER_GRID) -> str:
+    """The program text the model is trained on and writes (``grid=None``: 3 decimals throughout,
+    the form of models trained before the 1/256 grid was kept exact)."""
+    return canonicalize(code, NUMBER_DECIMALS, grid=grid)
 
 
 def _between_numbers(programs: Iterable[str]) -> Iterable[str]:
