@@ -144,16 +144,23 @@ def _voxel_keys(vertices: np.ndarray, faces: np.ndarray, pitch: float) -> set:
     return set(map(tuple, idx))
 
 
-def _voxel_scores(pred: Geometry, gt: Geometry, pp: Pose, gp: Pose, rotations: np.ndarray) -> list[float]:
+def _voxel_scores(pred: Geometry, gt: Geometry, pp: Pose, gp: Pose, rotations: np.ndarray,
+                  max_cells: int | None = None) -> list[float]:
+    """Voxel IoU per rotation at the study's pitch; ``max_cells`` coarsens the pitch so the longest
+    side spans at most that many cells (the fast fallback; the study's mode leaves it None)."""
     pm, gm = to_trimesh(pred), to_trimesh(gt)
     gv = (np.asarray(gm.vertices) - gp.centroid) / gp.r_g
-    g_keys = _voxel_keys(gv, np.asarray(gm.faces), VOXEL_PITCH)
     pv = (np.asarray(pm.vertices) - pp.centroid) / pp.r_g
+    pitch = VOXEL_PITCH
+    if max_cells:
+        extent = max(float(np.abs(gv).max()), float(np.abs(pv).max())) * 2
+        pitch = max(pitch, extent / max_cells)
+    g_keys = _voxel_keys(gv, np.asarray(gm.faces), pitch)
     scores = []
     for rot in rotations:
         faces = np.asarray(pm.faces)
         faces = faces[:, ::-1] if np.linalg.det(rot) < 0 else faces
-        p_keys = _voxel_keys(pv @ rot.T, faces, VOXEL_PITCH)
+        p_keys = _voxel_keys(pv @ rot.T, faces, pitch)
         union = len(p_keys | g_keys)
         scores.append(len(p_keys & g_keys) / union if union else 0.0)
     return scores
@@ -215,6 +222,7 @@ def best_iou(pred: Geometry, gt: Geometry, mode: str = "exact") -> IoUResult:
     if method == "exact":
         scores = _exact_scores(pm, gm, pp, gp, rotations)
     else:  # voxel mode, or the rare fallback (study poses and the identity only: it is slow)
-        scores = _voxel_scores(pred, gt, pp, gp, rotations if mode == "voxel" else rotations[:5])
+        scores = (_voxel_scores(pred, gt, pp, gp, rotations) if mode == "voxel"
+                  else _voxel_scores(pred, gt, pp, gp, rotations[:5], max_cells=64))
     i = int(np.argmax(scores))
     return IoUResult(float(min(max(scores[i], 0.0), 1.0)), i, method)

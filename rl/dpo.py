@@ -72,7 +72,8 @@ class ImagePreferenceCollator(DataCollatorForPreference):
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
-        pixels = self.processor([to_image(e["image_ref"]).convert("RGB") for e in examples])
+        pixels = self.processor([to_image({"bytes": e.get("image_bytes"), "path": e["image_ref"]}).convert("RGB")
+                                 for e in examples])
         batch["pixel_values"] = torch.cat([pixels, pixels], dim=0)
         return batch
 
@@ -88,7 +89,7 @@ class Img2CadDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "image_ref"]
+            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "image_ref", "image_bytes"]
 
 
 _trl_add_fused_lm_head = dpo_module.add_fused_lm_head

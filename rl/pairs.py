@@ -9,7 +9,8 @@ Two separable steps, so sampling can run on a GPU machine and scoring here:
    least ``--margin``), always including a non-executable one when there is one; images whose
    candidates are all near-perfect or all failing are skipped. Scored ids go to
    ``OUT/scored.jsonl`` as they finish (resumable); the pairs are saved as a ``datasets``
-   dataset in ``OUT/pairs`` with the image reference, both programs and both rewards.
+   dataset in ``OUT/pairs`` with the image (``image_ref`` path or id, and ``image_bytes`` when the
+   source embeds it), both programs and both rewards.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float,
 def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path) -> dict:
     import datasets
 
-    rows = {k: [] for k in ("id", "image_ref", "chosen", "rejected", "chosen_reward", "rejected_reward",
+    rows = {k: [] for k in ("id", "image_ref", "image_bytes", "chosen", "rejected", "chosen_reward", "rejected_reward",
                             "chosen_iou", "rejected_iou", "rejected_executed")}
     images = 0
     for line in scored_path.read_text().splitlines():
@@ -115,6 +116,7 @@ def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path) -> dict:
         for p in item["pairs"]:
             rows["id"].append(item["id"])
             rows["image_ref"].append(gt[item["id"]]["image_ref"])
+            rows["image_bytes"].append(gt[item["id"]].get("image_bytes"))
             for key in ("chosen", "rejected", "chosen_reward", "rejected_reward", "chosen_iou", "rejected_iou", "rejected_executed"):
                 rows[key].append(p[key])
     datasets.Dataset.from_dict(rows).save_to_disk(str(target))
@@ -146,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    gt = {r["deepcad_id"]: {"cadquery": r["cadquery"], "image_ref": r["image"].get("path") or f"{args.data}#{r['deepcad_id']}"}
-          for r in ds}
+    gt = {r["deepcad_id"]: {"cadquery": r["cadquery"], "image_ref": r["image"].get("path") or f"{args.data}#{r['deepcad_id']}",
+                            "image_bytes": r["image"].get("bytes")} for r in ds}
     if args.samples:
         samples = Path(args.samples)
     else:

@@ -84,14 +84,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=384)
+    ap.add_argument("--strategies", default="retrieval,beam,grammar,bestofn,rerank",
+                    help="comma-separated subset of retrieval, beam, grammar, bestofn, rerank")
+    ap.add_argument("--name", default="SFT", help="model name in the table")
     ap.add_argument("--out", default="results/strategies")
     args = ap.parse_args()
+    wanted = set(args.strategies.split(","))
     data = dict(d.split("=", 1) if "=" in d else (Path(d).name, d) for d in args.data)
     t0 = time.perf_counter()
     model, tok, proc = load_model(args.model)
-    index = RetrievalIndex.build(args.retrieval_data)
-    table = evaluate_strategies(model, tok, proc, data, default_strategies(args.n, args.k, args.max_new_tokens),
-                                index, Path(args.out), args.limit)
+    strategies = {k: v for k, v in default_strategies(args.n, args.k, args.max_new_tokens).items() if v.strategy in wanted}
+    needs_index = any(v.strategy == "retrieval" or v.k_retrieval for v in strategies.values())
+    index = RetrievalIndex.build(args.retrieval_data) if needs_index else None
+    table = evaluate_strategies(model, tok, proc, data, strategies, index, Path(args.out), args.limit, args.name)
     print(write_table(table, Path(args.out)))
     print(f"{time.perf_counter() - t0:.0f} s; table in {args.out}/table.md")
 
