@@ -50,6 +50,21 @@ def row_code(row: dict | None) -> str | None:
     return None
 
 
+def done_ids(path: str | os.PathLike) -> set[str]:
+    """Ids already written to a resumable JSONL output (a line cut short by an interruption is
+    skipped, so that id is redone)."""
+    p = Path(path)
+    if not p.exists():
+        return set()
+    done = set()
+    for line in p.read_text().splitlines():
+        try:
+            done.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return done
+
+
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

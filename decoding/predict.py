@@ -28,6 +28,7 @@ from transformers import LogitsProcessorList
 from tqdm import tqdm
 
 from cad.data import to_image
+from cad.io import done_ids
 from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import repair as repair_program
 from decoding.grammar import validate
@@ -63,18 +64,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _done_ids(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    done = set()
-    for line in path.read_text().splitlines():
-        try:
-            done.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError):
-            continue  # a line cut short by an interruption is redone
-    return done
 
 
 class Predictor:
@@ -150,7 +139,7 @@ def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path,
     """Decode every row (``{"id", "image"}``) not yet in ``out_path``; append results in input order."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(out)
+    done = done_ids(out)
     todo = [r for r in rows if str(r["id"]) not in done]
     predictor = Predictor(model, tokenizer, processor, cfg, pool, index)
     t0 = time.perf_counter()

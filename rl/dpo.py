@@ -36,6 +36,7 @@ from cad.config import ConfigError, load_config, to_yaml
 from cad.data import to_image
 from sft.model import Img2CadModel, load_model
 from sft.tokenizer import canonical_target
+from sft.train import resolve_precision
 
 
 @dataclass
@@ -119,9 +120,7 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
     if len(pairs) == 0:
         raise ValueError(f"{cfg.pairs}: no preference pairs; run python -m rl.pairs first")
     train = tokenize_pairs(pairs, tokenizer, model.config.decoder_start_token_id, cfg.canonical_grid)
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    precision = resolve_precision(cfg.precision)
     loss_types = list(cfg.loss_type)
     weights = [1.0] * len(loss_types)
     if cfg.sft_weight > 0 and "sft" not in loss_types:

@@ -24,20 +24,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cad.data import DatasetUnavailable, load_gencad, undecoded
+from cad.io import done_ids
 from cad.sandbox import SandboxPool
 from reward.score import score
-
-
-def _done(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    ids = set()
-    for line in path.read_text().splitlines():
-        try:
-            ids.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError):
-            continue
-    return ids
 
 
 def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int = 8, max_new_tokens: int = 512,
@@ -48,7 +37,7 @@ def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int 
     from sft.model import load_model
 
     path = out / "samples.jsonl"
-    done = _done(path)
+    done = done_ids(path)
     todo = [r for r in rows if r["id"] not in done]
     model, tok, proc = load_model(model_dir)
     cfg = DecodeConfig(strategy="bestofn", n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
@@ -87,7 +76,7 @@ def make_pairs(candidates: list[str], rewards: list, margin: float, perfect: flo
 
 def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float, workers: int = 2) -> dict:
     scored_path = out / "scored.jsonl"
-    done = _done(scored_path)
+    done = done_ids(scored_path)
     lines = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
     with SandboxPool(workers) as pool, scored_path.open("a") as f:
         for item in tqdm(lines, desc="score", unit="img"):

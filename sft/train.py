@@ -102,9 +102,7 @@ def _checkpoints(out: Path) -> list[Path]:
 def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = None) -> dict:
     """Run SFT; ``interrupt_after`` stops right after that step's checkpoint (to test resuming)."""
     out = Path(cfg.output_dir)
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    precision = resolve_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
                               log_with="tensorboard", project_dir=str(out))
     set_seed(cfg.seed)
@@ -249,6 +247,13 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         save_final(final, tokenizer, processor, cfg, metrics, out / "final")
     accelerator.end_training()
     return metrics
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' means bf16 on a GPU that has it, else full precision."""
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return precision
 
 
 def peak_memory_mb() -> float:
