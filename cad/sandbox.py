@@ -487,6 +487,11 @@ class SandboxPool:
                 self._all.append(z)
                 self._idle.put(z)
 
+    def clear_cache(self) -> None:
+        """Forget cached results (e.g. so that a timed run pays for its own executions)."""
+        with self._lock:
+            self._cache.clear()
+
     @staticmethod
     def cache_key(code: str, opts: ExecOptions) -> str:
         return hashlib.sha256((repr(opts) + "\0" + code).encode("utf-8", "surrogatepass")).hexdigest()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cad.data import DatasetUnavailable, load_gencad, undecoded
 from cad.sandbox import SandboxPool
-from decoding.predict import STRATEGIES, DecodeConfig, predict, resolve_device
+from decoding.predict import STRATEGIES, DecodeConfig, parse_grid, predict, resolve_device
 from decoding.retrieval import RetrievalIndex
 
 
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--grammar", action="store_true", help="grammar-constrained generation")
     ap.add_argument("--repair", action="store_true", help="repair candidates that fail the grammar")
+    ap.add_argument("--grammar-name", choices=("gencad", "cadquery"), default="gencad",
+                    help="gencad: GenCAD-Code's subset with arities (default); cadquery: the wider API")
     ap.add_argument("--k-retrieval", type=int, default=0, help="nearest training programs added as candidates")
     ap.add_argument("--retrieval-data", help="training data for the retrieval index")
     ap.add_argument("--index", help="retrieval index file (.npz): loaded if present, else built and saved")
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same output)")
+    ap.add_argument("--canonical-grid", default="256",
+                    help="number grid of the model's canonical targets, for scoring retrieved programs ('none': 3 decimals)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.model is None and args.strategy != "retrieval":
@@ -50,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = DecodeConfig(strategy=args.strategy, num_beams=args.beams, n=args.n, temperature=args.temperature,
-                       top_p=args.top_p, grammar=args.grammar, repair=args.repair, k_retrieval=args.k_retrieval,
-                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device)
+                       top_p=args.top_p, grammar=args.grammar, grammar_name=args.grammar_name, repair=args.repair, k_retrieval=args.k_retrieval,
+                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device,
+                       seed=args.seed, canonical_grid=parse_grid(args.canonical_grid))
     if args.weights:
         cfg.weights.update(json.loads(args.weights))
     index = None

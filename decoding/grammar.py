@@ -51,9 +51,36 @@ NL: /[ \t]*\n[ \t\n]*/
 """ % (" | ".join(f'"{c}"' for c in CONSTRUCTORS), " | ".join(f'"{m}"' for m in sorted(METHODS, key=len, reverse=True)))
 
 
-@lru_cache(maxsize=1)
-def parser() -> Lark:
-    return Lark(CADQUERY_LARK, parser="lalr", lexer="contextual")
+# GenCAD-Code's programs exactly, with arities and variable roles: a workplane on a plane of three
+# vectors, loops that start with moveTo, bodies that add loops of their own sketch and extrude,
+# and the final solid as a chain of union/cut. Constrained decoding with it cannot write a
+# cq.Vector of five numbers or extrude a loop; it is the "full" grammar of the ablation.
+GENCAD_LARK = r"""
+start: HEADER (NL stmt)* NL?
+HEADER: "import cadquery as cq"
+stmt: COMMENT | sketch | loop | body | final
+sketch: SKETCH "=" "cq.Workplane(" plane ")"
+plane: "cq.Plane(" vector "," vector "," vector ")"
+vector: "cq.Vector(" NUMBER "," NUMBER "," NUMBER ")"
+loop: LOOP "=" SKETCH ".moveTo(" NUMBER "," NUMBER ")" segment*
+segment: ".lineTo(" NUMBER "," NUMBER ")" | ".threePointArc(" point "," point ")" | ".circle(" NUMBER ")" | ".close()"
+point: "(" NUMBER "," NUMBER ")"
+body: SOLIDN "=" SKETCH (".add(" LOOP ")")+ ".extrude(" NUMBER ("," "both" "=" "True")? ")"
+final: "solid" "=" (SOLIDN | "solid") ((".union(" | ".cut(" | ".intersect(") SOLIDN ")")*
+SKETCH: /wp_sketch[0-9]+/
+LOOP: /loop[0-9]+/
+SOLIDN: /solid[0-9]+/
+NUMBER: /-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?/
+COMMENT: /#[^\n]*/
+NL: /[ \t]*\n[ \t\n]*/
+%ignore /[ \t]+/
+"""
+GRAMMARS = {"cadquery": CADQUERY_LARK, "gencad": GENCAD_LARK}
+
+
+@lru_cache(maxsize=2)
+def parser(grammar: str = "cadquery") -> Lark:
+    return Lark(GRAMMARS[grammar], parser="lalr", lexer="contextual")
 
 
 @dataclass
@@ -65,11 +92,11 @@ class Validation:
     position: int | None = None  # character offset of the error
 
 
-def validate(code: str) -> Validation:
-    """Does ``code`` belong to the grammar? If not, where does it stop parsing?"""
+def validate(code: str, grammar: str = "cadquery") -> Validation:
+    """Does ``code`` belong to the grammar (``cadquery`` or ``gencad``)? If not, where does it stop parsing?"""
     text = code if code.endswith("\n") else code + "\n"
     try:
-        parser().parse(text)
+        parser(grammar).parse(text)
         return Validation(True)
     except UnexpectedInput as exc:
         return Validation(False, str(exc).splitlines()[0][:200], exc.line, exc.column, getattr(exc, "pos_in_stream", None))
@@ -107,7 +134,7 @@ def _balance(line: str) -> tuple[str, bool]:
     return text, changed or text != line
 
 
-def repair(code: str) -> Repair:
+def repair(code: str, grammar: str = "cadquery") -> Repair:
     """Fix frequent defects: missing import, unbalanced brackets, a truncated last statement,
     a missing final ``solid=`` assignment. Returns the repaired program and the fixes applied."""
     fixes: list[str] = []
@@ -126,8 +153,8 @@ def repair(code: str) -> Repair:
             lines[i] = fixed
             fixes.append(f"balanced brackets on line {i + 1}")
     # drop statements that still do not parse, from the end (a truncated tail)
-    while len(lines) > 1 and not validate("\n".join(lines)).ok:
-        v = validate("\n".join(lines))
+    while len(lines) > 1 and not validate("\n".join(lines), grammar).ok:
+        v = validate("\n".join(lines), grammar)
         bad = (v.line or len(lines)) - 1
         if bad < 1 or bad >= len(lines):
             bad = len(lines) - 1
@@ -140,4 +167,4 @@ def repair(code: str) -> Repair:
             lines.append(f"solid={bodies[-1]}")
             fixes.append(f"assigned solid={bodies[-1]}")
     text = "\n".join(lines) + "\n"
-    return Repair(text, fixes, validate(text).ok)
+    return Repair(text, fixes, validate(text, grammar).ok)

@@ -3,7 +3,8 @@
 Strategies (flags combine):
 
 * ``greedy``, ``beam``: one program per image (beam 4 is the study's baseline).
-* ``grammar``: beam search constrained by the CadQuery grammar (``decoding.constrained``), then
+* ``grammar``: beam search constrained by a grammar (``decoding.constrained``; ``grammar_name``
+  ``gencad``, GenCAD-Code's typed subset, or ``cadquery``, the wider API), then
   ``decoding.grammar.repair`` for programs cut by the length limit.
 * ``bestofn``: sample N programs per image, execute them all in the sandbox, keep the executable
   ones and return the most likely; the most likely overall when none executes.
@@ -12,13 +13,15 @@ Strategies (flags combine):
 * ``retrieval``: the program of the nearest training image (``decoding.retrieval``).
 
 ``k_retrieval > 0`` adds the k nearest training programs to the candidates of best-of-N and
-rerank; ``grammar=True`` constrains sampling too; ``repair=True`` repairs every candidate.
+rerank, scored by the model's own log-probability of them; ``grammar=True`` constrains sampling
+too; ``repair=True`` repairs every candidate.
 Execution and scoring of one batch overlap with generation of the next (a worker thread).
 """
 from __future__ import annotations
 
 import json
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +33,11 @@ from tqdm import tqdm
 from cad.data import to_image
 from cad.io import done_ids
 from cad.sandbox import ExecOptions, SandboxPool
+from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
 from decoding.grammar import validate
 from decoding.rerank import DEFAULT_WEIGHTS, Candidate, combined_score
+from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
 
@@ -45,6 +50,7 @@ class DecodeConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     grammar: bool = False
+    grammar_name: str = "gencad"  # decoding.grammar.GRAMMARS: "gencad" (typed, GenCAD's subset) or "cadquery"
     repair: bool = False
     k_retrieval: int = 0
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
@@ -52,12 +58,21 @@ class DecodeConfig:
     max_new_tokens: int = 512
     timeout: float = 5.0
     device: str = "auto"
+    seed: int = 0
+    canonical_grid: int | None = 256  # the canonical form the model was trained on (None: 3 decimals only)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
         if self.strategy == "grammar":
             self.grammar = self.repair = True
+        if self.grammar_name not in GRAMMARS:
+            raise ValueError(f"unknown grammar {self.grammar_name!r}; choose from {sorted(GRAMMARS)}")
+
+
+def parse_grid(text: str | int | None) -> int | None:
+    """A canonical number grid from the command line: an integer, or 'none' for 3 decimals only."""
+    return None if text is None or str(text).lower() in ("none", "null", "0") else int(text)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,9 +91,15 @@ class Predictor:
         if cfg.grammar and model is not None:
             from decoding.constrained import GrammarLogitsProcessor
 
-            self.grammar_processor = GrammarLogitsProcessor(tokenizer)
+            self.grammar_processor = GrammarLogitsProcessor(tokenizer, GRAMMARS[cfg.grammar_name])
         if (cfg.strategy == "retrieval" or cfg.k_retrieval) and index is None:
             raise ValueError("retrieval needs an index: pass --index or --retrieval-data")
+        self.select_seconds = 0.0  # execution and scoring of candidates, summed over images
+
+    @property
+    def renders(self) -> bool:
+        w = self.cfg.weights
+        return self.cfg.strategy == "rerank" and bool(w.get("silhouette") or w.get("edges") or w.get("pixel"))
 
     def generate(self, images) -> list[list[Candidate]]:
         """Candidates per image, before execution."""
@@ -104,22 +125,40 @@ class Predictor:
         if k:
             for i, hits in enumerate(self.index.query(images, k)):
                 out[i].extend(Candidate(code, 0.0, 1, "retrieval", scores={"similarity": sim}) for code, sim in hits)
+            if cfg.strategy != "retrieval":
+                self.score_retrieved(px, out)
         if cfg.repair:
             for cands in out:
                 for c in cands:
-                    if not validate(c.code).ok:
-                        c.code = repair_program(c.code).code
+                    if not validate(c.code, cfg.grammar_name).ok:
+                        c.code = repair_program(c.code, cfg.grammar_name).code
         return out
+
+    def score_retrieved(self, px: torch.Tensor, out: list[list[Candidate]]) -> None:
+        """Give retrieved programs the model's own log-probability, so they rank with the samples."""
+        retrieved = [(i, c) for i, cands in enumerate(out) for c in cands if c.source == "retrieval"]
+        seqs = [self.tok(canonical_target(c.code, self.cfg.canonical_grid), add_special_tokens=False)["input_ids"]
+                + [self.tok.eos_token_id] for _, c in retrieved]
+        logprobs = self.model.score_sequences(px[[i for i, _ in retrieved]], seqs).tolist()
+        for (_, c), lp, seq in zip(retrieved, logprobs, seqs):
+            c.logprob, c.tokens = lp, len(seq)
 
     def select(self, cands: list[Candidate], image) -> tuple[Candidate, dict]:
         """Execute (when the strategy needs it) and choose one candidate."""
+        t0 = time.perf_counter()
+        try:
+            return self._select(cands, image)
+        finally:
+            self.select_seconds += time.perf_counter() - t0
+
+    def _select(self, cands: list[Candidate], image) -> tuple[Candidate, dict]:
         cfg = self.cfg
         info = {"n_candidates": len(cands)}
         if cfg.strategy not in ("bestofn", "rerank") or len(cands) == 1:
             return cands[0], info
         if self.pool is None:
             raise ValueError(f"strategy {cfg.strategy} executes candidates: pass a SandboxPool")
-        opts = ExecOptions(timeout=cfg.timeout, want_geometry=cfg.strategy == "rerank")
+        opts = ExecOptions(timeout=cfg.timeout, want_geometry=self.renders)
         for c, r in zip(cands, self.pool.imap([c.code for c in cands], opts)):
             c.result = r
         executable = [c for c in cands if c.result.executable]
@@ -168,6 +207,8 @@ def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path,
                     unreadable += 1
                     f.write(json.dumps({"id": str(r["id"]), "code": "", "strategy": cfg.strategy,
                                         "error": f"unreadable image: {type(exc).__name__}: {exc}"}) + "\n")
+            # sampling is seeded per batch from the config seed and the batch's ids: same config, same output
+            torch.manual_seed(cfg.seed + zlib.crc32("\n".join(str(r["id"]) for r in keep).encode()))
             cands = predictor.generate(images) if keep else []
             if pending is not None:  # execution of the previous batch ran while this one generated
                 for line in pending.result():
@@ -180,4 +221,5 @@ def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path,
                 f.write(json.dumps(line) + "\n")
     seconds = time.perf_counter() - t0
     return {"decoded": len(todo), "unreadable": unreadable, "seconds": round(seconds, 2),
-            "seconds_per_image": round(seconds / max(len(todo), 1), 4)}
+            "seconds_per_image": round(seconds / max(len(todo), 1), 4),
+            "select_seconds": round(predictor.select_seconds, 3)}

@@ -4,7 +4,8 @@
   prior, structural sanity (every sketch is used, extrusions are non-zero, ``solid`` assigned).
 * ``render_compare``: render the executed candidate in the input's style (``cad.render``) and
   compare with the input image: silhouette IoU and agreement of edge pixels (dilated by one
-  pixel), at the input's resolution.
+  pixel), at the input's resolution, and the cosine similarity of the retrieval index's pixel
+  embedding (64 px ink), the measure by which retrieval picks its nearest training image.
 * ``combined_score``: a weighted sum (weights in the decoding config); non-executable candidates
   score ``-inf``. The reward module plugs in here as the scorer at inference.
 """
@@ -18,8 +19,9 @@ from PIL import Image
 
 from cad.render import Style, render_geometry, silhouette
 from cad.sandbox import ExecResult
+from decoding.retrieval import embed
 
-DEFAULT_WEIGHTS = {"logprob": 1.0, "sanity": 0.5, "silhouette": 2.0, "edges": 1.0}
+DEFAULT_WEIGHTS = {"logprob": 1.0, "sanity": 0.5, "silhouette": 2.0, "edges": 1.0, "pixel": 0.0}
 
 
 @dataclass
@@ -68,8 +70,10 @@ def render_compare(result: ExecResult, image: Image.Image) -> dict:
     union = (sa | sb).sum()
     ea, eb = _edges(target), _edges(ours)
     e_union = (ea | eb).sum()
+    pixel = embed([image, Image.fromarray(ours)])
     return {"silhouette": float((sa & sb).sum() / union) if union else 0.0,
-            "edges": float((ea & eb).sum() / e_union) if e_union else 0.0}
+            "edges": float((ea & eb).sum() / e_union) if e_union else 0.0,
+            "pixel": float(pixel[0] @ pixel[1])}
 
 
 def combined_score(c: Candidate, image: Image.Image | None, weights: dict | None = None) -> float:
@@ -79,7 +83,7 @@ def combined_score(c: Candidate, image: Image.Image | None, weights: dict | None
         c.scores, c.total = {}, float("-inf")
         return c.total
     c.scores = heuristic_score(c)
-    if image is not None and c.result.geometry is not None and (w.get("silhouette") or w.get("edges")):
+    if image is not None and c.result.geometry is not None and (w.get("silhouette") or w.get("edges") or w.get("pixel")):
         c.scores.update(render_compare(c.result, image))
     c.total = float(sum(w.get(k, 0.0) * v for k, v in c.scores.items()))
     return c.total

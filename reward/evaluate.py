@@ -38,7 +38,7 @@ def evaluate_pairs(
     for _, pred, gt in pairs:
         codes.extend([pred if pred is not None else "", gt])
     results = pool.imap(codes, opts)
-    rows, execs, ious, ious_voxel = [], [], [], []
+    rows = []
     for pid, pred, _ in tqdm(pairs, desc="evaluate", unit="id", disable=not progress):
         pr: ExecResult = next(results)
         gr: ExecResult = next(results)
@@ -53,11 +53,10 @@ def evaluate_pairs(
                 row["iou_voxel"] = best_iou(pr.geometry, gr.geometry, "voxel").iou
                 if iou == "voxel":
                     row["iou"] = row["iou_voxel"]
-        execs.append(pr)
-        ious.append(row["iou"])
-        ious_voxel.append(row.get("iou_voxel"))
         rows.append(row)
-    summary = summarise(execs, ious, ious_voxel if iou == "both" else None).to_json()
+    summary = summarise(rows).to_json()
+    if iou != "both":
+        summary.pop("iou_best_voxel", None)
     summary["gt_not_executable"] = sum(r["gt_status"] != "ok" for r in rows)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary, rows

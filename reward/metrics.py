@@ -59,25 +59,25 @@ class Summary:
         return out
 
 
-def summarise(results: list[ExecResult], ious: list[float | None], ious_voxel: list[float | None] | None = None) -> Summary:
-    """Aggregate per-id executions and IoUs (None where the pair did not both execute)."""
-    n = len(results)
+def summarise(rows: list[dict]) -> Summary:
+    """Aggregate per-id rows of ``reward.evaluate`` (``status``, ``executable``, ``error_class``,
+    ``iou`` and optionally ``iou_voxel``, None where the pair did not both execute)."""
+    n = len(rows)
     statuses: dict[str, int] = {}
     errors = {c: 0 for c in ERROR_CLASSES}
-    for r in results:
-        statuses[r.status] = statuses.get(r.status, 0) + 1
-        cls = error_class(r)
-        if cls:
-            errors[cls] += 1
-    valid = [x for x in ious if x is not None]
-    voxel = [x for x in (ious_voxel or []) if x is not None]
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        if r["error_class"]:
+            errors[r["error_class"]] += 1
+    valid = [r["iou"] for r in rows if r["iou"] is not None]
+    voxel = [r["iou_voxel"] for r in rows if r.get("iou_voxel") is not None]
     return Summary(
         n=n,
-        vsr=sum(r.ok for r in results) / n if n else 0.0,
-        exec_rate=sum(r.executable for r in results) / n if n else 0.0,
+        vsr=statuses.get("ok", 0) / n if n else 0.0,
+        exec_rate=sum(bool(r["executable"]) for r in rows) / n if n else 0.0,
         iou_best=float(np.mean(valid)) if valid else None,
         n_valid=len(valid),
         errors={k: {"count": v, "rate": round(v / n, 4) if n else 0.0} for k, v in errors.items()},
         statuses=statuses,
-        iou_best_voxel=float(np.mean(voxel)) if ious_voxel is not None and voxel else None,
+        iou_best_voxel=float(np.mean(voxel)) if voxel else None,
     )

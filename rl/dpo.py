@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from cad.config import ConfigError, load_config, to_yaml
 from cad.data import to_image
 from sft.model import Img2CadModel, load_model
 from sft.tokenizer import canonical_target
-from sft.train import resolve_precision
+from sft.train import peak_memory_mb, resolve_precision
 
 
 @dataclass
@@ -116,6 +117,9 @@ def tokenize_pairs(pairs: datasets.Dataset, tokenizer, start_id: int, grid: int 
 def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
     model, tokenizer, processor = load_model(cfg.sft_model)
     model.train()
+    if not Path(cfg.pairs).exists():
+        raise ValueError(f"{cfg.pairs}: no preference pairs; run python -m rl.pairs first (it writes none when no "
+                         "image gave a pair: sample more, or pass --include-reference)")
     pairs = datasets.load_from_disk(cfg.pairs)
     if len(pairs) == 0:
         raise ValueError(f"{cfg.pairs}: no preference pairs; run python -m rl.pairs first")
@@ -132,7 +136,7 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
         gradient_accumulation_steps=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, seed=cfg.seed, max_length=cfg.max_length,
         report_to=["tensorboard"], remove_unused_columns=False, bf16=precision == "bf16",
-        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         precompute_ref_log_probs=False,
     )
     peft_config, ref_model = None, None
@@ -150,6 +154,7 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
     if resume:
         ckpts = sorted(Path(cfg.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         last = str(ckpts[-1]) if ckpts else None
+    t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     final = trainer.model
     if cfg.train_mode == "lora":
@@ -159,6 +164,7 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
     tokenizer.save_pretrained(str(out))
     processor.save_pretrained(out)
     metrics = {"train_loss": result.training_loss, "steps": result.global_step, "pairs": len(train),
+               "train_seconds": round(time.perf_counter() - t0, 1), "peak_memory_mb": peak_memory_mb(),
                **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
     (out / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "dpo_config.yaml").write_text(to_yaml(cfg))

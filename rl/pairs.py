@@ -7,7 +7,8 @@ Two separable steps, so sampling can run on a GPU machine and scoring here:
 2. score and pair (``--samples FILE`` starts here): every candidate gets ``reward.score`` against
    the ground-truth program; chosen is the best; rejected are clearly worse (reward margin at
    least ``--margin``), always including a non-executable one when there is one; images whose
-   candidates are all near-perfect or all failing are skipped. Scored ids go to
+   candidates are all near-perfect or all failing are skipped (``--include-reference`` scores the
+   ground truth with the samples, so a weak model's failing samples still pair against it). Scored ids go to
    ``OUT/scored.jsonl`` as they finish (resumable); the pairs are saved as a ``datasets``
    dataset in ``OUT/pairs`` with the image (``image_ref`` path or id, and ``image_bytes`` when the
    source embeds it), both programs and both rewards.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,7 +76,8 @@ def make_pairs(candidates: list[str], rewards: list, margin: float, perfect: flo
     return pairs
 
 
-def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float, workers: int = 2) -> dict:
+def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float, workers: int = 2,
+                   include_reference: bool = False) -> dict:
     scored_path = out / "scored.jsonl"
     done = done_ids(scored_path)
     lines = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
@@ -83,6 +86,8 @@ def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float,
             if item["id"] in done or item["id"] not in gt:
                 continue
             codes = [c["code"] for c in item["candidates"]]
+            if include_reference:  # the ground truth as a candidate: a chosen program even when no sample runs
+                codes.append(gt[item["id"]]["cadquery"])
             rewards = score(codes, pool, reference=gt[item["id"]]["cadquery"])
             pairs = make_pairs(codes, rewards, margin)
             f.write(json.dumps({"id": item["id"], "pairs": [
@@ -108,13 +113,41 @@ def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path) -> dict:
             rows["image_bytes"].append(gt[item["id"]].get("image_bytes"))
             for key in ("chosen", "rejected", "chosen_reward", "rejected_reward", "chosen_iou", "rejected_iou", "rejected_executed"):
                 rows[key].append(p[key])
-    datasets.Dataset.from_dict(rows).save_to_disk(str(target))
     n = len(rows["id"])
+    if target.exists():
+        shutil.rmtree(target)
+    if n:  # no dataset at all when no image gave a pair (an empty one does not load back)
+        datasets.Dataset.from_dict(rows).save_to_disk(str(target))
     margins = np.array(rows["chosen_reward"]) - np.array(rows["rejected_reward"]) if n else np.zeros(0)
     return {"images": images, "pairs": n, "pairs_per_image": round(n / max(images, 1), 3),
             "mean_margin": round(float(margins.mean()), 4) if n else None,
             "rejected_failing_share": round(1.0 - float(np.mean(rows["rejected_executed"])), 4) if n else None,
-            "out": str(target)}
+            "out": str(target) if n else None}
+
+
+def ground_truth(ds, source: str) -> dict[str, dict]:
+    """Program and image reference (path or ``source#id``, plus embedded bytes) per id."""
+    return {r["deepcad_id"]: {"cadquery": r["cadquery"], "image_ref": r["image"].get("path") or f"{source}#{r['deepcad_id']}",
+                              "image_bytes": r["image"].get("bytes")} for r in ds}
+
+
+def build_pairs(data: str, out: Path, model: str | None = None, samples: str | None = None, k: int = 8,
+                margin: float = 1.0, limit: int | None = None, split: str | None = None, sample_only: bool = False,
+                include_reference: bool = False, workers: int = 2, max_new_tokens: int = 512) -> dict:
+    """Both steps (or one of them) on ``data``; returns the pair statistics (or the samples path)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ds = undecoded(load_gencad(data, split=split, limit=limit))
+    gt = ground_truth(ds, data)
+    if samples is None:
+        if not model:
+            raise ValueError("pass a model to sample from, or an existing samples file")
+        rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in ds]
+        samples_path = sample(model, rows, k, out, max_new_tokens=max_new_tokens)
+    else:
+        samples_path = Path(samples)
+    if sample_only:
+        return {"samples": str(samples_path)}
+    return score_and_pair(samples_path, gt, out, margin, workers, include_reference)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,30 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin", type=float, default=1.0, help="minimum reward gap between chosen and rejected")
     ap.add_argument("--samples", help="an existing samples.jsonl: skip sampling")
     ap.add_argument("--sample-only", action="store_true")
+    ap.add_argument("--include-reference", action="store_true",
+                    help="score the ground-truth program with the samples, so it can be chosen (a weak model's "
+                         "images then still give pairs: ground truth over failing samples)")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not args.samples and not args.model:
+        print("error: pass --model to sample, or --samples FILE to score existing samples", file=sys.stderr)
+        return 2
     try:
-        ds = undecoded(load_gencad(args.data, split=args.split, limit=args.limit))
+        stats = build_pairs(args.data, Path(args.out), args.model, args.samples, args.k, args.margin, args.limit,
+                            args.split, args.sample_only, args.include_reference, args.workers, args.max_new_tokens)
     except DatasetUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    gt = {r["deepcad_id"]: {"cadquery": r["cadquery"], "image_ref": r["image"].get("path") or f"{args.data}#{r['deepcad_id']}",
-                            "image_bytes": r["image"].get("bytes")} for r in ds}
-    if args.samples:
-        samples = Path(args.samples)
-    else:
-        if not args.model:
-            print("error: pass --model to sample, or --samples FILE to score existing samples", file=sys.stderr)
-            return 2
-        rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in ds]
-        samples = sample(args.model, rows, args.k, out)
-    if args.sample_only:
-        print(json.dumps({"samples": str(samples)}))
-        return 0
-    stats = score_and_pair(samples, gt, out, args.margin, args.workers)
     print(json.dumps(stats))
     return 0
 

@@ -5,9 +5,12 @@
 2. Renderer: our renders of the ten ground-truth programs against the real images.
 3. Data: a small synthetic GenCAD-style train set and a held-out test set.
 4. SFT: the tiny recipe trained for a few minutes.
-5. Decoding and evaluation: greedy and beam-4 predictions on the synthetic test set and on the
-   ten real images for each strategy (retrieval, beam 4, grammar, best-of-N, rerank), scored by
-   ``reward.evaluate``; the table is printed and saved.
+5. Preference pairs: the SFT model's samples on training images scored by ``reward.score``
+   (the ground truth joins them, so even a weak model's images give pairs).
+6. DPO: a few steps of TRL's DPOTrainer from the SFT model.
+7. Evaluation (``scripts.eval_all``): every configuration of the study (retrieval, beam 4,
+   grammar, best-of-N, rerank, DPO) and its ablations on the synthetic test set and the ten real
+   images; the table is printed, the report written.
 
 Everything lands in ``outputs/demo`` (override with DEMO_DIR); steps already done are reused.
 """
@@ -28,6 +31,7 @@ from reward.evaluate import evaluate_pairs
 from scripts._common import REFERENCE, reference_rows
 
 OUT = Path(os.environ.get("DEMO_DIR", "outputs/demo"))
+MAX_NEW_TOKENS = 192
 
 
 def step(title: str) -> None:
@@ -86,19 +90,34 @@ def main() -> None:
         metrics = train(cfg)
         print(json.dumps({k: metrics[k] for k in ("steps", "train_seconds", "val_loss", "samples_per_s_this_run")}))
 
-    step("5. Decoding strategies and evaluation")
-    from decoding.retrieval import RetrievalIndex
-    from scripts.eval_strategies import default_strategies, evaluate_strategies, write_table
-    from sft.model import load_model
+    step("5. Preference pairs from the SFT model's samples, scored by the reward")
+    from rl.pairs import build_pairs
 
-    model, tok, proc = load_model(str(model_dir))
-    index = RetrievalIndex.build(OUT / "synth-train")
-    data = {"synthetic-test-24": str(OUT / "synth-test"), "real-10": str(REFERENCE / "samples.jsonl")}
-    table += evaluate_strategies(model, tok, proc, data, default_strategies(4, 2, 320), index, OUT, limit=24,
-                                 model_name="tiny SFT")
-    report = write_table(table, OUT)
-    step(f"Results (table in {OUT / 'table.md'}; {time.perf_counter() - t_start:.0f} s)")
-    print(report)
+    pairs = build_pairs(str(OUT / "synth-train"), OUT / "pairs", model=str(model_dir), k=4, margin=0.5, limit=32,
+                        include_reference=True, max_new_tokens=MAX_NEW_TOKENS)
+    print(json.dumps(pairs))
+
+    step("6. DPO: a few steps of TRL's DPOTrainer")
+    from rl.dpo import DPORecipe, train_dpo
+
+    dpo_dir = OUT / "dpo" / "final"
+    if not (dpo_dir / "model.safetensors").exists():
+        recipe = load_config(DPORecipe, "configs/dpo.yaml", [
+            f"sft_model={model_dir}", f"pairs={OUT / 'pairs' / 'pairs'}", f"output_dir={OUT / 'dpo'}",
+            "max_steps=16", "batch_size=8", "lr=2.0e-5", "save_steps=1000", "logging_steps=4"])
+        metrics = train_dpo(recipe)
+        print(json.dumps({k: metrics[k] for k in ("steps", "pairs", "train_loss", "train_seconds")}))
+
+    step("7. Every configuration of the study, ablations, errors and plots (scripts/eval_all)")
+    from scripts import eval_all
+
+    eval_all.main(["--model", str(model_dir), "--dpo-model", str(dpo_dir), "--results", str(OUT / "results"), "--run", "demo",
+                   "--data", f"synthetic-test-12={OUT / 'synth-test'}", "--data", f"real-10={REFERENCE / 'samples.jsonl'}",
+                   "--retrieval-data", str(OUT / "synth-train"), "--limit", "12", "--n", "6", "--k", "2",
+                   "--max-new-tokens", str(MAX_NEW_TOKENS), "--quiet"])
+    step(f"Done in {time.perf_counter() - t_start:.0f} s")
+    print(f"perturbed-ground-truth check on real-10: {json.dumps({k: table[0][k] for k in ('vsr', 'iou_best', 'iou_best_voxel')})}")
+    print(f"table: {OUT / 'results' / 'demo' / 'table.md'}\nreport: {OUT / 'results' / 'demo' / 'report.md'}")
 
 
 if __name__ == "__main__":

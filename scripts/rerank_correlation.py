@@ -10,6 +10,7 @@ correlation of each term with the true IoU, the IoU of the top-1 by each term, a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,13 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, to_image  # noqa: E402
 from cad.geometry import best_iou  # noqa: E402
 from cad.sandbox import ExecOptions, SandboxPool  # noqa: E402
-from decoding.predict import DecodeConfig, Predictor  # noqa: E402
+from decoding.predict import DecodeConfig, Predictor, parse_grid  # noqa: E402
 from decoding.rerank import combined_score  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
 from scripts._common import write_json  # noqa: E402
 from sft.model import load_model  # noqa: E402
 
-TERMS = ("logprob", "sanity", "silhouette", "edges", "combined")
+TERMS = ("logprob", "sanity", "silhouette", "edges", "pixel", "combined")
 
 
 def main() -> None:
@@ -38,13 +39,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=320)
+    ap.add_argument("--canonical-grid", default="256", help="the model's canonical number grid ('none': 3 decimals)")
+    ap.add_argument("--weights", help="rerank weights as JSON (the combined term)")
     ap.add_argument("--out", default="results/rerank_correlation.json")
     args = ap.parse_args()
     model, tok, proc = load_model(args.model)
     index = RetrievalIndex.build(args.retrieval_data) if args.retrieval_data and args.k else None
     ds = load_gencad(args.data, limit=args.limit)
     cfg = DecodeConfig(strategy="rerank", n=args.n, k_retrieval=args.k if index else 0, grammar=True, repair=True,
-                       max_new_tokens=args.max_new_tokens)
+                       max_new_tokens=args.max_new_tokens, canonical_grid=parse_grid(args.canonical_grid))
+    if args.weights:
+        cfg.weights.update(json.loads(args.weights))
     per_term = {t: [] for t in TERMS}
     top1 = {t: [] for t in TERMS}
     oracle, first = [], []

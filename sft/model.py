@@ -136,6 +136,24 @@ class Img2CadModel(PreTrainedModel):
             logprobs = trans.sum(-1)
         return Generated(seqs[:, 1:], logprobs.float())
 
+    @torch.no_grad()
+    def score_sequences(self, pixel_values: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
+        """Sum of token log-probabilities of each given program (token ids ending in EOS, no start
+        token) under the model, given its image (row i of ``pixel_values``): the model's likelihood
+        of a program it did not write, e.g. a retrieved one."""
+        device = pixel_values.device
+        width = max(len(s) for s in sequences) + 1
+        ids = torch.full((len(sequences), width), self.config.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        ids[:, 0] = self.config.decoder_start_token_id
+        for i, seq in enumerate(sequences):
+            ids[i, 1:len(seq) + 1] = torch.tensor(seq, dtype=torch.long)
+            mask[i, :len(seq) + 1] = True
+        ids, mask = ids.to(device), mask.to(device)
+        logits = self.forward(ids, attention_mask=mask.long(), pixel_values=pixel_values).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return (logp * mask[:, 1:]).sum(-1)
+
     # ---- pretrained weights -----------------------------------------------------------------
     def load_pretrained_parts(self) -> list[str]:
         """Load public weights where reachable; returns what was loaded (logs what was not)."""

@@ -269,6 +269,7 @@ def save_final(model: Img2CadModel, tokenizer, processor: ImageProcessor, cfg: S
     tokenizer.save_pretrained(str(path))
     processor.save_pretrained(path)
     (path / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+    (path / "sft_config.yaml").write_text(to_yaml(cfg))
     card = [
         "# img2cad SFT model", "",
         f"Image ({cfg.image_size} px, {cfg.in_chans} channel(s)) to CadQuery program: {cfg.encoder_name} encoder, "

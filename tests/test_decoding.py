@@ -59,11 +59,26 @@ def tiny(reference_rows):
     return build_model(cfg).eval(), tok, ImageProcessor(64, 1)
 
 
-def test_constrained_outputs_stay_in_the_grammar(tiny):
+def test_typed_gencad_grammar_accepts_gencad_and_rejects_wrong_arities(reference_rows):
+    for row in reference_rows:
+        assert validate(row["cadquery"], "gencad").ok and validate(canonical_target(row["cadquery"]), "gencad").ok
+    head = "import cadquery as cq\nwp_sketch0=cq.Workplane(cq.Plane(cq.Vector({}),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+    assert validate(head.format("0,0,0"), "gencad").ok
+    assert not validate(head.format("0,0,0,0"), "gencad").ok  # the wider grammar takes this
+    assert validate(head.format("0,0,0,0"), "cadquery").ok
+    assert not validate(head.format("0,0,0") + "solid0=wp_sketch0.extrude(1)\n", "gencad").ok  # no loop added
+    assert repair(head.format("0,0,0") + "loop0=wp_sketch0.moveTo(0,0).circle(1)\nsolid0=wp_sketch0.add(loop0).extrude(1",
+                  "gencad").code.endswith("extrude(1)\nsolid=solid0\n")
+
+
+@pytest.mark.parametrize("grammar", ["cadquery", "gencad"])
+def test_constrained_outputs_stay_in_the_grammar(tiny, grammar):
+    from decoding.grammar import GRAMMARS
+
     model, tok, _ = tiny
     px = torch.rand(2, 1, 64, 64)
     for kwargs in (dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, num_return_sequences=3)):
-        proc = GrammarLogitsProcessor(tok)
+        proc = GrammarLogitsProcessor(tok, GRAMMARS[grammar])
         gen = model.generate_programs(px, max_new_tokens=40, logits_processor=LogitsProcessorList([proc]), **kwargs)
         for seq in gen.sequences.tolist():
             ids = [t for t in seq if t != tok.pad_token_id]
@@ -71,7 +86,7 @@ def test_constrained_outputs_stay_in_the_grammar(tiny):
             matcher = llguidance.LLMatcher(proc.ll_tokenizer, proc.grammar)
             assert matcher.consume_tokens(ids) and not matcher.is_error()  # a grammatical prefix
             text = tok.decode(ids)
-            assert repair(text).ok  # and cut-off programs complete by repair
+            assert repair(text, grammar).ok  # and cut-off programs complete by repair
 
 
 BOX = "import cadquery as cq\nsolid = cq.Workplane('XY').box({}, {}, {})\n"
@@ -138,3 +153,12 @@ def test_decoding_cli_writes_every_id_for_every_strategy(tmp_path, tiny, referen
         assert sorted(r["id"] for r in rows) == sorted(ids), strategy
     retrieved = [json.loads(x) for x in (tmp_path / "retrieval.jsonl").read_text().splitlines()]
     assert all(r["code"] == next(g["cadquery"] for g in reference_rows if g["deepcad_id"] == r["id"]) for r in retrieved)
+
+
+def test_model_scores_a_given_program_as_generation_does(tiny):
+    """score_sequences (used for retrieved candidates) agrees with the log-prob generate reports."""
+    model, tok, _ = tiny
+    px = torch.rand(3, 1, 64, 64)
+    gen = model.generate_programs(px, max_new_tokens=12)
+    seqs = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in gen.sequences.tolist()]
+    assert torch.allclose(model.score_sequences(px, seqs), gen.logprobs, atol=1e-3)

@@ -35,6 +35,24 @@ def test_pairs_from_given_samples(tmp_path, reference_rows):
     assert len(datasets.load_from_disk(str(out / "pairs"))) == len(ds)
 
 
+def test_include_reference_pairs_ground_truth_over_failing_samples(tmp_path, reference_rows):
+    from tests.conftest import REFERENCE
+
+    rows = reference_rows[:2]
+    samples = tmp_path / "samples.jsonl"
+    broken = ["import cadquery as cq\nsolid = cq.Workplane(\n", "import cadquery as cq\nsolid = 1\n"]
+    samples.write_text("".join(json.dumps({"id": r["deepcad_id"], "candidates": [{"code": c, "logprob": -1.0} for c in broken]}) + "\n"
+                               for r in rows))
+    args = ["--data", str(REFERENCE / "samples.jsonl"), "--samples", str(samples), "--margin", "0.5"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "pairs").exists()  # all failing: nothing to learn
+    assert main([*args, "--out", str(tmp_path / "ref"), "--include-reference"]) == 0
+    ds = datasets.load_from_disk(str(tmp_path / "ref" / "pairs"))
+    assert sorted(set(ds["id"])) == sorted(r["deepcad_id"] for r in rows)
+    assert all(c == next(r["cadquery"] for r in rows if r["deepcad_id"] == i) for c, i in zip(ds["chosen"], ds["id"]))
+    assert not any(ds["rejected_executed"])
+
+
 def test_sampling_step_writes_k_candidates_per_image(tmp_path, reference_rows):
     import torch
 

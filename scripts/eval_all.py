@@ -1,0 +1,459 @@
+"""The study's evaluation: every decoding configuration of a model (and of its DPO version).
+
+    scripts/eval_all.sh MODEL_DIR [TEST_DATA] [DPO_MODEL_DIR]
+    python -m scripts.eval_all --model DIR [--data NAME=PATH ...] [--dpo-model DIR] [--run NAME]
+
+On each test set it runs the rows of the study's table (retrieval baseline, beam 4, + grammar,
++ execution-checked best-of-N, + reranker, + DPO) and its ablations (grammar none / basic / full;
+best-of-N for N in {1, 3, 6, 10}; reranking none / heuristic / full), then writes
+``results/<run>/``:
+
+* ``table.md`` / ``.csv`` / ``.json``: VSR, Executable %, Best IoU (exact, and voxel as the study
+  measured it), training time and memory of the model, inference seconds and peak memory;
+* ``ablations.md`` / ``.json``; ``errors.md`` / ``.json`` (error classes per configuration, their
+  change against beam 4, the most frequent messages);
+* ``plots/``: Best IoU histograms, VSR and IoU against N, a grid of examples (input image,
+  rendered prediction, rendered ground truth);
+* ``report.md``, which ties them together.
+
+Predictions and scores are cached per (data, model, configuration) and per sample under
+``results/<run>/cache``: an interrupted run resumes, and a repeated one only rewrites the reports.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from cad.data import DatasetUnavailable, load_gencad, undecoded
+from cad.io import done_ids, read_jsonl
+from cad.sandbox import SandboxPool
+from decoding.predict import DecodeConfig, parse_grid, predict
+from decoding.rerank import DEFAULT_WEIGHTS
+from reward.evaluate import evaluate_pairs
+from reward.metrics import ERROR_CLASSES, summarise
+
+HEURISTIC_WEIGHTS = {**DEFAULT_WEIGHTS, "silhouette": 0.0, "edges": 0.0, "pixel": 0.0}
+
+
+@dataclass
+class Variant:
+    """One decoding configuration; ``labels`` maps each section it belongs to onto its row name there."""
+
+    key: str
+    model: str | None  # "sft", "dpo", or None for retrieval
+    cfg: DecodeConfig
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_tokens: int = 512,
+         dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256) -> list[Variant]:
+    """The study's rows and ablations; a configuration shared by several sections runs once."""
+    common = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "canonical_grid": canonical_grid}
+    g = {"grammar": True, "repair": True, **common}
+    rerank = DecodeConfig(strategy="rerank", n=n, k_retrieval=k, **g)
+    out = [
+        Variant("retrieval", None, DecodeConfig(strategy="retrieval"), {"main": "retrieval (nearest training image)"}),
+        Variant("beam4", "sft", DecodeConfig(strategy="beam", **common),
+                {"main": "SFT, beam 4 (study baseline)", "grammar": "none"}),
+        Variant("beam4-repair", "sft", DecodeConfig(strategy="beam", repair=True, **common),
+                {"grammar": "validate + repair only"}),
+        Variant("grammar-basic", "sft", DecodeConfig(strategy="grammar", grammar_name="cadquery", **common),
+                {"grammar": "basic: CadQuery grammar, constrained + repair"}),
+        Variant("grammar", "sft", DecodeConfig(strategy="grammar", **common),
+                {"main": "+ grammar (GenCAD grammar, constrained + repair)",
+                 "grammar": "full: typed GenCAD grammar, constrained + repair"}),
+    ]
+    for m in sorted(set(ns) | {n}):
+        labels = {"bestofn": f"N={m}"} if m in ns else {}
+        if m == n:
+            labels["main"] = f"+ best-of-{n} with execution"
+        out.append(Variant(f"bestof{m}", "sft", DecodeConfig(strategy="bestofn", n=m, **g), labels))
+    out += [
+        Variant(f"bestof{n}-k{k}", "sft", DecodeConfig(strategy="bestofn", n=n, k_retrieval=k, **g),
+                {"rerank": "none: most likely executable"}),
+        Variant(f"rerank{n}-k{k}-heuristic", "sft", DecodeConfig(strategy="rerank", n=n, k_retrieval=k,
+                                                                weights=dict(HEURISTIC_WEIGHTS), **g),
+                {"rerank": "heuristic: log-prob, sanity"}),
+        Variant(f"rerank{n}-k{k}", "sft", rerank,
+                {"main": f"+ rerank (render-compare, {k} retrieved)", "rerank": "full: heuristic + render-compare"}),
+    ]
+    if dpo:
+        out += [Variant("dpo-beam4", "dpo", DecodeConfig(strategy="beam", **common), {"main": "DPO, beam 4"}),
+                Variant(f"dpo-rerank{n}-k{k}", "dpo", DecodeConfig(**asdict(rerank)),
+                        {"main": f"+ DPO (rerank, {k} retrieved)"})]
+    return out
+
+
+def _digest(payload) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def model_key(model_dir: str | Path) -> str:
+    """Readable and content-addressed: the folder name plus a hash of the weights."""
+    path = Path(model_dir)
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise SystemExit(f"error: {path}: no model.safetensors; pass a folder written by `python -m sft` or `python -m rl.dpo`")
+    h = hashlib.sha1()
+    with weights.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    name = "-".join(p for p in path.resolve().parts[-2:] if p not in ("/",))
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{h.hexdigest()[:10]}"
+
+
+def config_key(v: Variant) -> str:
+    cfg = {k: val for k, val in asdict(v.cfg).items() if k not in ("batch_size", "device")}
+    return f"{v.key}-{_digest(cfg)}"
+
+
+def training_info(model_dir: str | Path | None) -> dict:
+    """Training seconds and peak memory of a model, DPO added to the SFT model it started from."""
+    if model_dir is None:
+        return {}
+    path = Path(model_dir)
+    if (path / "dpo_metrics.json").exists():
+        dpo = json.loads((path / "dpo_metrics.json").read_text())
+        base = {}
+        cfg_path = path / "dpo_config.yaml"
+        if cfg_path.exists():
+            base = training_info((yaml.safe_load(cfg_path.read_text()) or {}).get("sft_model"))
+        seconds = dpo.get("train_seconds", dpo.get("train_runtime"))
+        return {"train_seconds": (base.get("train_seconds") or 0) + (seconds or 0),
+                "train_detail": f"{base.get('train_detail', 'SFT ?')} + DPO {seconds or 0:.0f} s",
+                "train_memory_mb": max(base.get("train_memory_mb") or 0, dpo.get("peak_memory_mb") or 0) or None}
+    if (path / "training_metrics.json").exists():
+        m = json.loads((path / "training_metrics.json").read_text())
+        return {"train_seconds": m.get("train_seconds"), "train_detail": f"SFT {m.get('train_seconds', 0):.0f} s",
+                "train_memory_mb": m.get("peak_memory_mb")}
+    return {}
+
+
+def default_retrieval_data(model_dir: str | Path) -> str | None:
+    cfg = Path(model_dir) / "sft_config.yaml"
+    return (yaml.safe_load(cfg.read_text()) or {}).get("train_data") if cfg.exists() else None
+
+
+def jsonl_rows(path: Path) -> list[dict]:
+    """The well-formed rows of a cache file (a line cut short by an interruption is redone)."""
+    return [row for _, row, _ in read_jsonl(path) if row] if path.exists() else []
+
+
+class PeakMemory:
+    """Peak memory while the block runs: the accelerator's allocator on a GPU, else the
+    process's resident set, sampled every 20 ms from /proc (None where there is no /proc)."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        elif Path("/proc/self/statm").exists():
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        peak = 0.0
+        while True:
+            peak = max(peak, int(Path("/proc/self/statm").read_text().split()[1]) * page_mb)
+            self.peak_mb = round(peak, 1)
+            if self._stop.wait(0.02):
+                return
+
+    def __exit__(self, *exc) -> None:
+        if torch.cuda.is_available():
+            self.peak_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+
+
+class Harness:
+    """Runs variants on datasets with per-sample caching; models and the index load only when needed."""
+
+    def __init__(self, out: Path, models: dict[str, str], retrieval_data: str | None, pool: SandboxPool,
+                 limit: int | None = None, progress: bool = True):
+        self.out, self.models, self.retrieval_data, self.pool = out, models, retrieval_data, pool
+        self.limit, self.progress = limit, progress
+        self.model_keys = {role: model_key(path) for role, path in models.items()}
+        self._loaded: dict[str, tuple] = {}
+        self._index = None
+        self._data: dict[str, tuple[list[dict], list[tuple[str, str]]]] = {}
+
+    def model(self, role: str) -> tuple:
+        if role not in self._loaded:
+            from decoding.predict import resolve_device
+            from sft.model import load_model
+
+            self._loaded.clear()  # one model in memory at a time
+            self._loaded[role] = load_model(self.models[role], resolve_device("auto"))
+        return self._loaded[role]
+
+    def index(self):
+        if self._index is None:
+            from decoding.retrieval import RetrievalIndex
+
+            if not self.retrieval_data:
+                raise SystemExit("error: retrieval needs training images: pass --retrieval-data "
+                                 "(the model folder has no sft_config.yaml naming its train_data)")
+            self._index = RetrievalIndex.build(self.retrieval_data)
+        return self._index
+
+    def data(self, name: str, source: str | None) -> tuple[list[dict], list[tuple[str, str]]]:
+        if name not in self._data:
+            ds = undecoded(load_gencad(source, limit=self.limit))
+            self._data[name] = ([{"id": r["deepcad_id"], "image": r["image"]} for r in ds],
+                                [(r["deepcad_id"], r["cadquery"]) for r in ds])
+        return self._data[name]
+
+    def cache_dir(self, name: str, source: str | None, v: Variant) -> Path:
+        data_key = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{_digest([str(source), self.limit])}"
+        return self.out / "cache" / data_key / (self.model_keys[v.model] if v.model else "no-model") / config_key(v)
+
+    def run(self, name: str, source: str | None, v: Variant) -> dict:
+        inputs, gts = self.data(name, source)
+        d = self.cache_dir(name, source, v)
+        d.mkdir(parents=True, exist_ok=True)
+        preds, evals, stats_path = d / "preds.jsonl", d / "eval.jsonl", d / "stats.json"
+        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {"seconds": 0.0, "decoded": 0,
+                                                                                  "select_seconds": 0.0}
+        if len(done_ids(preds) & {str(r["id"]) for r in inputs}) < len(inputs):
+            model, tok, proc = self.model(v.model) if v.model else (None, None, None)
+            index = self.index() if v.cfg.strategy == "retrieval" or v.cfg.k_retrieval else None
+            self.pool.clear_cache()  # each configuration pays for its own executions
+            with PeakMemory() as mem:
+                s = predict(model, tok, proc, inputs, preds, v.cfg, self.pool, index, progress=self.progress)
+            stats = {"seconds": stats["seconds"] + s["seconds"], "decoded": stats["decoded"] + s["decoded"],
+                     "select_seconds": stats["select_seconds"] + s["select_seconds"],
+                     "peak_memory_mb": max(stats.get("peak_memory_mb") or 0.0, mem.peak_mb or 0.0) or None,
+                     "device": "cuda" if torch.cuda.is_available() else "cpu"}
+            stats_path.write_text(json.dumps(stats))
+        by_id = {str(p["id"]): p.get("code") for p in jsonl_rows(preds)}
+        scored = done_ids(evals)
+        todo = [(i, by_id.get(str(i)), code) for i, code in gts if str(i) not in scored]
+        if todo:
+            _, rows = evaluate_pairs(todo, self.pool, iou="both", progress=self.progress)
+            with evals.open("a") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+        wanted = {str(i) for i, _ in gts}
+        rows = [r for r in jsonl_rows(evals) if str(r["id"]) in wanted]
+        decoded = max(stats["decoded"], 1)
+        return {"data": name, "key": v.key, "model": v.model, "labels": v.labels, "config": asdict(v.cfg),
+                **summarise(rows).to_json(), "rows": rows, "codes": by_id,
+                "s_per_image": round(stats["seconds"] / decoded, 4) if stats["decoded"] else None,
+                "select_s_per_image": round(stats["select_seconds"] / decoded, 4) if stats["decoded"] else None,
+                "peak_memory_mb": stats.get("peak_memory_mb"), "device": stats.get("device"),
+                **training_info(self.models.get(v.model) if v.model else None)}
+
+
+# ---------------------------------------------------------------------------------------- reports
+def _f(x, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def section(records: list[dict], name: str) -> list[dict]:
+    return [dict(r, label=r["labels"][name]) for r in records if name in r["labels"]]
+
+
+def beam_time(records: list[dict], data: str) -> float | None:
+    return next((r["s_per_image"] for r in records if r["data"] == data and r["key"] == "beam4"), None)
+
+
+def main_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["data", "configuration", "n", "VSR", "Executable %", "Best IoU (exact)", "Best IoU (voxel)",
+                    "training time", "train memory (MB)", "s / image", "x beam 4", "decoding peak memory (MB)"]
+    body = []
+    for r in section(records, "main"):
+        base = beam_time(records, r["data"])
+        ratio = r["s_per_image"] / base if base and r["s_per_image"] is not None and r["model"] else None
+        body.append([r["data"], r["label"], str(r["n"]), _f(r["vsr"]), _f(100 * r["exec_rate"], ".1f"), _f(r["iou_best"]),
+                     _f(r.get("iou_best_voxel")), r.get("train_detail", "-"), _f(r.get("train_memory_mb"), ".0f"),
+                     _f(r["s_per_image"], ".3f"), _f(ratio, ".2f"), _f(r.get("peak_memory_mb"), ".0f")])
+    return head, body
+
+
+def markdown(head: list[str], body: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(row) + " |" for row in body]) + "\n"
+
+
+def ablation_tables(records: list[dict]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    out = {}
+    rows = []
+    for r in section(records, "grammar"):
+        rows.append([r["data"], r["label"], _f(r["vsr"]), _f(100 * r["exec_rate"], ".1f"), _f(r["iou_best"]),
+                     str(r["errors"]["syntax"]["count"]), _f(r["s_per_image"])])
+    out["grammar"] = (["data", "grammar", "VSR", "Executable %", "Best IoU", "syntax errors", "s / image"], rows)
+    rows = []
+    for r in section(records, "bestofn"):
+        base = beam_time(records, r["data"])
+        ratio = r["s_per_image"] / base if base and r["s_per_image"] else None
+        rows.append([r["data"], r["label"], _f(r["vsr"]), _f(100 * r["exec_rate"], ".1f"), _f(r["iou_best"]),
+                     _f(r["s_per_image"]), _f(ratio, ".2f")])
+    out["bestofn"] = (["data", "best-of-N", "VSR", "Executable %", "Best IoU", "s / image", "time x beam 4"], rows)
+    rows = []
+    for r in section(records, "rerank"):
+        rows.append([r["data"], r["label"], _f(r["vsr"]), _f(100 * r["exec_rate"], ".1f"), _f(r["iou_best"]),
+                     _f(r["select_s_per_image"], ".4f"), _f(r["s_per_image"])])
+    out["rerank"] = (["data", "reranking", "VSR", "Executable %", "Best IoU", "selection s / image", "s / image"], rows)
+    return out
+
+
+def _message(error: str | None) -> str:
+    line = (error or "").strip().splitlines()[-1:] or [""]
+    return re.sub(r"-?\d+(\.\d+)?", "#", line[0])[:90]
+
+
+def error_analysis(records: list[dict]) -> tuple[str, dict]:
+    payload, lines = {}, []
+    head = ["data", "configuration", *[f"{c} rate" for c in ERROR_CLASSES], *[f"{c} change vs beam 4" for c in ERROR_CLASSES]]
+    body = []
+    for r in section(records, "main"):
+        base = next((b for b in records if b["data"] == r["data"] and b["key"] == "beam4"), None)
+        rates = [r["errors"][c]["rate"] for c in ERROR_CLASSES]
+        changes = []
+        for c, rate in zip(ERROR_CLASSES, rates):
+            b = base["errors"][c]["rate"] if base else None
+            changes.append("-" if not b else f"{100 * (rate - b) / b:+.0f}%")
+        body.append([r["data"], r["label"], *[_f(x) for x in rates], *changes])
+        messages = Counter(_message(row["error"]) for row in r["rows"] if row["error_class"])
+        payload.setdefault(r["data"], {})[r["label"]] = {
+            "errors": r["errors"], "statuses": r["statuses"], "top_messages": messages.most_common(5)}
+    lines.append(markdown(head, body))
+    lines.append("\nMost frequent failure messages (numbers masked as #):\n")
+    for data, configs in payload.items():
+        for label, info in configs.items():
+            if info["top_messages"]:
+                lines.append(f"- **{data}, {label}**: " + "; ".join(f"`{m or '(empty)'}` x{c}" for m, c in info["top_messages"]))
+    return "\n".join(lines) + "\n", payload
+
+
+def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, list[str]]) -> str:
+    head, body = main_table(records)
+    table_md = markdown(head, body)
+    (out / "table.md").write_text(table_md)
+    with (out / "table.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([head, *body])
+    slim = [{k: v for k, v in r.items() if k not in ("rows", "codes")} for r in records]
+    (out / "table.json").write_text(json.dumps({"meta": meta, "records": [r for r in slim if "main" in r["labels"]]}, indent=2))
+    abl = ablation_tables(records)
+    abl_md = "\n".join(f"### {title}\n\n{markdown(*abl[key])}" for key, title in
+                       (("grammar", "Grammar: none / basic / full"), ("bestofn", "Execution-checked best-of-N"),
+                        ("rerank", "Reranking: none / heuristic / full")))
+    (out / "ablations.md").write_text(abl_md)
+    (out / "ablations.json").write_text(json.dumps({k: [r for r in slim if k in r["labels"]] for k in ("grammar", "bestofn", "rerank")}, indent=2))
+    err_md, err = error_analysis(records)
+    (out / "errors.md").write_text(err_md)
+    (out / "errors.json").write_text(json.dumps(err, indent=2))
+    figs = "\n".join(f"![{Path(p).stem}]({p})" for group in plots.values() for p in group)
+    report = [
+        f"# Evaluation: {meta['run']}", "",
+        f"- SFT model: `{meta['model']}`" + (f"; DPO model: `{meta['dpo_model']}`" if meta.get("dpo_model") else ""),
+        f"- test data: {', '.join(f'`{k}` ({v})' for k, v in meta['data'].items())}; retrieval index: `{meta['retrieval_data']}`",
+        f"- device: {meta['device']}; best-of-N uses N={meta['n']} samples (temperature {meta['temperature']}, "
+        f"top-p {meta['top_p']}) and reranking adds the {meta['k']} nearest training programs.",
+        f"- written {meta['date']} by `{meta['command']}`", "",
+        "Definitions (`reward/metrics.py`): VSR = runs and leaves a solid; Executable % = a valid closed solid; "
+        "Best IoU = mean over ids where prediction and ground truth both execute, exact (mesh booleans, best of the "
+        "study's poses and 24 cube rotations) and voxel (the study's pitch-0.05 voxels). Training time and memory "
+        "come from the model folder; s / image is wall time of decoding plus execution and selection, "
+        "x beam 4 its ratio to beam 4 measured in this run; decoding peak memory is the GPU allocator's peak, or "
+        "on CPU the process's peak resident set while that configuration decoded.", "",
+        "## Main table", "", table_md,
+        "## Ablations", "", abl_md,
+        "## Error analysis", "", "Rates per test image; change is relative to beam 4.", "", err_md,
+        "## Plots", "", figs, "",
+    ]
+    text = "\n".join(report)
+    (out / "report.md").write_text(text)
+    return table_md
+
+
+def parse_data(specs: list[str] | None) -> dict[str, str | None]:
+    if not specs:
+        return {"gencad-test": None}
+    out = {}
+    for spec in ",".join(specs).split(","):
+        if spec:
+            name, path = spec.split("=", 1) if "=" in spec else (Path(spec).stem if Path(spec).is_file() else Path(spec).name, spec)
+            out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scripts.eval_plots import plot_all
+
+    ap = argparse.ArgumentParser(prog="python -m scripts.eval_all", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="SFT model folder")
+    ap.add_argument("--dpo-model", help="DPO model folder (adds the + DPO rows)")
+    ap.add_argument("--data", action="append", help="NAME=PATH or PATH, repeatable or comma-separated; "
+                                                     "default: the GenCAD-Code test split from the hub")
+    ap.add_argument("--retrieval-data", help="training data for the retrieval index (default: the model's train_data)")
+    ap.add_argument("--run", help="results/<run> (default: the model folder's name)")
+    ap.add_argument("--results", default="results")
+    ap.add_argument("--limit", type=int, default=None, help="first LIMIT rows of each test set")
+    ap.add_argument("--n", type=int, default=6, help="samples per image for best-of-N and reranking")
+    ap.add_argument("--k", type=int, default=2, help="retrieved programs added to the reranked candidates")
+    ap.add_argument("--ns", default="1,3,6,10", help="N values of the best-of-N ablation")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--canonical-grid", default="256", help="the model's canonical number grid ('none': 3 decimals)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--examples", type=int, default=16)
+    ap.add_argument("--quiet", action="store_true", help="no per-configuration progress bars")
+    args = ap.parse_args(argv)
+    model_dir = Path(args.model)
+    run = args.run or "-".join(p for p in model_dir.resolve().parts[-2:])
+    out = Path(args.results) / run
+    out.mkdir(parents=True, exist_ok=True)
+    data = parse_data(args.data)
+    models = {"sft": args.model, **({"dpo": args.dpo_model} if args.dpo_model else {})}
+    retrieval = args.retrieval_data or default_retrieval_data(model_dir)
+    variants = plan(args.n, args.k, tuple(int(x) for x in args.ns.split(",")), args.max_new_tokens,
+                    dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid))
+    t0 = time.perf_counter()
+    records = []
+    with SandboxPool(args.workers) as pool:
+        harness = Harness(out, models, retrieval, pool, args.limit, progress=not args.quiet)
+        for name, source in data.items():
+            try:
+                harness.data(name, source)
+            except DatasetUnavailable as exc:
+                print(f"error: test data {name!r}: {exc}", file=sys.stderr)
+                return 2
+            for v in variants:
+                t = time.perf_counter()
+                r = harness.run(name, source, v)
+                records.append(r)
+                print(f"{name:18s} {v.key:24s} VSR {r['vsr']:.3f}  exec {r['exec_rate']:.3f}  IoU {_f(r['iou_best'])}"
+                      f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+        plots = plot_all(records, out / "plots", harness, data, examples=args.examples)
+    meta = {"run": run, "model": args.model, "dpo_model": args.dpo_model, "data": {k: str(v or "hub") for k, v in data.items()},
+            "retrieval_data": retrieval, "device": "cuda" if torch.cuda.is_available() else "cpu", "n": args.n, "k": args.k,
+            "temperature": DecodeConfig().temperature, "top_p": DecodeConfig().top_p, "limit": args.limit,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python -m scripts.eval_all", *(argv or sys.argv[1:])])}
+    plots_rel = {k: [str(Path(p).relative_to(out)) for p in v] for k, v in plots.items()}
+    table = write_reports(records, out, meta, plots_rel)
+    print(table)
+    print(f"{time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

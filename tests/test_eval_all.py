@@ -1,0 +1,78 @@
+"""The evaluation harness: every configuration, reports, plots, and a cached second run."""
+import csv
+import json
+
+import pytest
+import torch
+
+import scripts.eval_all as eval_all
+from sft.image_processing import ImageProcessor
+from sft.model import Img2CadConfig, build_model
+from sft.tokenizer import train_tokenizer
+from tests.conftest import REFERENCE
+from tests.test_decoding import TINY
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, reference_rows):
+    path = tmp_path_factory.mktemp("model") / "final"
+    tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=300)
+    torch.manual_seed(0)
+    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **TINY))
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    ImageProcessor(64, 1).save_pretrained(path)
+    (path / "training_metrics.json").write_text(json.dumps({"train_seconds": 12.5, "peak_memory_mb": 321.0}))
+    return path
+
+
+def test_plan_covers_the_study_and_runs_shared_configurations_once():
+    variants = eval_all.plan(n=6, k=2, ns=(1, 3, 6, 10), dpo=True)
+    keys = [v.key for v in variants]
+    assert len(keys) == len(set(keys))
+    main = [v.labels["main"] for v in variants if "main" in v.labels]
+    assert main[0].startswith("retrieval") and "beam 4" in main[1] and main[-1].startswith("+ DPO")
+    assert sorted(v.cfg.n for v in variants if "bestofn" in v.labels) == [1, 3, 6, 10]
+    assert [v.labels["grammar"].split(":")[0] for v in variants if "grammar" in v.labels] == [
+        "none", "validate + repair only", "basic", "full"]
+    assert len([v for v in variants if "rerank" in v.labels]) == 3
+    # best-of-6 serves the main table and the N ablation from one cache entry
+    assert [v for v in variants if v.key == "bestof6"][0].labels.keys() == {"bestofn", "main"}
+
+
+def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, model_dir, monkeypatch):
+    args = ["--model", str(model_dir), "--data", f"real={REFERENCE / 'samples.jsonl'}",
+            "--retrieval-data", str(REFERENCE / "samples.jsonl"), "--results", str(tmp_path), "--run", "t",
+            "--limit", "3", "--n", "2", "--k", "1", "--ns", "1,2", "--max-new-tokens", "16", "--examples", "3", "--quiet"]
+    assert eval_all.main(args) == 0
+    out = tmp_path / "t"
+    for name in ("table.md", "table.csv", "table.json", "ablations.md", "ablations.json", "errors.md", "errors.json",
+                 "report.md", "plots/iou_hist-real.png", "plots/bestofn.png", "plots/examples-real.png"):
+        assert (out / name).stat().st_size > 0, name
+    with (out / "table.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["configuration"].split(" ")[0] for r in rows] == ["retrieval", "SFT,", "+", "+", "+"]
+    assert all(r["n"] == "3" for r in rows)
+    assert rows[0]["VSR"] == "1.000"  # retrieved reference programs all execute
+    assert all(r["training time"] == "SFT 12 s" for r in rows[1:])
+    # every configuration of the main table is accounted for
+    records = json.loads((out / "table.json").read_text())["records"]
+    assert {r["key"] for r in records} == {"retrieval", "beam4", "grammar", "bestof2", "rerank2-k1"}
+    report = (out / "report.md").read_text()
+    assert "## Ablations" in report and "plots/examples-real.png" in report
+
+    before = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.jsonl")}
+    monkeypatch.setattr(eval_all, "predict", lambda *a, **k: pytest.fail("cached configuration decoded again"))
+    monkeypatch.setattr(eval_all, "evaluate_pairs", lambda *a, **k: pytest.fail("cached configuration scored again"))
+    assert eval_all.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.jsonl")} == before
+
+
+def test_training_info_adds_dpo_to_its_sft_model(tmp_path, model_dir):
+    dpo = tmp_path / "dpo"
+    dpo.mkdir()
+    (dpo / "dpo_metrics.json").write_text(json.dumps({"train_seconds": 7.0, "peak_memory_mb": 500.0}))
+    (dpo / "dpo_config.yaml").write_text(f"sft_model: {model_dir}\n")
+    info = eval_all.training_info(dpo)
+    assert info["train_seconds"] == pytest.approx(19.5) and info["train_memory_mb"] == 500.0
+    assert info["train_detail"] == "SFT 12 s + DPO 7 s"
