@@ -134,9 +134,35 @@ def _balance(line: str) -> tuple[str, bool]:
     return text, changed or text != line
 
 
+_CALL = re.compile(r"\.(moveTo|lineTo|threePointArc|circle|close)\(((?:[^()]|\([^()]*\))*)\)")
+_NUM = re.compile(r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
+
+
+def drop_zero_segments(line: str) -> tuple[str, int]:
+    """Remove ``lineTo``/``threePointArc`` calls that end where the pen already is: zero-length
+    edges make OpenCascade fail the whole face (``BRep_API: command not done``), the most
+    frequent failure of a small model's otherwise grammatical loops."""
+    calls = list(_CALL.finditer(line))
+    if not calls or calls[0].group(1) != "moveTo":
+        return line, 0
+    pen, out, last, dropped = None, [], 0, 0
+    for m in calls:
+        nums = [float(x) for x in _NUM.findall(m.group(2))]
+        name = m.group(1)
+        end = tuple(nums[-2:]) if name in ("moveTo", "lineTo", "threePointArc") and len(nums) >= 2 else pen
+        if name in ("lineTo", "threePointArc") and pen is not None and end == pen:
+            out.append(line[last:m.start()])
+            last, dropped = m.end(), dropped + 1
+            continue
+        pen = end
+    out.append(line[last:])
+    return "".join(out), dropped
+
+
 def repair(code: str, grammar: str = "cadquery") -> Repair:
-    """Fix frequent defects: missing import, unbalanced brackets, a truncated last statement,
-    a missing final ``solid=`` assignment. Returns the repaired program and the fixes applied."""
+    """Fix frequent defects: missing import, unbalanced brackets, zero-length loop segments, a
+    truncated last statement, a missing final ``solid=`` assignment. Returns the repaired
+    program and the fixes applied (none for a program without these defects)."""
     fixes: list[str] = []
     lines = [ln.rstrip() for ln in code.replace("\r\n", "\n").split("\n")]
     while lines and not lines[-1].strip():
@@ -152,6 +178,9 @@ def repair(code: str, grammar: str = "cadquery") -> Repair:
         if changed:
             lines[i] = fixed
             fixes.append(f"balanced brackets on line {i + 1}")
+        lines[i], dropped = drop_zero_segments(lines[i])
+        if dropped:
+            fixes.append(f"dropped {dropped} zero-length segment(s) on line {i + 1}")
     # drop statements that still do not parse, from the end (a truncated tail)
     while len(lines) > 1 and not validate("\n".join(lines), grammar).ok:
         v = validate("\n".join(lines), grammar)

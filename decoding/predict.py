@@ -12,6 +12,9 @@ Strategies (flags combine):
   render-and-compare against the input image; no ground truth).
 * ``retrieval``: the program of the nearest training image (``decoding.retrieval``).
 
+``refine_evaluations > 0`` (rerank) then adjusts the chosen program's numbers by a short search
+that re-renders it against the input (``decoding.refine``).
+
 ``k_retrieval > 0`` adds the k nearest training programs to the candidates of best-of-N and
 rerank, scored by the model's own log-probability of them; ``grammar=True`` constrains sampling
 too; ``repair=True`` repairs every candidate.
@@ -35,11 +38,12 @@ from cad.io import done_ids
 from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
-from decoding.grammar import validate
+from decoding.refine import refine
 from decoding.rerank import DEFAULT_WEIGHTS, Candidate, combined_score
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
+DECODING_VERSION = 2  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class DecodeConfig:
     timeout: float = 5.0
     device: str = "auto"
     seed: int = 0
+    refine_evaluations: int = 0  # rerank: renders spent refining the chosen program's numbers (decoding.refine)
     canonical_grid: int | None = 256  # the canonical form the model was trained on (None: 3 decimals only)
 
     def __post_init__(self) -> None:
@@ -130,7 +135,7 @@ class Predictor:
         if cfg.repair:
             for cands in out:
                 for c in cands:
-                    if not validate(c.code, cfg.grammar_name).ok:
+                    if c.source != "retrieval":  # training programs need no repair
                         c.code = repair_program(c.code, cfg.grammar_name).code
         return out
 
@@ -170,7 +175,12 @@ class Predictor:
             return max(model_made, key=lambda c: c.logprob), info
         for c in executable:
             combined_score(c, image, cfg.weights)
-        return max(executable, key=lambda c: c.total), info
+        chosen = max(executable, key=lambda c: c.total)
+        if cfg.refine_evaluations and image is not None:
+            r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout)
+            info["refine"] = {"from": round(r.start_score, 4), "to": round(r.score, 4), "renders": r.evaluations}
+            chosen.code = r.code
+        return chosen, info
 
 
 def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path, cfg: DecodeConfig,

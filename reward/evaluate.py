@@ -1,7 +1,7 @@
 """Score predictions against ground truth: ``python -m reward.evaluate --pred P.jsonl --gt G.jsonl``.
 
 Pred lines ``{"id", "code"}``; ground truth the same or GenCAD rows (``deepcad_id``,
-``cadquery``). Every ground-truth id is scored; an id with no prediction counts as a failure
+``cadquery``), as JSONL or any dataset ``cad.data.load_gencad`` reads (a synthetic folder). Every ground-truth id is scored; an id with no prediction counts as a failure
 (status ``missing``, error class semantic). Prints a JSON summary (``n``, ``vsr``, ``exec_rate``,
 ``iou_best`` and with ``--iou both`` ``iou_best_voxel``, ``n_valid``, error classes, seconds);
 ``--out`` also keeps per-id rows. See ``reward.metrics`` for the definitions.
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cad.data import DatasetUnavailable
 from cad.execute import load_programs
 from cad.geometry import best_iou
 from cad.io import InputError
@@ -62,10 +63,21 @@ def evaluate_pairs(
     return summary, rows
 
 
+def ground_truth(source: str) -> list[tuple[str, str | None, str]]:
+    """``(id, code, error)`` from a JSONL file, or from any dataset ``cad.data.load_gencad`` reads."""
+    if Path(source).is_file() and source.endswith(".jsonl"):
+        return load_programs(source)
+    from cad.data import load_gencad
+
+    ds = load_gencad(source).select_columns(["deepcad_id", "cadquery"])
+    return [(str(i), code, "") for i, code in zip(ds["deepcad_id"], ds["cadquery"])]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reward.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--pred", required=True, help="JSONL of {'id', 'code'} predictions")
-    ap.add_argument("--gt", required=True, help="JSONL of ground truth ({'id','code'} or GenCAD rows)")
+    ap.add_argument("--gt", required=True, help="ground truth: JSONL ({'id','code'} or GenCAD rows) or a dataset "
+                                                "folder / parquet that cad.data.load_gencad reads")
     ap.add_argument("--iou", choices=("exact", "voxel", "both"), default="exact")
     ap.add_argument("--out", help="write the summary and per-id rows to this JSON file")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
@@ -73,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         preds = load_programs(args.pred)
-        gts = load_programs(args.gt)
-    except InputError as exc:
+        gts = ground_truth(args.gt)
+    except (InputError, DatasetUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pred_by_id = {pid: code for pid, code, _ in preds}

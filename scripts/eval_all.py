@@ -40,12 +40,11 @@ import yaml
 from cad.data import DatasetUnavailable, load_gencad, undecoded
 from cad.io import done_ids, read_jsonl
 from cad.sandbox import SandboxPool
-from decoding.predict import DecodeConfig, parse_grid, predict
-from decoding.rerank import DEFAULT_WEIGHTS
+from decoding.predict import DECODING_VERSION, DecodeConfig, parse_grid, predict
 from reward.evaluate import evaluate_pairs
 from reward.metrics import ERROR_CLASSES, summarise
 
-HEURISTIC_WEIGHTS = {**DEFAULT_WEIGHTS, "silhouette": 0.0, "edges": 0.0, "pixel": 0.0}
+HEURISTIC_WEIGHTS = {"logprob": 1.0, "sanity": 0.5, "silhouette": 0.0, "edges": 0.0, "pixel": 0.0}  # the study's
 
 
 @dataclass
@@ -59,7 +58,7 @@ class Variant:
 
 
 def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_tokens: int = 512,
-         dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256) -> list[Variant]:
+         dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 24) -> list[Variant]:
     """The study's rows and ablations; a configuration shared by several sections runs once."""
     common = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "canonical_grid": canonical_grid}
     g = {"grammar": True, "repair": True, **common}
@@ -86,9 +85,11 @@ def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_to
                 {"rerank": "none: most likely executable"}),
         Variant(f"rerank{n}-k{k}-heuristic", "sft", DecodeConfig(strategy="rerank", n=n, k_retrieval=k,
                                                                 weights=dict(HEURISTIC_WEIGHTS), **g),
-                {"rerank": "heuristic: log-prob, sanity"}),
+                {"rerank": "heuristic: log-prob, sanity (the study)"}),
         Variant(f"rerank{n}-k{k}", "sft", rerank,
-                {"main": f"+ rerank (render-compare, {k} retrieved)", "rerank": "full: heuristic + render-compare"}),
+                {"main": f"+ rerank (render-compare, {k} retrieved)", "rerank": "full: render-and-compare, fitted weights"}),
+        Variant(f"rerank{n}-k{k}-refine{refine}", "sft", DecodeConfig(**{**asdict(rerank), "refine_evaluations": refine}),
+                {"rerank": f"full + refinement ({refine} renders)"}),
     ]
     if dpo:
         out += [Variant("dpo-beam4", "dpo", DecodeConfig(strategy="beam", **common), {"main": "DPO, beam 4"}),
@@ -117,7 +118,7 @@ def model_key(model_dir: str | Path) -> str:
 
 def config_key(v: Variant) -> str:
     cfg = {k: val for k, val in asdict(v.cfg).items() if k not in ("batch_size", "device")}
-    return f"{v.key}-{_digest(cfg)}"
+    return f"{v.key}-{_digest([cfg, DECODING_VERSION])}"
 
 
 def training_info(model_dir: str | Path | None) -> dict:

@@ -17,6 +17,17 @@ from cad.sandbox import ExecOptions  # noqa: E402
 CELL = 160  # pixels per image in the example grid
 
 
+def _save(fig, axes, used: int, title: str, path: Path, dpi: int = 100) -> Path:
+    """Blank the unused panels of a grid, title it, write the PNG."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def iou_histograms(records: list[dict], data: str, path: Path) -> Path:
     """One panel per configuration of the main table: per-id Best IoU, failures counted apart."""
     rows = [r for r in records if r["data"] == data and "main" in r["labels"]]
@@ -31,13 +42,7 @@ def iou_histograms(records: list[dict], data: str, path: Path) -> Path:
         ax.set_title(f"{r['labels']['main']}\nmean {mean}, {r['n'] - len(ious)}/{r['n']} failed (red)", fontsize=8)
         ax.set_xlabel("Best IoU", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(rows):]:
-        ax.axis("off")
-    fig.suptitle(f"Best IoU per test image: {data}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, axes, len(rows), f"Best IoU per test image: {data}", path, dpi=110)
 
 
 def bestofn_curves(records: list[dict], path: Path) -> Path | None:
@@ -90,13 +95,7 @@ def example_grid(record: dict, inputs: list[dict], gts: list[tuple[str, str]], p
         iou = preds.get(str(inp["id"]), {}).get("iou")
         ax.set_title(f"{inp['id']}  IoU {'-' if iou is None else f'{iou:.2f}'}", fontsize=7)
         ax.axis("off")
-    for ax in list(axes.flat)[len(chosen):]:
-        ax.axis("off")
-    fig.suptitle(f"{record['data']}, {record['labels']['main']}: input | prediction | ground truth", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, axes, len(chosen), f"{record['data']}, {record['labels']['main']}: input | prediction | ground truth", path)
 
 
 def plot_all(records: list[dict], out: Path, harness, data: dict[str, str | None], examples: int = 16) -> dict[str, list[str]]:

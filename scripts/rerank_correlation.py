@@ -5,11 +5,14 @@
 For each image: N sampled programs plus the k nearest training programs, executed; each
 executable candidate gets every score term (log-probability, sanity, silhouette IoU, edge IoU,
 combined) and its true Best IoU against the ground truth. Reports the mean within-image Spearman
-correlation of each term with the true IoU, the IoU of the top-1 by each term, and the oracle.
+correlation of each term with the true IoU, the IoU of the top-1 by each term, the oracle, and the
+weights (over a small grid) whose combined top-1 scores best: run it on a validation split, not
+on the test set, and put those weights in the decoding config.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -52,7 +55,8 @@ def main() -> None:
         cfg.weights.update(json.loads(args.weights))
     per_term = {t: [] for t in TERMS}
     top1 = {t: [] for t in TERMS}
-    oracle, first = [], []
+    oracle, first, retrieved_top1 = [], [], []
+    images: list[list[tuple[dict, float]]] = []  # per image: (score terms, true IoU) of each candidate
     with SandboxPool(2) as pool:
         predictor = Predictor(model, tok, proc, cfg, pool, index)
         for row in ds:
@@ -68,8 +72,11 @@ def main() -> None:
                 combined_score(c, image, cfg.weights)
                 terms = {**c.scores, "combined": c.total}
                 scored.append((terms, best_iou(r.geometry, gt.geometry).iou))
+                if c.source == "retrieval" and len(retrieved_top1) < len(oracle) + 1:
+                    retrieved_top1.append(scored[-1][1])  # the nearest training image's program
             if not scored:
                 continue
+            images.append(scored)
             ious = np.array([s[1] for s in scored])
             oracle.append(ious.max())
             first.append(ious[0])
@@ -78,13 +85,32 @@ def main() -> None:
                 top1[t].append(ious[int(np.argmax(vals))])
                 if len(scored) >= 3 and np.ptp(vals) > 0 and np.ptp(ious) > 0:
                     per_term[t].append(spearmanr(vals, ious).correlation)
+    fitted, fitted_iou = fit_weights(images)
     write_json(args.out, {
         "benchmark": "rerank_correlation", "images_with_candidates": len(oracle), "n": args.n, "k_retrieval": args.k,
         "spearman_mean": {t: (round(float(np.mean(v)), 3) if v else None) for t, v in per_term.items()},
         "top1_iou": {t: (round(float(np.mean(v)), 4) if v else None) for t, v in top1.items()},
         "first_candidate_iou": round(float(np.mean(first)), 4) if first else None,
         "oracle_iou": round(float(np.mean(oracle)), 4) if oracle else None,
+        "retrieval_top1_iou": round(float(np.mean(retrieved_top1)), 4) if retrieved_top1 else None,
+        "fitted_weights": fitted, "fitted_top1_iou": fitted_iou,
     })
+
+
+def fit_weights(images: list[list[tuple[dict, float]]]) -> tuple[dict, float | None]:
+    """The combined-score weights (over a small grid) whose top-1 has the highest mean true IoU."""
+    if not images:
+        return {}, None
+    grid = itertools.product((0.0, 0.1, 0.5, 1.0), (0.0, 0.5), (0.0, 1.0, 2.0), (0.0, 1.0), (0.0, 1.0, 2.0))
+    best, best_iou = {}, -1.0
+    for lp, sa, si, ed, px in grid:
+        w = {"logprob": lp, "sanity": sa, "silhouette": si, "edges": ed, "pixel": px}
+        if not any(w.values()):
+            continue
+        iou = float(np.mean([max(cands, key=lambda c: sum(w[k] * c[0].get(k, 0.0) for k in w))[1] for cands in images]))
+        if iou > best_iou + 1e-9:
+            best, best_iou = w, iou
+    return best, round(best_iou, 4)
 
 
 if __name__ == "__main__":

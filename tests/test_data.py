@@ -115,3 +115,7 @@ def test_synth_is_valid_deterministic_and_resumable(tmp_path, pool):
     again = load_gencad(b)
     assert list(again["cadquery"]) == list(ds["cadquery"])
     assert np.array_equal(np.array(to_image(again[11]["image"])), np.array(to_image(ds[11]["image"])))
+    # reward.evaluate reads such a folder as ground truth, as it reads JSONL
+    from reward.evaluate import ground_truth
+
+    assert ground_truth(str(a)) == [(i, c, "") for i, c in zip(ds["deepcad_id"], ds["cadquery"])]

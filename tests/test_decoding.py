@@ -162,3 +162,30 @@ def test_model_scores_a_given_program_as_generation_does(tiny):
     gen = model.generate_programs(px, max_new_tokens=12)
     seqs = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in gen.sequences.tolist()]
     assert torch.allclose(model.score_sequences(px, seqs), gen.logprobs, atol=1e-3)
+
+
+def test_refinement_moves_a_wrong_depth_towards_the_input(pool):
+    from decoding.refine import refine
+
+    prog = ("import cadquery as cq\nwp_sketch0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+            "loop0=wp_sketch0.moveTo(0,0).lineTo(1,0).lineTo(1,0.5).lineTo(0,0.5).close()\n"
+            "solid0=wp_sketch0.add(loop0).extrude({})\nsolid=solid0\n")
+    target = pool.run(prog.format(0.6), ExecOptions(want_geometry=True))
+    image = Image.fromarray(render_geometry(target.geometry))
+    r = refine(prog.format(0.2), image, pool, max_evaluations=16)
+    assert r.score > r.start_score + 0.05 and r.evaluations <= 16
+    depth = float(r.code.split(".extrude(")[1].split(")")[0])
+    assert 0.3 < depth < 1.0
+    same = refine(prog.format(0.6), image, pool, max_evaluations=8)
+    assert same.code == prog.format(0.6)  # nothing renders closer than the truth
+
+
+def test_repair_drops_zero_length_segments_that_break_the_face(pool):
+    code = ("import cadquery as cq\nwp_sketch0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+            "loop0=wp_sketch0.moveTo(1.5,0.0).lineTo(1.5,0.0).lineTo(1.5,1.5).lineTo(1.5,1.5).lineTo(0.0,0.0).close()\n"
+            "loop1=wp_sketch0.moveTo(1.2,0.3).circle(0.1)\nsolid0=wp_sketch0.add(loop0).add(loop1).extrude(0.2)\nsolid=solid0\n")
+    assert not pool.run(code).ok  # OpenCascade: BRep_API: command not done
+    fixed = repair(code, "gencad")
+    assert fixed.code.count("lineTo") == 2 and "circle(0.1)" in fixed.code
+    assert fixed.ok and pool.run(fixed.code).executable
+    assert repair(fixed.code, "gencad").code == fixed.code and not repair(fixed.code, "gencad").fixes
