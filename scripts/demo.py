@@ -114,7 +114,7 @@ def main() -> None:
     eval_all.main(["--model", str(model_dir), "--dpo-model", str(dpo_dir), "--results", str(OUT / "results"), "--run", "demo",
                    "--data", f"synthetic-test-12={OUT / 'synth-test'}", "--data", f"real-10={REFERENCE / 'samples.jsonl'}",
                    "--retrieval-data", str(OUT / "synth-train"), "--limit", "12", "--n", "6", "--k", "2",
-                   "--max-new-tokens", str(MAX_NEW_TOKENS), "--quiet"])
+                   "--max-new-tokens", str(MAX_NEW_TOKENS), "--refine", "8", "--quiet"])
     step(f"Done in {time.perf_counter() - t_start:.0f} s")
     print(f"perturbed-ground-truth check on real-10: {json.dumps({k: table[0][k] for k in ('vsr', 'iou_best', 'iou_best_voxel')})}")
     print(f"table: {OUT / 'results' / 'demo' / 'table.md'}\nreport: {OUT / 'results' / 'demo' / 'report.md'}")

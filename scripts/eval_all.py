@@ -5,7 +5,7 @@
 
 On each test set it runs the rows of the study's table (retrieval baseline, beam 4, + grammar,
 + execution-checked best-of-N, + reranker, + DPO) and its ablations (grammar none / basic / full;
-best-of-N for N in {1, 3, 6, 10}; reranking none / heuristic / full), then writes
+best-of-N for N in {1, 3, 6, 10}; reranking none / heuristic / full / full + refinement), then writes
 ``results/<run>/``:
 
 * ``table.md`` / ``.csv`` / ``.json``: VSR, Executable %, Best IoU (exact, and voxel as the study
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from cad.data import DatasetUnavailable, load_gencad, undecoded
 from cad.io import done_ids, read_jsonl
@@ -88,9 +89,10 @@ def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_to
                 {"rerank": "heuristic: log-prob, sanity (the study)"}),
         Variant(f"rerank{n}-k{k}", "sft", rerank,
                 {"main": f"+ rerank (render-compare, {k} retrieved)", "rerank": "full: render-and-compare, fitted weights"}),
-        Variant(f"rerank{n}-k{k}-refine{refine}", "sft", DecodeConfig(**{**asdict(rerank), "refine_evaluations": refine}),
-                {"rerank": f"full + refinement ({refine} renders)"}),
     ]
+    if refine:
+        out.append(Variant(f"rerank{n}-k{k}-refine{refine}", "sft", DecodeConfig(**{**asdict(rerank), "refine_evaluations": refine}),
+                           {"rerank": f"full + refinement ({refine} renders)"}))
     if dpo:
         out += [Variant("dpo-beam4", "dpo", DecodeConfig(strategy="beam", **common), {"main": "DPO, beam 4"}),
                 Variant(f"dpo-rerank{n}-k{k}", "dpo", DecodeConfig(**asdict(rerank)),
@@ -247,11 +249,12 @@ class Harness:
         by_id = {str(p["id"]): p.get("code") for p in jsonl_rows(preds)}
         scored = done_ids(evals)
         todo = [(i, by_id.get(str(i)), code) for i, code in gts if str(i) not in scored]
-        if todo:
-            _, rows = evaluate_pairs(todo, self.pool, iou="both", progress=self.progress)
-            with evals.open("a") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
+        with evals.open("a") as f:
+            for start in tqdm(range(0, len(todo), 8), desc=f"score {v.key}", unit="chunk", disable=not self.progress or not todo):
+                # appended in small chunks of ids: an interruption loses little
+                _, rows = evaluate_pairs(todo[start:start + 8], self.pool, iou="both", progress=False)
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+                f.flush()
         wanted = {str(i) for i, _ in gts}
         rows = [r for r in jsonl_rows(evals) if str(r["id"]) in wanted]
         decoded = max(stats["decoded"], 1)
@@ -414,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ns", default="1,3,6,10", help="N values of the best-of-N ablation")
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--refine", type=int, default=24, help="renders for the refinement row of the rerank ablation (0: none)")
     ap.add_argument("--canonical-grid", default="256", help="the model's canonical number grid ('none': 3 decimals)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--examples", type=int, default=16)
@@ -427,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {"sft": args.model, **({"dpo": args.dpo_model} if args.dpo_model else {})}
     retrieval = args.retrieval_data or default_retrieval_data(model_dir)
     variants = plan(args.n, args.k, tuple(int(x) for x in args.ns.split(",")), args.max_new_tokens,
-                    dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid))
+                    dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid), refine=args.refine)
     t0 = time.perf_counter()
     records = []
     with SandboxPool(args.workers) as pool:

@@ -35,7 +35,7 @@ def test_plan_covers_the_study_and_runs_shared_configurations_once():
     assert sorted(v.cfg.n for v in variants if "bestofn" in v.labels) == [1, 3, 6, 10]
     assert [v.labels["grammar"].split(":")[0] for v in variants if "grammar" in v.labels] == [
         "none", "validate + repair only", "basic", "full"]
-    assert len([v for v in variants if "rerank" in v.labels]) == 3
+    assert len([v for v in variants if "rerank" in v.labels]) == 4  # none, heuristic, full, full + refinement
     # best-of-6 serves the main table and the N ablation from one cache entry
     assert [v for v in variants if v.key == "bestof6"][0].labels.keys() == {"bestofn", "main"}
 
@@ -43,7 +43,7 @@ def test_plan_covers_the_study_and_runs_shared_configurations_once():
 def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, model_dir, monkeypatch):
     args = ["--model", str(model_dir), "--data", f"real={REFERENCE / 'samples.jsonl'}",
             "--retrieval-data", str(REFERENCE / "samples.jsonl"), "--results", str(tmp_path), "--run", "t",
-            "--limit", "3", "--n", "2", "--k", "1", "--ns", "1,2", "--max-new-tokens", "16", "--examples", "3", "--quiet"]
+            "--limit", "3", "--n", "2", "--k", "1", "--ns", "1,2", "--refine", "4", "--max-new-tokens", "16", "--examples", "3", "--quiet"]
     assert eval_all.main(args) == 0
     out = tmp_path / "t"
     for name in ("table.md", "table.csv", "table.json", "ablations.md", "ablations.json", "errors.md", "errors.json",
