@@ -136,7 +136,8 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
         gradient_accumulation_steps=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, seed=cfg.seed, max_length=cfg.max_length,
         report_to=["tensorboard"], remove_unused_columns=False, bf16=precision == "bf16",
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        # TRL turns gradient checkpointing on by default; the timm + T5 model does not support it
+        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False, dataloader_num_workers=0,
         precompute_ref_log_probs=False,
     )
     peft_config, ref_model = None, None
