@@ -142,6 +142,8 @@ class Predictor:
     def score_retrieved(self, px: torch.Tensor, out: list[list[Candidate]]) -> None:
         """Give retrieved programs the model's own log-probability, so they rank with the samples."""
         retrieved = [(i, c) for i, cands in enumerate(out) for c in cands if c.source == "retrieval"]
+        if not retrieved:
+            return
         seqs = [self.tok(canonical_target(c.code, self.cfg.canonical_grid), add_special_tokens=False)["input_ids"]
                 + [self.tok.eos_token_id] for _, c in retrieved]
         logprobs = self.model.score_sequences(px[[i for i, _ in retrieved]], seqs).tolist()
