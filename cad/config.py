@@ -58,3 +58,22 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 def to_yaml(cfg) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def recipe_from_argv(cls: type[T], prog: str, description: str, default_config: str,
+                     argv: Sequence[str] | None = None) -> tuple[T, bool] | None:
+    """``--config YAML [--resume] [key=value ...]``, the command line of every training stage:
+    the recipe and whether to resume, or None after printing the config error."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--config", default=default_config, help="YAML recipe")
+    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    args = ap.parse_args(argv)
+    try:
+        return load_config(cls, args.config, args.overrides), args.resume
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None

@@ -16,6 +16,8 @@ from functools import lru_cache
 
 from lark import Lark, UnexpectedInput
 
+from cad.programs import NUMBER_RE
+
 METHODS = [
     # GenCAD-Code's subset
     "moveTo", "lineTo", "threePointArc", "circle", "close", "add", "extrude", "union", "cut",
@@ -135,7 +137,6 @@ def _balance(line: str) -> tuple[str, bool]:
 
 
 _CALL = re.compile(r"\.(moveTo|lineTo|threePointArc|circle|close)\(((?:[^()]|\([^()]*\))*)\)")
-_NUM = re.compile(r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
 
 
 def drop_zero_segments(line: str) -> tuple[str, int]:
@@ -147,7 +148,7 @@ def drop_zero_segments(line: str) -> tuple[str, int]:
         return line, 0
     pen, out, last, dropped = None, [], 0, 0
     for m in calls:
-        nums = [float(x) for x in _NUM.findall(m.group(2))]
+        nums = [float(x.group()) for x in NUMBER_RE.finditer(m.group(2))]
         name = m.group(1)
         end = tuple(nums[-2:]) if name in ("moveTo", "lineTo", "threePointArc") and len(nums) >= 2 else pen
         if name in ("lineTo", "threePointArc") and pen is not None and end == pen:

@@ -39,7 +39,7 @@ from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
 from decoding.refine import refine
-from decoding.rerank import DEFAULT_WEIGHTS, Candidate, combined_score
+from decoding.rerank import DEFAULT_WEIGHTS, Candidate, combined_score, needs_render
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
@@ -103,8 +103,7 @@ class Predictor:
 
     @property
     def renders(self) -> bool:
-        w = self.cfg.weights
-        return self.cfg.strategy == "rerank" and bool(w.get("silhouette") or w.get("edges") or w.get("pixel"))
+        return self.cfg.strategy == "rerank" and needs_render(self.cfg.weights)
 
     def generate(self, images) -> list[list[Candidate]]:
         """Candidates per image, before execution."""

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from cad.programs import NUMBER_RE
 from cad.sandbox import ExecOptions, SandboxPool
 from decoding.rerank import render_compare
 
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 EXTRUDE = re.compile(r"\.extrude\(\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 LOOP = re.compile(r"^(loop\d+)\s*=\s*(wp_sketch\d+)(\..*)$", re.M)
 FACTORS = (1.25, 0.8, 1.1, 0.91)
@@ -39,7 +39,7 @@ def _spans(code: str) -> list[list[tuple[int, int]]]:
     for m in LOOP.finditer(code):
         start = m.start(3)
         sketches.setdefault(m.group(2), []).extend((start + a, start + b) for a, b in
-                                                   (n.span() for n in NUMBER.finditer(m.group(3))))
+                                                   (n.span() for n in NUMBER_RE.finditer(m.group(3))))
     return groups + [spans for spans in sketches.values() if spans]
 
 
@@ -68,10 +68,11 @@ def refine(code: str, image: Image.Image, pool: SandboxPool, max_evaluations: in
     while improved and evaluations < max_evaluations:
         improved = False
         for i in range(len(_spans(best_code))):
+            spans = _spans(best_code)[i]  # positions move when an earlier parameter changed
             for factor in FACTORS:
                 if evaluations >= max_evaluations:
                     break
-                trial = _scaled(best_code, _spans(best_code)[i], factor)
+                trial = _scaled(best_code, spans, factor)
                 s = score(trial)
                 evaluations += 1
                 if s > best + 1e-4:

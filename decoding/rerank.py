@@ -25,6 +25,13 @@ from decoding.retrieval import embed
 # docs/results/rerank_correlation.json): for the CPU-trained model the silhouette IoU tracks the
 # true IoU best (Spearman 0.81) and its own log-probability anti-correlates (-0.22: it prefers its
 # own samples over better retrieved programs). Refit for a new model; the decoding config overrides.
+RENDER_TERMS = ("silhouette", "edges", "pixel")  # the terms that need the candidate rendered
+
+
+def needs_render(weights: dict) -> bool:
+    return any(weights.get(t) for t in RENDER_TERMS)
+
+
 DEFAULT_WEIGHTS = {"logprob": 0.0, "sanity": 0.0, "silhouette": 1.0, "edges": 0.0, "pixel": 0.0}
 
 
@@ -87,7 +94,7 @@ def combined_score(c: Candidate, image: Image.Image | None, weights: dict | None
         c.scores, c.total = {}, float("-inf")
         return c.total
     c.scores = heuristic_score(c)
-    if image is not None and c.result.geometry is not None and (w.get("silhouette") or w.get("edges") or w.get("pixel")):
+    if image is not None and c.result.geometry is not None and needs_render(w):
         c.scores.update(render_compare(c.result, image))
     c.total = float(sum(w.get(k, 0.0) * v for k, v in c.scores.items()))
     return c.total

@@ -19,7 +19,6 @@ rewards/rejected, margins and accuracies; checkpoints every ``save_steps``; ``--
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -33,7 +32,7 @@ import trl.trainer.dpo_trainer as dpo_module
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from cad.config import ConfigError, load_config, to_yaml
+from cad.config import recipe_from_argv, to_yaml
 from cad.data import to_image
 from sft.model import Img2CadModel, load_model
 from sft.tokenizer import canonical_target
@@ -173,17 +172,11 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rl.dpo", description="DPO of the SFT model on preference pairs (TRL)")
-    ap.add_argument("--config", default="configs/dpo.yaml")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(DPORecipe, args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    parsed = recipe_from_argv(DPORecipe, "python -m rl.dpo", "DPO of the SFT model on preference pairs (TRL)",
+                              "configs/dpo.yaml", argv)
+    if parsed is None:
         return 2
-    print(json.dumps(train_dpo(cfg, args.resume), indent=2))
+    print(json.dumps(train_dpo(*parsed), indent=2))
     return 0
 
 
