@@ -7,6 +7,20 @@ tokens are passed as ``encoder_outputs`` to ``T5ForConditionalGeneration`` and t
 layers are dropped (its block list is emptied; ``config.num_layers`` stays equal to the decoder's,
 which keeps ``generate``'s cache sizing right in transformers 5.x).
 
+Retrieval-conditioned mode (``config.retrieval_layers > 0``): the model edits the programs of the
+nearest training images instead of writing from nothing. The first ``retrieval_layers`` blocks of
+the T5 encoder are kept and encode ``retrieved_ids`` (the tokens of k retrieved programs, each
+ending in ``</s>``; a lone ``</s>`` when there is none); the decoder cross-attends to the projected
+ViT tokens and those states, concatenated:
+
+    pixels -> ViT -> Linear ----------------\
+                                             concat -> T5 decoder cross-attention
+    retrieved program tokens -> T5 encoder -/
+
+The retrieved tokens share the decoder's embedding, so copying a neighbour's number is a lookup.
+The plain model (``retrieval_layers == 0``) keeps no T5 encoder parameter at all, so every
+trainable parameter receives a gradient (what DDP requires).
+
 Two interfaces:
 * causal-LM shaped, ``forward(input_ids, attention_mask, pixel_values, labels=None)``: ``input_ids``
   start with the decoder start token and logits at position t predict token t+1 (labels are
@@ -38,7 +52,8 @@ class Img2CadConfig(PretrainedConfig):
     def __init__(self, encoder_name: str = "vit_base_patch16_224", image_size: int = 224, in_chans: int = 3,
                  encoder_kwargs: dict | None = None, decoder: dict | None = None, pretrained: bool = False,
                  pretrained_decoder: str = "Salesforce/codet5-small", vocab_size: int = 32100,
-                 pad_token_id: int = 0, eos_token_id: int = 1, decoder_start_token_id: int = 0, **kwargs):
+                 pad_token_id: int = 0, eos_token_id: int = 1, decoder_start_token_id: int = 0,
+                 retrieval_layers: int = 0, max_retrieved_length: int = 512, **kwargs):
         self.encoder_name = encoder_name
         self.image_size = image_size
         self.in_chans = in_chans
@@ -49,6 +64,8 @@ class Img2CadConfig(PretrainedConfig):
         self.pretrained = pretrained
         self.pretrained_decoder = pretrained_decoder
         self.vocab_size = vocab_size
+        self.retrieval_layers = retrieval_layers  # T5 encoder blocks over retrieved programs (0: plain model)
+        self.max_retrieved_length = max_retrieved_length
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id,
                          decoder_start_token_id=decoder_start_token_id, **kwargs)
 
@@ -76,20 +93,42 @@ class Img2CadModel(PreTrainedModel):
         d_model = config.decoder["d_model"]
         self.proj = nn.Linear(self.encoder.num_features, d_model)
         self.t5 = T5ForConditionalGeneration(config.t5_config())
-        self.t5.encoder.block = nn.ModuleList()  # the T5 encoder is never used: the ViT replaces it
+        if config.retrieval_layers:
+            self.t5.encoder.block = self.t5.encoder.block[: config.retrieval_layers]
+        else:  # the plain model never runs the T5 encoder: the ViT replaces it
+            self.t5.encoder.block = nn.ModuleList()
+            self.t5.encoder.final_layer_norm = nn.Identity()
         self.post_init()
         self.generation_config = self.t5.generation_config  # trainers (TRL) read the pad token here
 
     # ---- encoding ---------------------------------------------------------------------------
-    def encode(self, pixel_values: torch.Tensor) -> BaseModelOutput:
-        """Projected ViT tokens (class token and patch tokens) as T5 encoder outputs."""
-        tokens = self.encoder.forward_features(pixel_values.to(self.proj.weight.dtype))
-        return BaseModelOutput(last_hidden_state=self.proj(tokens))
+    @property
+    def retrieval_conditioned(self) -> bool:
+        return bool(self.config.retrieval_layers)
+
+    def encode(self, pixel_values: torch.Tensor, retrieved_ids: torch.Tensor | None = None,
+               retrieved_attention_mask: torch.Tensor | None = None) -> tuple[BaseModelOutput, torch.Tensor]:
+        """Encoder states and their attention mask: projected ViT tokens (class and patch tokens),
+        followed in retrieval-conditioned mode by the T5 encoder's states of the retrieved programs
+        (a lone ``</s>`` per row when ``retrieved_ids`` is None)."""
+        vis = self.proj(self.encoder.forward_features(pixel_values.to(self.proj.weight.dtype)))
+        mask = torch.ones(vis.shape[:2], dtype=torch.long, device=vis.device)
+        if not self.retrieval_conditioned:
+            return BaseModelOutput(last_hidden_state=vis), mask
+        if retrieved_ids is None:
+            retrieved_ids = torch.full((vis.size(0), 1), self.config.eos_token_id, dtype=torch.long, device=vis.device)
+        if retrieved_attention_mask is None:
+            retrieved_attention_mask = torch.ones_like(retrieved_ids)
+        ret = self.t5.encoder(input_ids=retrieved_ids, attention_mask=retrieved_attention_mask, return_dict=True)
+        states = torch.cat([vis, ret.last_hidden_state.to(vis.dtype)], dim=1)
+        return BaseModelOutput(last_hidden_state=states), torch.cat([mask, retrieved_attention_mask.long()], dim=1)
 
     # ---- causal-LM-shaped forward -----------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                encoder_outputs: BaseModelOutput | None = None, fused_lm_head: bool = False, **kwargs):
+                retrieved_ids: torch.Tensor | None = None, retrieved_attention_mask: torch.Tensor | None = None,
+                encoder_outputs: BaseModelOutput | None = None, encoder_attention_mask: torch.Tensor | None = None,
+                fused_lm_head: bool = False, **kwargs):
         """Logits (and loss with ``labels``); with ``fused_lm_head=True`` per-token log-probs instead.
 
         ``fused_lm_head`` follows TRL's contract (``trl.trainer.utils.FusedCausalLMOutput``): per-token
@@ -99,8 +138,8 @@ class Img2CadModel(PreTrainedModel):
         if encoder_outputs is None:
             if pixel_values is None:
                 raise ValueError("Img2CadModel.forward needs pixel_values (or encoder_outputs)")
-            encoder_outputs = self.encode(pixel_values)
-        out = self.t5(encoder_outputs=encoder_outputs, decoder_input_ids=input_ids,
+            encoder_outputs, encoder_attention_mask = self.encode(pixel_values, retrieved_ids, retrieved_attention_mask)
+        out = self.t5(encoder_outputs=encoder_outputs, attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
                       decoder_attention_mask=attention_mask, use_cache=False, return_dict=True)
         logits = out.logits
         if fused_lm_head:
@@ -115,11 +154,12 @@ class Img2CadModel(PreTrainedModel):
     @torch.no_grad()
     def generate_programs(self, pixel_values: torch.Tensor, max_new_tokens: int = 256, num_beams: int = 1,
                           do_sample: bool = False, num_return_sequences: int = 1, temperature: float = 1.0,
-                          top_p: float = 1.0, logits_processor=None) -> "Generated":
+                          top_p: float = 1.0, logits_processor=None, retrieved_ids: torch.Tensor | None = None,
+                          retrieved_attention_mask: torch.Tensor | None = None) -> "Generated":
         """Decode programs; returns token ids (without the start token) and sequence log-probs."""
-        enc = self.encode(pixel_values)
+        enc, enc_mask = self.encode(pixel_values, retrieved_ids, retrieved_attention_mask)
         out = self.t5.generate(
-            encoder_outputs=enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
+            encoder_outputs=enc, attention_mask=enc_mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
             num_return_sequences=num_return_sequences, temperature=temperature if do_sample else None,
             top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
             output_scores=True, return_dict_in_generate=True, logits_processor=logits_processor,
@@ -137,7 +177,9 @@ class Img2CadModel(PreTrainedModel):
         return Generated(seqs[:, 1:], logprobs.float())
 
     @torch.no_grad()
-    def score_sequences(self, pixel_values: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
+    def score_sequences(self, pixel_values: torch.Tensor, sequences: list[list[int]],
+                        retrieved_ids: torch.Tensor | None = None,
+                        retrieved_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of token log-probabilities of each given program (token ids ending in EOS, no start
         token) under the model, given its image (row i of ``pixel_values``): the model's likelihood
         of a program it did not write, e.g. a retrieved one."""
@@ -150,7 +192,8 @@ class Img2CadModel(PreTrainedModel):
             ids[i, 1:len(seq) + 1] = torch.tensor(seq, dtype=torch.long)
             mask[i, :len(seq) + 1] = True
         ids, mask = ids.to(device), mask.to(device)
-        logits = self.forward(ids, attention_mask=mask.long(), pixel_values=pixel_values).logits[:, :-1].float()
+        logits = self.forward(ids, attention_mask=mask.long(), pixel_values=pixel_values, retrieved_ids=retrieved_ids,
+                              retrieved_attention_mask=retrieved_attention_mask).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         return (logp * mask[:, 1:]).sum(-1)
 
@@ -169,7 +212,10 @@ class Img2CadModel(PreTrainedModel):
                         self.config.encoder_name, type(exc).__name__, str(exc)[:120])
         try:
             ref = T5ForConditionalGeneration.from_pretrained(self.config.pretrained_decoder)
-            state = {k: v for k, v in ref.state_dict().items() if not k.startswith("encoder.block")}
+            keep = self.config.retrieval_layers  # CodeT5's first encoder blocks encode the retrieved programs
+            state = {k: v for k, v in ref.state_dict().items()
+                     if not k.startswith("encoder.") or (keep and (not k.startswith("encoder.block.")
+                                                                   or int(k.split(".")[2]) < keep))}
             if ref.config.vocab_size != self.config.vocab_size:
                 state = {k: v for k, v in state.items() if "shared" not in k and "embed_tokens" not in k and "lm_head" not in k}
             self.t5.load_state_dict(state, strict=False)
