@@ -93,16 +93,27 @@ def _splits_in(root: Path) -> list[str]:
 
 
 def load_gencad(source: str | Path | None = None, split: str | None = None, subset: str | None = None,
-                seed: int = 0, limit: int | None = None) -> datasets.Dataset:
+                seed: int = 0, limit: int | None = None, allow_test: bool = True) -> datasets.Dataset:
     """GenCAD-Code rows from the hub (``source=None``) or a local copy (see module docstring).
 
-    ``split`` defaults to ``test`` on the hub; in a local folder holding a single split, to that.
+    ``split`` defaults to ``test`` on the hub; in a local folder holding a single split, to that; a
+    local folder holding several splits must be given one. ``allow_test=False`` (training, building
+    a retrieval index) refuses a test split.
     """
     if source is not None and split is None and Path(source).is_dir():
         found = _splits_in(Path(source))
-        split = found[0] if len(found) == 1 else "test"
+        if len(found) > 1:
+            raise DatasetUnavailable(f"{source}: holds the splits {found}; name one (split=... / --split)")
+        split = found[0] if found else None
     split = split or "test"
+
+    def refuse_test() -> None:
+        if not allow_test and split == "test":
+            raise DatasetUnavailable(f"{source or HUB_ID}: the test split is for final numbers only, never for training "
+                                     "or a retrieval index; pass a train or validation split")
+
     if source is None:
+        refuse_test()
         try:
             ds = datasets.load_dataset(HUB_ID, split=split)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the hub gets the same advice
@@ -116,6 +127,7 @@ def load_gencad(source: str | Path | None = None, split: str | None = None, subs
         elif path.is_dir():
             files = _parquet_files(path, split)
             if files:
+                refuse_test()
                 ds = datasets.Dataset.from_parquet(files, features=FEATURES)
             elif (path / "samples.jsonl").exists():
                 ds = _from_jsonl(path / "samples.jsonl")
