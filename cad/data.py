@@ -21,6 +21,8 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
+from cad.io import InputError
+
 HUB_ID = "CADCODER/GenCAD-Code"
 STUDY_SIZES = {"train": 30_000, "test": 1_000, "validation": 1_000}
 FEATURES = datasets.Features({
@@ -35,7 +37,7 @@ DEFAULT_PROMPT = "Generate the CADQuery code needed to create the CAD for the pr
 _TOKEN_RE = re.compile(r"-?\d+\.\d+(?:e-?\d+)?|\w+|[^\w\s]")
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(InputError, RuntimeError):
     """The dataset cannot be reached or read; the message says how to use a local copy."""
 
 

@@ -50,6 +50,11 @@ FORBIDDEN_ATTRS = {
 } | FORBIDDEN_NAMES
 FORBIDDEN_ATTR_PREFIXES = ("export", "import", "write", "read", "dump", "save", "load", "to_", "_")
 FORBIDDEN_KEYWORDS = {"fontPath", "path", "fname", "filename", "fileName"}
+# CadQuery methods reachable by the policy that take a file path (a font file) as a parameter,
+# with the number of arguments that may be passed positionally before it. A call passes at most
+# that many and unpacks none (``*``); the attribute may only be called directly, never aliased.
+# (tests/test_hardening_policy.py walks CadQuery's API to keep this table complete.)
+PATH_METHODS = {"text": 6, "makeText": 4}
 
 SAFE_BUILTINS = {
     name: getattr(__builtins__, name) if not isinstance(__builtins__, dict) else __builtins__[name]
@@ -79,7 +84,29 @@ class CheckResult:
     tree: ast.Module | None = None
 
 
-def _check_node(node: ast.AST) -> None:
+def _direct_path_calls(tree: ast.AST) -> set[int]:
+    """Check every call for argument unpacking and calls of ``PATH_METHODS`` for the number of
+    positional arguments; returns the ids of the attributes those checked calls use."""
+    direct: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        line = getattr(node, "lineno", None)
+        if any(k.arg is None for k in node.keywords):
+            raise PolicyViolation("keyword argument unpacking (**) is not allowed", line)
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in PATH_METHODS:
+            limit = PATH_METHODS[func.attr]
+            if any(isinstance(a, ast.Starred) for a in node.args):
+                raise PolicyViolation(f"'*' arguments to '{func.attr}' are not allowed", line)
+            if len(node.args) > limit:
+                raise PolicyViolation(f"'{func.attr}' takes a font file path after its first {limit} arguments; "
+                                      f"pass at most {limit} positionally", line)
+            direct.add(id(func))
+    return direct
+
+
+def _check_node(node: ast.AST, direct: set[int] = frozenset()) -> None:
     line = getattr(node, "lineno", None)
     if not isinstance(node, ALLOWED_NODES):
         raise PolicyViolation(f"'{type(node).__name__}' is not allowed", line)
@@ -99,6 +126,8 @@ def _check_node(node: ast.AST) -> None:
         attr = node.attr
         if attr in FORBIDDEN_ATTRS or attr.lower().startswith(FORBIDDEN_ATTR_PREFIXES):
             raise PolicyViolation(f"attribute '{attr}' is not allowed", line)
+        if attr in PATH_METHODS and id(node) not in direct:
+            raise PolicyViolation(f"'{attr}' may only be called directly", line)
         if isinstance(node.ctx, ast.Store):
             raise PolicyViolation("assignment to attributes is not allowed", line)
     elif isinstance(node, ast.keyword):
@@ -132,8 +161,9 @@ def check_source(code: str) -> CheckResult:
         line = getattr(exc, "lineno", None)
         return CheckResult("syntax_error", f"line {line}: {exc.__class__.__name__}: {getattr(exc, 'msg', exc)}")
     try:
+        direct = _direct_path_calls(tree)
         for node in ast.walk(tree):
-            _check_node(node)
+            _check_node(node, direct)
     except PolicyViolation as exc:
         return CheckResult("rejected", str(exc))
     except RecursionError:

@@ -10,7 +10,8 @@ render-and-compare reranker and result grids.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -19,9 +20,13 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from cad.cli import TIMEOUT, WORKERS, ArgumentParser, guarded, int_in
+from cad.io import InputError, check_output_dir, fingerprint, write_jsonl_atomic
 from cad.sandbox import Geometry
+
+FP_TEXT = "img2cad-fingerprint"  # PNG text chunk: what produced the image (cad.io.fingerprint)
 
 VIEW_DIR = np.array([1.0, -1.0, 1.0]) / np.sqrt(3.0)  # from the part towards the camera
 RIGHT = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
@@ -178,48 +183,90 @@ def render_codes(codes: list[str], pool, style: Style = GENCAD_STYLE, timeout: f
         yield res, (render_geometry(res.geometry, style) if res.ok and res.geometry is not None else None)
 
 
+def file_names(ids: list[str]) -> dict[str, str]:
+    """An injective id -> PNG file name map: an id made only of letters, digits and ``-_.#`` (at
+    most 150 characters) keeps its name; any other id is sanitised, cut and given a hash suffix."""
+    names: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for pid in ids:
+        safe = "".join(ch if ch.isalnum() or ch in "-_.#" else "_" for ch in pid)
+        if safe != pid or len(safe) > 150 or safe.startswith("."):
+            safe = f"{safe.lstrip('.')[:120]}~{hashlib.sha256(pid.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+        name = f"{safe}.png"
+        if owner.setdefault(name, pid) != pid:
+            raise InputError(f"ids {owner[name]!r} and {pid!r} map to the same file {name}; rename one of them")
+        names[pid] = name
+    return names
+
+
+def _fingerprint_of(path: Path) -> str | None:
+    """The fingerprint a PNG written by ``main`` carries, or None."""
+    try:
+        with Image.open(path) as im:
+            return im.info.get(FP_TEXT)
+    except (OSError, ValueError):
+        return None
+
+
+@guarded("rerun the same command to resume; finished images are kept")
 def main(argv: list[str] | None = None) -> int:
+    """Render every program of a JSONL file to ``OUT/<name>.png``. ``OUT/index.jsonl`` maps every
+    input id, in input order, to its file (null when it failed) and status; ``OUT/failures.jsonl``
+    lists the failures. Each PNG carries the fingerprint of its program and style: a rerun renders
+    again what changed and keeps the rest."""
     from tqdm import tqdm
 
     from cad.execute import load_programs
-    from cad.io import InputError
     from cad.sandbox import SandboxPool
 
-    ap = argparse.ArgumentParser(prog="python -m cad.render", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m cad.render", description=__doc__.splitlines()[0])
     ap.add_argument("input", help="JSONL with {'id', 'code'} (or GenCAD rows) per line")
-    ap.add_argument("--out", required=True, help="folder for <id>.png")
-    ap.add_argument("--size", type=int, default=448)
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--out", required=True, help="folder for the PNGs, index.jsonl and failures.jsonl")
+    ap.add_argument("--size", type=int_in(16, 4096), default=448, help="image size in pixels (16 to 4096)")
+    ap.add_argument("--workers", type=WORKERS, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--timeout", type=TIMEOUT, default=10.0)
     args = ap.parse_args(argv)
-    try:
-        items = load_programs(args.input)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(args.out, args.input)
+    items = load_programs(args.input)
+    names = file_names([pid for pid, _, _ in items])
     style = Style(size=args.size)
-    todo = [(pid, code) for pid, code, err in items if code is not None and not err
-            and not (out / f"{_safe_name(pid)}.png").exists()]
-    failures = [{"id": pid, "status": "rejected", "error": err} for pid, code, err in items if code is None or err]
+    fps = {pid: fingerprint("cad.render", dataclasses.asdict(style), code) for pid, code, _ in items}
+    status = {pid: {"id": pid, "file": None, "status": "rejected", "error": err}
+              for pid, code, err in items if code is None or err}
+    todo = []
+    for pid, code, err in items:
+        if pid not in status:
+            if _fingerprint_of(out / names[pid]) == fps[pid]:
+                status[pid] = {"id": pid, "file": names[pid], "status": "ok", "error": ""}
+            else:
+                todo.append((pid, code))
+    kept = sum(r["status"] == "ok" for r in status.values())
+    rendered = 0
+    meta = PngImagePlugin.PngInfo
     with SandboxPool(args.workers) as pool:
         pairs = render_codes([c for _, c in todo], pool, style, args.timeout)
         for (pid, _), (res, img) in tqdm(zip(todo, pairs), total=len(todo), desc="render", unit="img"):
+            target = out / names[pid]
             if img is None:
-                failures.append({"id": pid, "status": res.status, "error": res.error or "no solid to render"})
+                target.unlink(missing_ok=True)  # an image of an earlier program would be stale
+                status[pid] = {"id": pid, "file": None, "status": res.status, "error": res.error or "no solid to render"}
                 continue
-            tmp = out / f".{_safe_name(pid)}.png.tmp"
-            Image.fromarray(img).save(tmp, format="PNG")
-            os.replace(tmp, out / f"{_safe_name(pid)}.png")
-    (out / "failures.jsonl").write_text("".join(json.dumps(f) + "\n" for f in failures))
-    print(json.dumps({"n": len(items), "rendered_now": len(todo) - sum(f["status"] != "rejected" for f in failures),
-                      "failed": len(failures), "out": str(out)}))
+            info = meta()
+            info.add_text(FP_TEXT, fps[pid])
+            tmp = out / f".{names[pid]}.tmp"
+            try:
+                Image.fromarray(img).save(tmp, format="PNG", pnginfo=info)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            rendered += 1
+            status[pid] = {"id": pid, "file": names[pid], "status": "ok", "error": ""}
+    rows = [status[pid] for pid, _, _ in items]
+    write_jsonl_atomic(out / "index.jsonl", rows)
+    write_jsonl_atomic(out / "failures.jsonl", [{k: r[k] for k in ("id", "status", "error")} for r in rows if r["file"] is None])
+    print(json.dumps({"n": len(items), "rendered_now": rendered, "kept": kept,
+                      "failed": sum(r["file"] is None for r in rows), "out": str(out)}))
     return 0
-
-
-def _safe_name(pid: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_.#" else "_" for ch in pid)[:200]
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """Score predictions against ground truth: ``python -m reward.evaluate --pred P.jsonl --gt G.jsonl``.
 
 Pred lines ``{"id", "code"}``; ground truth the same or GenCAD rows (``deepcad_id``,
-``cadquery``), as JSONL or any dataset ``cad.data.load_gencad`` reads (a synthetic folder). Every ground-truth id is scored; an id with no prediction counts as a failure
-(status ``missing``, error class semantic). Prints a JSON summary (``n``, ``vsr``, ``exec_rate``,
-``iou_best`` and with ``--iou both`` ``iou_best_voxel``, ``n_valid``, error classes, seconds);
-``--out`` also keeps per-id rows. See ``reward.metrics`` for the definitions.
+``cadquery``), as JSONL or any dataset ``cad.data.load_gencad`` reads (a synthetic folder). Every
+ground-truth id is scored; an id with no prediction counts as a failure (status ``missing``, error
+class semantic) and is named in a warning. Prediction lines that are malformed (not JSON, no
+``code``) or repeat an id are skipped and reported as such (``malformed_predictions``);
+predictions of ids not in the ground truth are ignored (``unmatched_predictions``). An empty
+prediction or ground-truth file is an error. Prints a JSON summary (``n``, ``vsr``, ``exec_rate``,
+``iou_best`` and with ``--iou both`` ``iou_best_voxel``, ``n_valid``, error classes, ``missing``,
+seconds); ``--out`` also keeps per-id rows. See ``reward.metrics`` for the definitions.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -17,10 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cad.data import DatasetUnavailable
+from cad.cli import TIMEOUT, WORKERS, ArgumentParser, guarded
 from cad.execute import load_programs
 from cad.geometry import best_iou
-from cad.io import InputError
+from cad.io import InputError, check_output_file
 from cad.sandbox import DEFAULT_TIMEOUT, ExecOptions, ExecResult, SandboxPool
 from reward.metrics import error_class, summarise
 
@@ -44,12 +47,12 @@ def evaluate_pairs(
         pr: ExecResult = next(results)
         gr: ExecResult = next(results)
         if pred is None:
-            pr = ExecResult("runtime_error", "missing: no prediction for this id")
+            pr = ExecResult("missing", "no prediction for this id")
         row = {"id": pid, "status": pr.status, "error": pr.error, "executable": pr.executable,
                "error_class": error_class(pr), "gt_status": gr.status, "iou": None}
         if pr.executable and gr.executable and pr.geometry is not None and gr.geometry is not None:
-            if iou in ("exact", "both"):
-                row["iou"] = best_iou(pr.geometry, gr.geometry, "exact").iou
+            if iou in ("exact", "both", "cadcoder"):  # cadcoder: CAD-Coder's four poses only (cad.geometry)
+                row["iou"] = best_iou(pr.geometry, gr.geometry, "cadcoder" if iou == "cadcoder" else "exact").iou
             if iou in ("voxel", "both"):
                 row["iou_voxel"] = best_iou(pr.geometry, gr.geometry, "voxel").iou
                 if iou == "voxel":
@@ -73,39 +76,53 @@ def ground_truth(source: str) -> list[tuple[str, str | None, str]]:
     return [(str(i), code, "") for i, code in zip(ds["deepcad_id"], ds["cadquery"])]
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@guarded("nothing is written before the end; rerun the same command")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reward.evaluate", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m reward.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--pred", required=True, help="JSONL of {'id', 'code'} predictions")
     ap.add_argument("--gt", required=True, help="ground truth: JSONL ({'id','code'} or GenCAD rows) or a dataset "
                                                 "folder / parquet that cad.data.load_gencad reads")
-    ap.add_argument("--iou", choices=("exact", "voxel", "both"), default="exact")
+    ap.add_argument("--iou", choices=("exact", "voxel", "both", "cadcoder"), default="exact")
     ap.add_argument("--out", help="write the summary and per-id rows to this JSON file")
-    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--timeout", type=TIMEOUT, default=DEFAULT_TIMEOUT)
+    ap.add_argument("--workers", type=WORKERS, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args(argv)
-    try:
-        preds = load_programs(args.pred)
-        gts = ground_truth(args.gt)
-    except (InputError, DatasetUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    pred_by_id = {pid: code for pid, code, _ in preds}
-    unmatched = sorted(set(pred_by_id) - {pid for pid, _, _ in gts})
-    if unmatched:
-        print(f"warning: {len(unmatched)} prediction ids have no ground truth and are ignored "
-              f"(first: {unmatched[0]!r})", file=sys.stderr)
+    if args.out:
+        check_output_file(args.out, args.pred, args.gt)
+    preds = load_programs(args.pred)
+    gts = ground_truth(args.gt)
+    if not preds:
+        raise InputError(f"{args.pred}: no prediction lines; pass the JSONL written by python -m decoding")
+    if not gts:
+        raise InputError(f"{args.gt}: no ground-truth rows")
     bad_gt = [(pid, err) for pid, code, err in gts if code is None]
     if bad_gt:
-        print(f"error: {args.gt}: {len(bad_gt)} ground-truth rows have no program "
-              f"(first: {bad_gt[0][1]}); fix or remove them", file=sys.stderr)
-        return 2
+        raise InputError(f"{args.gt}: {len(bad_gt)} ground-truth rows have no program "
+                         f"(first: {bad_gt[0][1]}); fix or remove them")
+    malformed = [err for _, _, err in preds if err]
+    if malformed:
+        _warn(f"{len(malformed)} malformed prediction lines skipped (first: {malformed[0]})")
+    pred_by_id = {pid: code for pid, code, err in preds if not err}
+    gt_ids = {pid for pid, _, _ in gts}
+    unmatched = sorted(set(pred_by_id) - gt_ids)
+    if unmatched:
+        _warn(f"{len(unmatched)} prediction ids have no ground truth and are ignored (first: {unmatched[0]!r})")
+    missing = [pid for pid, _, _ in gts if pid not in pred_by_id]
+    if missing:
+        _warn(f"{len(missing)} of {len(gts)} ground-truth ids have no prediction and count as missing "
+              f"(first: {missing[0]!r})")
     pairs = [(pid, pred_by_id.get(pid), code) for pid, code, _ in gts]
     with SandboxPool(args.workers) as pool:
         summary, rows = evaluate_pairs(pairs, pool, args.iou, args.timeout)
+    summary["missing"] = len(missing)
+    summary["malformed_predictions"] = len(malformed)
     summary["unmatched_predictions"] = len(unmatched)
     print(json.dumps(summary, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     return 0
 
