@@ -332,3 +332,23 @@ def test_policy_path_table_covers_every_file_parameter_of_cadquery():
     assert ("text", 6) in found and ("makeText", 4) in found  # the walk sees what it must
     for name, index in found:
         assert name in PATH_METHODS and PATH_METHODS[name] <= index, (name, index)
+
+
+# ---- CI never passes by skipping the reference tests ----------------------------------------
+
+def _pytest(env_update: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | env_update
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_reference_tests_fail_instead_of_skipping_in_ci(tmp_path):
+    test = "tests/test_sandbox.py::test_policy_accepts_gencad_style"
+    local = _pytest({"GENCAD_REFERENCE": str(tmp_path)}, test)
+    assert local.returncode == 0 and "1 skipped" in local.stdout  # outside CI a missing reference skips
+    ci = _pytest({"GENCAD_REFERENCE": str(tmp_path), "CI": "true"}, test)
+    assert ci.returncode == 1 and "1 skipped" not in ci.stdout and "skipped in CI" in ci.stdout  # an error: setup failed
+    gone = _pytest({"GENCAD_REFERENCE": str(tmp_path / "missing"), "CI": "true"}, test)
+    assert gone.returncode == 3 and "CI needs the GenCAD reference rows" in gone.stdout + gone.stderr
+    ci_script = (ROOT / ".ci" / "run").read_text()
+    assert 'export CI="${CI:-true}"' in ci_script and "make test" in ci_script
