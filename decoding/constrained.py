@@ -1,8 +1,9 @@
 """Grammar-constrained decoding: a transformers ``LogitsProcessor`` backed by llguidance.
 
 At every step each row (a beam, a sample or a batch element) may only emit tokens that keep its
-program inside ``decoding.grammar.CADQUERY_LARK``; end-of-sequence is allowed only where the
-program is complete. Matcher states are cached by token prefix, so beams that share a prefix
+program inside the grammar it is given (one of ``decoding.grammar.GRAMMARS``; callers pass the
+decoding config's ``grammar_name``, ``gencad`` by default); end-of-sequence is allowed only where
+the program is complete. Matcher states are cached by token prefix, so beams that share a prefix
 share work and a reordered beam finds its parent state in one lookup.
 """
 from __future__ import annotations
