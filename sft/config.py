@@ -24,6 +24,16 @@ class SFTConfig:
     encoder_kwargs: dict = field(default_factory=dict)
     decoder: dict = field(default_factory=dict)  # T5 decoder shape; defaults to CodeT5-small's
     pretrained: bool = False
+    allow_random_init: bool = False  # pretrained: true and weights unreachable -> an error unless this is set
+    # retrieval-conditioned generation (sft/model.py): the model reads the programs of the nearest
+    # training images (decoding.retrieval) and writes the target; 0 layers = the plain model
+    retrieval_layers: int = 0  # T5 encoder blocks over the retrieved programs
+    retrieval_k: int = 1  # retrieved programs per example
+    retrieval_pool: int = 4  # training draws them at random among this many nearest (others excluded: itself, same program)
+    retrieval_none_prob: float = 0.1  # share of training examples given no retrieved program (the plain mode)
+    retrieval_embedding: str = "blur64"  # decoding.retrieval.EMBEDDINGS
+    retrieval_dims: int = 128
+    max_retrieved_length: int = 512  # tokens of all retrieved programs together
     tokenizer: str = "number_bpe"  # or a CodeT5 name/path (falls back to number_bpe offline)
     tokenizer_vocab_size: int = 1000
 
@@ -53,3 +63,17 @@ class SFTConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     early_stopping_patience: int | None = None  # evaluations without validation-loss improvement
+
+
+def refuse_random_init(cfg: SFTConfig, loaded: list[str], wanted: list[str]) -> None:
+    """A recipe that asks for pretrained weights (``pretrained: true``) must get them: a LoRA on a
+    random decoder behind a frozen random encoder learns nothing useful. Raises a ConfigError
+    naming what could not be loaded, unless ``allow_random_init`` is set."""
+    from cad.config import ConfigError
+
+    missing = [w for w in wanted if w not in loaded]
+    if cfg.pretrained and missing and not cfg.allow_random_init:
+        raise ConfigError(f"pretrained: true, but no pretrained weights could be loaded for {', '.join(missing)} "
+                          "(no hub access?): point encoder_name / the decoder at a local copy, or train from "
+                          "scratch (configs/sft_cpu_small.yaml, or train_mode=full pretrained=false), or pass "
+                          "allow_random_init=true to train on random weights anyway")

@@ -2,11 +2,17 @@
 
 Rows whose image cannot be read or whose program is empty are reported by id and skipped, never
 silently; programs longer than ``max_target_length`` are truncated and counted.
+
+For a retrieval-conditioned model each example also holds the token lists of its nearest training
+programs (``attach_neighbours``); ``collate`` then adds ``retrieved_ids`` and
+``retrieved_attention_mask``: k of them drawn at random among the pool when training (none at all
+with probability ``none_prob``), the k nearest in order otherwise.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +26,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class RetrievalSpec:
+    k: int  # retrieved programs per example
+    none_prob: float  # training only: share of examples given none
+    eos_id: int  # a lone EOS stands for "no retrieved program"
+    pad_id: int
+    max_length: int
+
+
+@dataclass
 class Examples:
     ids: list[str]
     images: np.ndarray  # (N, C, H, W) uint8
@@ -27,6 +42,8 @@ class Examples:
     codes: list[str]  # target programs as trained on (canonical when enabled)
     skipped: list[dict] = field(default_factory=list)
     truncated: int = 0
+    neighbours: list[list[list[int]]] | None = None  # per example: token lists of its nearest programs, best first
+    retrieval: RetrievalSpec | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,9 +85,47 @@ def build_examples(ds, processor: ImageProcessor, tokenizer, max_length: int, ca
     return Examples(ids, np.stack(images) if images else np.zeros(shape, np.uint8), tokens, codes, skipped, truncated)
 
 
+def program_tokens(tokenizer, code: str, canonical: bool = True) -> list[int]:
+    """A program as the model reads it among retrieved programs: its target tokens and EOS."""
+    return tokenizer(target_text(code, canonical), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def attach_neighbours(ex: Examples, neighbour_rows: np.ndarray, bank: list[list[int]], spec: RetrievalSpec) -> None:
+    """Give example i the token lists ``bank[j]`` for j in ``neighbour_rows[i]`` (-1 skipped)."""
+    ex.neighbours = [[bank[j] for j in row if j >= 0] for row in neighbour_rows]
+    ex.retrieval = spec
+
+
+def pack_retrieved(choices: list[list[list[int]]], spec: RetrievalSpec) -> dict[str, torch.Tensor]:
+    """``retrieved_ids`` / ``retrieved_attention_mask`` from each row's chosen token lists,
+    concatenated and cut at ``spec.max_length`` (a lone EOS for a row with none)."""
+    rows = []
+    for chosen in choices:
+        seq = [t for toks in chosen for t in toks][: spec.max_length] or [spec.eos_id]
+        rows.append(seq)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), spec.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return {"retrieved_ids": ids, "retrieved_attention_mask": mask}
+
+
+def choose_neighbours(pool: list[list[int]], spec: RetrievalSpec, rng: np.random.Generator | None) -> list[list[int]]:
+    """The k nearest in order (no rng), or k drawn at random from the pool (none with ``none_prob``)."""
+    if rng is None:
+        return pool[: spec.k]
+    if not pool or rng.random() < spec.none_prob:
+        return []
+    pick = rng.choice(len(pool), size=min(spec.k, len(pool)), replace=False)
+    return [pool[j] for j in pick]
+
+
 def collate(ex: Examples, index: np.ndarray | list[int], pad_id: int, shift: int = 0,
             rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    """A batch: pixel_values, input_ids, attention_mask, labels (pad positions -100)."""
+    """A batch: pixel_values, input_ids, attention_mask, labels (pad positions -100), and for a
+    retrieval-conditioned model retrieved_ids and retrieved_attention_mask."""
     imgs = ex.images[np.asarray(index)]
     if shift and rng is not None:  # random translation, background-filled (white)
         out = np.full_like(imgs, 255)
@@ -89,4 +144,37 @@ def collate(ex: Examples, index: np.ndarray | list[int], pad_id: int, shift: int
         input_ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
     labels = input_ids.masked_fill(mask == 0, -100)
-    return {"pixel_values": ImageProcessor.normalise(imgs), "input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    batch = {"pixel_values": ImageProcessor.normalise(imgs), "input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    if ex.retrieval is not None and ex.neighbours is not None and ex.retrieval.k > 0:
+        batch.update(pack_retrieved([choose_neighbours(ex.neighbours[i], ex.retrieval, rng) for i in index], ex.retrieval))
+    return batch
+
+
+def add_retrieval(train_ds, val_ds, train_ex: Examples, val_ex: Examples, tokenizer, canonical: bool, k: int,
+                  pool: int, none_prob: float, max_length: int, embedding: str, dims: int, index_path=None,
+                  meta: dict | None = None):
+    """Index the training rows (``decoding.retrieval``), give every training example its ``pool``
+    nearest other training programs and every validation example its ``pool`` nearest training
+    programs; returns the index (saved to ``index_path`` when given, reused from there if it
+    indexes the same rows)."""
+    from decoding.retrieval import RetrievalIndex
+
+    index = None
+    if index_path is not None and Path(index_path).exists():
+        index = RetrievalIndex.load(index_path)
+        if index.ids != [str(i) for i in train_ds["deepcad_id"]] or index.embedding != embedding:
+            index = None
+    if index is None:
+        index = RetrievalIndex.from_rows(train_ds, embedding, dims, meta)
+        if index_path is not None:
+            index.save(index_path)
+    bank = [program_tokens(tokenizer, code, canonical) for code in tqdm(index.programs, desc="retrieved tokens", leave=False)]
+    spec = RetrievalSpec(k, none_prob, tokenizer.eos_token_id, tokenizer.pad_token_id, max_length)
+    row_of = {rid: i for i, rid in enumerate(index.ids)}
+    neighbours = index.training_neighbours(pool)
+    attach_neighbours(train_ex, neighbours[[row_of[i] for i in train_ex.ids]], bank, spec)
+    if len(val_ex):
+        val_rows = {str(r["deepcad_id"]): r["image"] for r in undecoded(val_ds)}
+        queries = index.embed([val_rows[i] for i in val_ex.ids])
+        attach_neighbours(val_ex, index.search(queries, pool)[0], bank, spec)
+    return index

@@ -1,0 +1,127 @@
+"""Retrieval-conditioned generation: the model reads retrieved programs, training draws them
+without the image's own program, the index is compact and split-safe, decoding edits neighbours."""
+import numpy as np
+import pytest
+import torch
+
+from cad.data import DatasetUnavailable, FEATURES, load_gencad
+from decoding.predict import DecodeConfig, Predictor
+from decoding.retrieval import RetrievalIndex
+from sft.data import Examples, RetrievalSpec, attach_neighbours, collate, pack_retrieved
+from sft.image_processing import ImageProcessor
+from sft.model import Img2CadConfig, Img2CadModel, build_model
+from sft.tokenizer import train_tokenizer
+
+TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
+            encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 2},
+            decoder={"d_model": 64, "d_kv": 16, "d_ff": 128, "num_decoder_layers": 2, "num_heads": 4, "dropout_rate": 0.0})
+
+
+def _model(vocab: int = 60, layers: int = 1, **kw) -> Img2CadModel:
+    torch.manual_seed(0)
+    return Img2CadModel(Img2CadConfig(vocab_size=vocab, retrieval_layers=layers, **TINY, **kw))
+
+
+def test_plain_model_has_no_t5_encoder_parameters_and_every_parameter_learns():
+    plain = _model(layers=0)
+    assert not [n for n, _ in plain.named_parameters() if n.startswith("t5.encoder.") and "embed_tokens" not in n]
+    for model in (plain, _model(layers=1)):
+        ids = torch.randint(3, 60, (2, 6))
+        out = model(ids, pixel_values=torch.rand(2, 1, 64, 64), labels=ids,
+                    retrieved_ids=torch.randint(3, 60, (2, 5)) if model.retrieval_conditioned else None)
+        out.loss.backward()
+        assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_conditioned_model_reads_the_retrieved_program_and_ignores_padding():
+    model = _model().eval()
+    px, ids = torch.rand(1, 1, 64, 64), torch.randint(3, 60, (1, 6))
+    a = model(ids, pixel_values=px, retrieved_ids=torch.tensor([[5, 6, 7, 1]])).logits
+    b = model(ids, pixel_values=px, retrieved_ids=torch.tensor([[9, 9, 8, 1]])).logits
+    assert not torch.allclose(a, b, atol=1e-4)  # what was retrieved changes the prediction
+    padded = model(ids, pixel_values=px, retrieved_ids=torch.tensor([[5, 6, 7, 1, 0, 0]]),
+                   retrieved_attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]])).logits
+    assert torch.allclose(a, padded, atol=1e-5)
+    gen = model.generate_programs(px.repeat(2, 1, 1, 1), max_new_tokens=4, num_beams=3,
+                                  retrieved_ids=torch.tensor([[5, 6, 7, 1], [9, 9, 8, 1]]))
+    assert gen.sequences.shape[0] == 2
+
+
+def _index(programs: list[str], seed: int = 0) -> RetrievalIndex:
+    rng = np.random.default_rng(seed)
+    feats = rng.random((len(programs), 4096)).astype(np.float32)
+    return RetrievalIndex.from_features(feats, programs, [f"id{i}" for i in range(len(programs))], "blur64", dims=8)
+
+
+def test_training_neighbours_exclude_the_row_itself_and_rows_with_the_same_program():
+    programs = ["a=1", "b=2", "a=1", "c=3", "d=4", "e=5"]
+    index = _index(programs)
+    nb = index.training_neighbours(3)
+    for i, row in enumerate(nb):
+        assert i not in row
+        assert all(programs[j] != programs[i] for j in row if j >= 0)
+    # without the exclusion the nearest row of every row is itself
+    idx, _ = index.search(index.vectors.astype(np.float32) / 127.0, 1)
+    assert (idx[:, 0] == np.arange(len(programs))).all()
+
+
+def test_collate_draws_neighbours_in_training_and_takes_the_nearest_otherwise():
+    ex = Examples(ids=["x", "y"], images=np.zeros((2, 1, 8, 8), np.uint8), tokens=[[0, 5, 1], [0, 6, 1]], codes=["", ""])
+    bank = [[10, 1], [11, 1], [12, 1], [13, 1]]
+    spec = RetrievalSpec(k=1, none_prob=0.0, eos_id=1, pad_id=0, max_length=16)
+    attach_neighbours(ex, np.array([[0, 1, 2], [3, 2, -1]]), bank, spec)
+    batch = collate(ex, [0, 1], pad_id=0)
+    assert batch["retrieved_ids"].tolist() == [[10, 1], [13, 1]]  # the nearest, in order
+    drawn = {tuple(collate(ex, [0], 0, rng=np.random.default_rng(s))["retrieved_ids"][0].tolist()) for s in range(20)}
+    assert drawn == {(10, 1), (11, 1), (12, 1)}  # training draws among the pool
+    ex.retrieval = RetrievalSpec(k=1, none_prob=1.0, eos_id=1, pad_id=0, max_length=16)
+    assert collate(ex, [0, 1], 0, rng=np.random.default_rng(0))["retrieved_ids"].tolist() == [[1], [1]]  # none: a lone EOS
+    cut = pack_retrieved([[[10, 11, 12, 1], [13, 1]]], RetrievalSpec(2, 0.0, 1, 0, 3))
+    assert cut["retrieved_ids"].tolist() == [[10, 11, 12]]
+
+
+def _folder_with_splits(tmp_path, reference_rows) -> str:
+    from tests.conftest import REFERENCE
+
+    ds = load_gencad(REFERENCE / "samples.jsonl").cast(FEATURES)
+    ds.select(range(6)).to_parquet(str(tmp_path / "train-00000.parquet"))
+    ds.select(range(6, 10)).to_parquet(str(tmp_path / "test-00000.parquet"))
+    return str(tmp_path)
+
+
+def test_index_is_compact_round_trips_and_refuses_the_test_split(tmp_path, reference_rows):
+    folder = _folder_with_splits(tmp_path, reference_rows)
+    with pytest.raises(DatasetUnavailable, match="name one"):
+        load_gencad(folder)
+    with pytest.raises(DatasetUnavailable, match="test split"):
+        RetrievalIndex.build(folder, split="test")
+    index = RetrievalIndex.build(folder, split="train")
+    assert index.vectors.dtype == np.int8 and len(index.programs) == 6 and index.meta["split"] == "train"
+    index.save(tmp_path / "index.npz")
+    back = RetrievalIndex.load(tmp_path / "index.npz")
+    assert back.programs == index.programs and back.ids == index.ids and (back.vectors == index.vectors).all()
+    ds = load_gencad(folder, split="train")
+    hits = back.query([ds[3]["image"]], k=2)[0]
+    assert hits[0][0] == index.programs[3] and hits[0][1] > 0.98
+
+
+def test_predictor_edits_each_neighbour_set_deterministically(reference_rows, tmp_path):
+    from tests.conftest import REFERENCE
+
+    tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=400)
+    torch.manual_seed(0)
+    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                      retrieval_layers=1, **TINY)).eval()
+    index = RetrievalIndex.from_rows(load_gencad(REFERENCE / "samples.jsonl"), dims=8)
+    ds = load_gencad(REFERENCE / "samples.jsonl")
+    images = [ds[i]["image"].convert("RGB") for i in range(2)]
+    cfg = DecodeConfig(strategy="rerank", n=3, k_retrieval=2, max_new_tokens=12)
+    first = Predictor(model, tok, ImageProcessor(64, 1), cfg, index=index).generate(images)
+    again = Predictor(model, tok, ImageProcessor(64, 1), cfg, index=index).generate(images)
+    assert [[c.code for c in cs] for cs in first] == [[c.code for c in cs] for cs in again]
+    assert [c.source for c in first[0]] == ["edit:1", "edit:2", "edit:3", "retrieval", "retrieval"]
+    with pytest.raises(ValueError, match="edits retrieved programs"):
+        Predictor(model, tok, ImageProcessor(64, 1), DecodeConfig(strategy="beam"))
+    plain = Predictor(model, tok, ImageProcessor(64, 1), DecodeConfig(strategy="beam", context_k=0, max_new_tokens=8))
+    assert len(plain.generate(images)[0]) == 1  # the plain mode needs no index
+
