@@ -2,7 +2,8 @@
 
 DATA is anything ``cad.data.load_gencad`` reads (a GenCAD-schema folder, a JSONL of rows with
 image paths, or nothing for the hub). Output lines ``{"id", "code", "strategy", "logprob",
-"tokens"}`` are what ``python -m reward.evaluate`` reads; an interrupted run resumes.
+"tokens"}`` are what ``python -m reward.evaluate`` reads; an interrupted run resumes. Under
+``accelerate launch`` the processes share the batches and merge one output (``cad.distributed``).
 """
 from __future__ import annotations
 
@@ -12,61 +13,80 @@ import sys
 
 from pathlib import Path
 
-from cad.data import DatasetUnavailable, load_gencad, undecoded
+from cad.cli import LIMIT, SEED, WORKERS, ArgumentParser, float_in, guarded, int_in
+from cad.data import load_gencad, undecoded
+from cad.io import InputError, check_output_file, files_fingerprint, fingerprint, prune_stale, require_model_dir
+from cad.distributed import combine_stats, is_main_process, merge, part_paths, run_sharded, state
 from cad.sandbox import SandboxPool
-from decoding.predict import STRATEGIES, DecodeConfig, parse_grid, predict, resolve_device
+from decoding.predict import STRATEGIES, DecodeConfig, decode_fingerprints, parse_grid, predict, resolve_device
 from decoding.retrieval import RetrievalIndex
 
 
+def _grid(text: str) -> int | None:
+    try:
+        grid = parse_grid(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer grid or 'none', got {text!r}") from None
+    if grid is not None and not 1 <= grid <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: expected 1 to 1000000 or 'none'")
+    return grid
+
+
+@guarded("rerun the same command to resume; rows decoded from the same image and options are kept")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m decoding", description="Predict CadQuery programs from images")
+    ap = ArgumentParser(prog="python -m decoding", description="Predict CadQuery programs from images")
     ap.add_argument("--model", help="a model directory written by python -m sft (final/); not needed for retrieval")
     ap.add_argument("--data", help="dataset folder / JSONL (omit for the hub)")
     ap.add_argument("--split", default=None)
-    ap.add_argument("--limit", type=int, default=None, help="first N rows only")
+    ap.add_argument("--limit", type=LIMIT, default=None, help="first N rows only")
     ap.add_argument("--strategy", choices=STRATEGIES, default="beam")
-    ap.add_argument("--beams", type=int, default=4)
-    ap.add_argument("--n", type=int, default=6, help="samples per image for bestofn / rerank")
-    ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--beams", type=int_in(1, 64), default=4)
+    ap.add_argument("--n", type=int_in(1, 256), default=6, help="samples per image for bestofn / rerank")
+    ap.add_argument("--temperature", type=float_in(0.0, 10.0, lo_open=True), default=0.8)
+    ap.add_argument("--top-p", type=float_in(0.0, 1.0, lo_open=True), default=0.95)
     ap.add_argument("--grammar", action="store_true", help="grammar-constrained generation")
     ap.add_argument("--repair", action="store_true", help="repair candidates that fail the grammar")
     ap.add_argument("--grammar-name", choices=("gencad", "cadquery"), default="gencad",
                     help="gencad: GenCAD-Code's subset with arities (default); cadquery: the wider API")
-    ap.add_argument("--k-retrieval", type=int, default=0, help="nearest training programs added as candidates")
+    ap.add_argument("--k-retrieval", type=int_in(0, 256), default=0, help="nearest training programs added as candidates")
     ap.add_argument("--retrieval-data", help="training data for the retrieval index")
     ap.add_argument("--index", help="retrieval index file (.npz): loaded if present, else built and saved")
     ap.add_argument("--weights", help="rerank weights as JSON, e.g. '{\"silhouette\": 2}'")
-    ap.add_argument("--workers", type=int, default=2, help="sandbox workers")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--workers", type=WORKERS, default=2, help="sandbox workers")
+    ap.add_argument("--batch-size", type=int_in(1, 4096), default=16)
+    ap.add_argument("--max-new-tokens", type=int_in(1, 8192), default=512)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same output)")
-    ap.add_argument("--canonical-grid", default="256",
+    ap.add_argument("--seed", type=SEED, default=0, help="sampling seed (same seed, same output)")
+    ap.add_argument("--canonical-grid", type=_grid, default="256",
                     help="number grid of the model's canonical targets, for scoring retrieved programs ('none': 3 decimals)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    if args.model is None and args.strategy != "retrieval":
-        print("error: --model is required for every strategy but retrieval", file=sys.stderr)
-        return 2
-    try:
-        ds = load_gencad(args.data, split=args.split, limit=args.limit)
-    except DatasetUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.strategy != "retrieval":
+        require_model_dir(args.model)
+    check_output_file(args.out, args.data)
+    weights = {}
+    if args.weights:
+        try:
+            weights = json.loads(args.weights)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--weights {args.weights!r}: not JSON ({exc.msg}); e.g. '{{\"silhouette\": 2}}'") from None
+        if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) for v in weights.values()):
+            raise InputError(f"--weights {args.weights!r}: expected a JSON object of numbers, e.g. '{{\"silhouette\": 2}}'")
+    ds = load_gencad(args.data, split=args.split, limit=args.limit)
     cfg = DecodeConfig(strategy=args.strategy, num_beams=args.beams, n=args.n, temperature=args.temperature,
                        top_p=args.top_p, grammar=args.grammar, grammar_name=args.grammar_name, repair=args.repair, k_retrieval=args.k_retrieval,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device,
-                       seed=args.seed, canonical_grid=parse_grid(args.canonical_grid))
-    if args.weights:
-        cfg.weights.update(json.loads(args.weights))
+                       seed=args.seed, canonical_grid=args.canonical_grid)
+    cfg.weights.update(weights)
     index = None
-    if cfg.strategy == "retrieval" or cfg.k_retrieval:
+    if not args.index and not args.retrieval_data and args.model and (Path(args.model) / "retrieval_index.npz").exists():
+        args.index = str(Path(args.model) / "retrieval_index.npz")  # the index the model was trained with
+    if cfg.strategy == "retrieval" or cfg.k_retrieval or args.index:
         if args.index and Path(args.index).exists():
             index = RetrievalIndex.load(args.index)
         elif args.retrieval_data:
             index = RetrievalIndex.build(args.retrieval_data)
-            if args.index:
+            if args.index and is_main_process():  # one writer however many processes run
                 index.save(args.index)
         else:
             print("error: retrieval needs --retrieval-data DIR (training data) or an existing --index FILE", file=sys.stderr)
@@ -75,15 +95,30 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.strategy != "retrieval":
         from sft.model import load_model
 
-        model, tokenizer, processor = load_model(args.model, resolve_device(args.device))
+        # "auto" is this process's own accelerator when several processes run (accelerate launch)
+        model, tokenizer, processor = load_model(args.model, state().device if args.device == "auto" else resolve_device(args.device))
     rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in undecoded(ds)]
+    # what makes a line: the model's files and the retrieval source, with the options and image
+    context = fingerprint(files_fingerprint(args.model) if cfg.strategy != "retrieval" else None,
+                          files_fingerprint(args.index if args.index and Path(args.index).exists() else args.retrieval_data)
+                          if index is not None else None)
+    if is_main_process():  # lines made from another image or with other options are decoded again
+        fps = decode_fingerprints(rows, cfg, context)
+        for path in [Path(args.out), *part_paths(Path(args.out))]:
+            prune_stale(path, fps)
+    state().wait_for_everyone()
     pool = SandboxPool(args.workers) if cfg.strategy in ("bestofn", "rerank") else None
     try:
-        stats = predict(model, tokenizer, processor, rows, args.out, cfg, pool, index)
+        # each process decodes its share of the batches with its own sandbox pool; one output, in input order
+        stats = combine_stats(run_sharded(rows, args.out, cfg.batch_size, lambda mine, part: predict(
+            model, tokenizer, processor, mine, part, cfg, pool, index, context=context)))
     finally:
         if pool is not None:
             pool.close()
-    print(json.dumps({"n": len(rows), **stats, "out": args.out}))
+    if is_main_process():
+        merge(Path(args.out), [str(r["id"]) for r in rows])  # input order, also after a resumed run
+    if is_main_process():
+        print(json.dumps({"n": len(rows), **stats, "kept": len(rows) - stats.get("decoded", 0), "out": args.out}))
     return 0
 
 

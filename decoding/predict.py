@@ -26,7 +26,7 @@ import json
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from transformers import LogitsProcessorList
 from tqdm import tqdm
 
 from cad.data import to_image
-from cad.io import done_ids
+from cad.io import FP_KEY, done_rows, fingerprint, prune_stale
 from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
@@ -65,12 +65,17 @@ class DecodeConfig:
     seed: int = 0
     refine_evaluations: int = 0  # rerank: renders spent refining the chosen program's numbers (decoding.refine)
     canonical_grid: int | None = 256  # the canonical form the model was trained on (None: 3 decimals only)
+    context_k: int | None = None  # retrieval-conditioned model: programs it edits (None: as trained; 0: none, the plain mode)
+    edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
+    # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
         if self.strategy == "grammar":
             self.grammar = self.repair = True
+        if self.edit_mode not in ("neighbours", "sample"):
+            raise ValueError(f"unknown edit_mode {self.edit_mode!r}; choose 'neighbours' or 'sample'")
         if self.grammar_name not in GRAMMARS:
             raise ValueError(f"unknown grammar {self.grammar_name!r}; choose from {sorted(GRAMMARS)}")
 
@@ -97,22 +102,66 @@ class Predictor:
             from decoding.constrained import GrammarLogitsProcessor
 
             self.grammar_processor = GrammarLogitsProcessor(tokenizer, GRAMMARS[cfg.grammar_name])
-        if (cfg.strategy == "retrieval" or cfg.k_retrieval) and index is None:
-            raise ValueError("retrieval needs an index: pass --index or --retrieval-data")
+        if (cfg.strategy == "retrieval" or cfg.k_retrieval or (self.conditioned and cfg.context_k != 0)) and index is None:
+            raise ValueError("retrieval needs an index: pass --index or --retrieval-data" + (
+                " (this model edits retrieved programs; its folder's retrieval_index.npz is the index it was trained with)"
+                if self.conditioned else ""))
         self.select_seconds = 0.0  # execution and scoring of candidates, summed over images
+        self._token_cache: dict[int, tuple[str, list[int]]] = {}
+        self.contexts: list[list[str]] = []  # per image of the last batch: the retrieved programs its model candidates edit
 
     @property
     def renders(self) -> bool:
         return self.cfg.strategy == "rerank" and needs_render(self.cfg.weights)
 
+    @property
+    def conditioned(self) -> bool:
+        """The model edits retrieved programs (``sft/model.py``, retrieval-conditioned mode)."""
+        return self.model is not None and bool(getattr(self.model.config, "retrieval_layers", 0))
+
+    def neighbour_sets(self, hits: list[list[tuple[str, float]]], count: int) -> list[list[list[str]]]:
+        """Per image, ``count`` sets of retrieved programs to condition on: set j holds the
+        model's k neighbours starting at the j-th nearest (wrapping around a short list)."""
+        k = int(getattr(self.model.config, "retrieval_k", 1)) if self.cfg.context_k is None else self.cfg.context_k
+        if k <= 0:
+            return [[[] for _ in range(count)] for _ in hits]
+        sets = []
+        for h in hits:
+            codes = [c for c, _ in h] or [""]
+            sets.append([[codes[(j + i) % len(codes)] for i in range(min(k, len(codes)))] for j in range(count)])
+        return sets
+
+    def retrieved_inputs(self, sets: list[list[str]], device) -> dict:
+        """``retrieved_ids`` / ``retrieved_attention_mask`` for one set of programs per row."""
+        from sft.data import RetrievalSpec, pack_retrieved
+
+        spec = RetrievalSpec(1, 0.0, self.tok.eos_token_id, self.tok.pad_token_id, self.model.config.max_retrieved_length)
+        toks = [[self._tokens(c) for c in codes if c] for codes in sets]
+        return {k: v.to(device) for k, v in pack_retrieved(toks, spec).items()}
+
+    def _tokens(self, code: str) -> list[int]:
+        from sft.data import program_tokens
+
+        key = zlib.crc32(code.encode())
+        hit = self._token_cache.get(key)
+        if hit is None or hit[0] != code:
+            hit = self._token_cache[key] = (code, program_tokens(self.tok, canonical_target(code, self.cfg.canonical_grid), False))
+        return hit[1]
+
     def generate(self, images) -> list[list[Candidate]]:
         """Candidates per image, before execution."""
         cfg = self.cfg
         out: list[list[Candidate]] = [[] for _ in images]
+        sampling = cfg.strategy in ("bestofn", "rerank")
+        k = 1 if cfg.strategy == "retrieval" else cfg.k_retrieval
+        edits = self.conditioned and cfg.context_k != 0
+        need = max(k, cfg.n if sampling and edits else 0, 1 if edits else 0)
+        hits = self.index.query(images, need) if need else None
         if cfg.strategy != "retrieval":
-            device = next(self.model.parameters()).device
-            px = self.proc(images).to(device)
-            sampling = cfg.strategy in ("bestofn", "rerank")
+            px = self.proc(images).to(next(self.model.parameters()).device)
+        if cfg.strategy != "retrieval" and edits:
+            self.generate_edits(px, hits, out, sampling)
+        elif cfg.strategy != "retrieval":
             kwargs = ({"do_sample": True, "num_return_sequences": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p}
                       if sampling else {"num_beams": 1 if cfg.strategy == "greedy" else cfg.num_beams})
             procs = None
@@ -125,10 +174,9 @@ class Predictor:
             for i, (text, lp, seq) in enumerate(zip(texts, gen.logprobs.tolist(), gen.sequences)):
                 n_tok = int((seq != self.tok.pad_token_id).sum())
                 out[i // per].append(Candidate(text, lp, n_tok, "sample" if sampling else cfg.strategy))
-        k = 1 if cfg.strategy == "retrieval" else cfg.k_retrieval
         if k:
-            for i, hits in enumerate(self.index.query(images, k)):
-                out[i].extend(Candidate(code, 0.0, 1, "retrieval", scores={"similarity": sim}) for code, sim in hits)
+            for i, h in enumerate(hits):
+                out[i].extend(Candidate(code, 0.0, 1, "retrieval", scores={"similarity": sim}) for code, sim in h[:k])
             if cfg.strategy != "retrieval":
                 self.score_retrieved(px, out)
         if cfg.repair:
@@ -138,8 +186,38 @@ class Predictor:
                         c.code = repair_program(c.code, cfg.grammar_name).code
         return out
 
+    def generate_edits(self, px: torch.Tensor, hits: list[list[tuple[str, float]]], out: list[list[Candidate]],
+                       sampling: bool) -> None:
+        """Retrieval-conditioned candidates: for best-of-N, one greedy edit per neighbour set
+        (N sets, so the N candidates differ by what they edit, and the same image and options
+        give the same programs); otherwise greedy or beam search conditioned on the k nearest."""
+        cfg = self.cfg
+        per_set = sampling and cfg.edit_mode == "neighbours"
+        count = cfg.n if per_set else 1
+        sets = self.neighbour_sets(hits, count)
+        self.contexts = [per[0] for per in sets]  # what each image's first (or only) candidate set edited
+        rows = [s for per in sets for s in per]
+        retrieved = self.retrieved_inputs(rows, px.device)
+        procs = None
+        if self.grammar_processor is not None:
+            self.grammar_processor.reset()
+            procs = LogitsProcessorList([self.grammar_processor])
+        if sampling and not per_set:
+            kwargs = {"do_sample": True, "num_return_sequences": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p}
+        else:
+            kwargs = {"num_beams": 1 if sampling or cfg.strategy == "greedy" else cfg.num_beams}
+        gen = self.model.generate_programs(px.repeat_interleave(count, 0), max_new_tokens=cfg.max_new_tokens,
+                                           logits_processor=procs, **kwargs, **retrieved)
+        texts = self.tok.batch_decode(gen.sequences, skip_special_tokens=True)
+        per_image = len(texts) // len(px)
+        for r, (text, lp, seq) in enumerate(zip(texts, gen.logprobs.tolist(), gen.sequences)):
+            n_tok = int((seq != self.tok.pad_token_id).sum())
+            source = f"edit:{r % count + 1}" if per_set else ("sample" if sampling else cfg.strategy)
+            out[r // per_image].append(Candidate(text, lp, n_tok, source))
+
     def score_retrieved(self, px: torch.Tensor, out: list[list[Candidate]]) -> None:
-        """Give retrieved programs the model's own log-probability, so they rank with the samples."""
+        """Give retrieved programs the model's own log-probability, so they rank with the samples
+        (a retrieval-conditioned model scores them given no retrieved program)."""
         retrieved = [(i, c) for i, cands in enumerate(out) for c in cands if c.source == "retrieval"]
         if not retrieved:
             return
@@ -165,8 +243,11 @@ class Predictor:
         if self.pool is None:
             raise ValueError(f"strategy {cfg.strategy} executes candidates: pass a SandboxPool")
         opts = ExecOptions(timeout=cfg.timeout, want_geometry=self.renders)
-        for c, r in zip(cands, self.pool.imap([c.code for c in cands], opts)):
-            c.result = r
+        unique = list(dict.fromkeys(c.code for c in cands))  # identical programs execute (and render) once
+        results = dict(zip(unique, self.pool.imap(unique, opts)))
+        for c in cands:
+            c.result = results[c.code]
+        info["n_unique"] = len(unique)
         executable = [c for c in cands if c.result.executable]
         info["n_executable"] = len(executable)
         if not executable:
@@ -174,8 +255,14 @@ class Predictor:
         if cfg.strategy == "bestofn":
             model_made = [c for c in executable if c.source != "retrieval"] or executable
             return max(model_made, key=lambda c: c.logprob), info
+        best: dict[str, Candidate] = {}  # one candidate per program: rendering and scoring it once
         for c in executable:
+            kept = best.get(c.code)
+            if kept is None or (kept.source != "retrieval", kept.logprob) < (c.source != "retrieval", c.logprob):
+                best[c.code] = c
+        for c in best.values():
             combined_score(c, image, cfg.weights)
+        executable = list(best.values())
         chosen = max(executable, key=lambda c: c.total)
         if cfg.refine_evaluations and image is not None:
             r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout)
@@ -184,24 +271,57 @@ class Predictor:
         return chosen, info
 
 
+def _image_key(value) -> bytes | str:
+    """What an image row holds, for its fingerprint: the encoded bytes (read from the path when
+    there are none), or the reason they cannot be read (fixing the file changes it)."""
+    try:
+        if isinstance(value, dict) and value.get("bytes"):
+            return bytes(value["bytes"])
+        path = value.get("path") if isinstance(value, dict) else value
+        if isinstance(path, (str, Path)):
+            return Path(path).read_bytes()
+        if hasattr(value, "tobytes"):  # a decoded PIL image
+            return f"{value.mode}{value.size}".encode() + value.tobytes()
+    except OSError as exc:
+        return f"unreadable: {type(exc).__name__}: {exc}"
+    return f"unreadable: {type(value).__name__}"
+
+
+def decode_fingerprints(rows: list[dict], cfg: DecodeConfig, context: str = "") -> dict[str, str]:
+    """Per id, the fingerprint of what decodes it: the decoding config and version, ``context``
+    (the caller's fingerprint of the model and retrieval index) and the image bytes."""
+    run = fingerprint("decoding", DECODING_VERSION, asdict(cfg), context)
+    return {str(r["id"]): fingerprint(run, _image_key(r["image"])) for r in rows}
+
+
 def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path, cfg: DecodeConfig,
-            pool: SandboxPool | None = None, index=None, progress: bool = True) -> dict:
-    """Decode every row (``{"id", "image"}``) not yet in ``out_path``; append results in input order."""
+            pool: SandboxPool | None = None, index=None, progress: bool = True, context: str = "") -> dict:
+    """Decode every row (``{"id", "image"}``) that ``out_path`` does not hold yet from the same
+    image and options (``decode_fingerprints``; rows made otherwise are removed from the file and
+    decoded again); append the lines, each batch in input order, unreadable images included."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_ids(out)
-    todo = [r for r in rows if str(r["id"]) not in done]
+    fps = decode_fingerprints(rows, cfg, context)
+    prune_stale(out, fps)  # lines of these ids that another image or option made go
+    valid = done_rows([out], fps)
+    todo = [r for r in rows if str(r["id"]) not in valid]
     predictor = Predictor(model, tokenizer, processor, cfg, pool, index)
     t0 = time.perf_counter()
     unreadable = 0
 
-    def finish(batch: list[dict], images: list, cands: list[list[Candidate]]) -> list[dict]:
-        lines = []
-        for r, img, cs in zip(batch, images, cands):
+    def finish(batch: list[dict], images: list, cands: list[list[Candidate]], failed: dict[str, dict]) -> list[dict]:
+        lines, it = [], iter(zip(images, cands))
+        for r in batch:
+            pid = str(r["id"])
+            if pid in failed:
+                lines.append(failed[pid])
+                continue
+            img, cs = next(it)
             chosen, info = predictor.select(cs, img)
-            lines.append({"id": str(r["id"]), "code": chosen.code, "strategy": cfg.strategy,
+            lines.append({"id": pid, "code": chosen.code, "strategy": cfg.strategy,
                           "logprob": round(chosen.logprob, 4), "tokens": chosen.tokens, "source": chosen.source,
-                          **info, **({"scores": {k: round(v, 4) for k, v in chosen.scores.items()}} if chosen.scores else {})})
+                          **info, **({"scores": {k: round(v, 4) for k, v in chosen.scores.items()}} if chosen.scores else {}),
+                          FP_KEY: fps[pid]})
         return lines
 
     with out.open("a") as f, ThreadPoolExecutor(1) as worker, tqdm(
@@ -209,15 +329,16 @@ def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path,
         pending = None
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start:start + cfg.batch_size]
-            images, keep = [], []
+            images, keep, failed = [], [], {}
             for r in chunk:
                 try:
                     images.append(to_image(r["image"]).convert("RGB"))
                     keep.append(r)
                 except Exception as exc:  # noqa: BLE001 - reported per id, never silently dropped
                     unreadable += 1
-                    f.write(json.dumps({"id": str(r["id"]), "code": "", "strategy": cfg.strategy,
-                                        "error": f"unreadable image: {type(exc).__name__}: {exc}"}) + "\n")
+                    pid = str(r["id"])
+                    failed[pid] = {"id": pid, "code": "", "strategy": cfg.strategy,
+                                   "error": f"unreadable image: {type(exc).__name__}: {exc}", FP_KEY: fps[pid]}
             # sampling is seeded per batch from the config seed and the batch's ids: same config, same output
             torch.manual_seed(cfg.seed + zlib.crc32("\n".join(str(r["id"]) for r in keep).encode()))
             cands = predictor.generate(images) if keep else []
@@ -225,12 +346,12 @@ def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path,
                 for line in pending.result():
                     f.write(json.dumps(line) + "\n")
                 f.flush()
-            pending = worker.submit(finish, keep, images, cands)
+            pending = worker.submit(finish, chunk, images, cands, failed)
             bar.update(len(chunk))
         if pending is not None:
             for line in pending.result():
                 f.write(json.dumps(line) + "\n")
     seconds = time.perf_counter() - t0
-    return {"decoded": len(todo), "unreadable": unreadable, "seconds": round(seconds, 2),
+    return {"decoded": len(todo), "kept": len(rows) - len(todo), "unreadable": unreadable, "seconds": round(seconds, 2),
             "seconds_per_image": round(seconds / max(len(todo), 1), 4),
             "select_seconds": round(predictor.select_seconds, 3)}

@@ -16,11 +16,14 @@ The reference is the frozen SFT policy: an explicit frozen copy in full mode, TR
 mechanism (adapters disabled) in LoRA mode. ``beta``, ``loss_type`` (sigmoid, ipo, robust, plus
 an ``sft`` term with ``sft_weight``) come from the recipe; TensorBoard logs rewards/chosen,
 rewards/rejected, margins and accuracies; checkpoints every ``save_steps``; ``--resume``.
+Under ``accelerate launch`` each process takes ``batch_size`` pairs a step (TRL's Trainer
+shards the data and averages the logged loss); the main process alone writes ``final/``.
 """
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,8 +35,11 @@ import trl.trainer.dpo_trainer as dpo_module
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from cad.cli import guarded
 from cad.config import recipe_from_argv, to_yaml
+from cad.io import require_model_dir
 from cad.data import to_image
+from sft.data import RetrievalSpec, pack_retrieved
 from sft.model import Img2CadModel, load_model
 from sft.tokenizer import canonical_target
 from sft.train import peak_memory_mb, resolve_precision
@@ -67,15 +73,22 @@ class DPORecipe:
 class ImagePreferenceCollator(DataCollatorForPreference):
     """TRL's preference collator plus the images, stacked for [chosen; rejected]."""
 
-    def __init__(self, processor, **kwargs):
+    def __init__(self, processor, eos_token_id: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.processor = processor
+        self.retrieval_ids = (eos_token_id, kwargs.get("pad_token_id", 0))
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
         pixels = self.processor([to_image({"bytes": e.get("image_bytes"), "path": e["image_ref"]}).convert("RGB")
                                  for e in examples])
         batch["pixel_values"] = torch.cat([pixels, pixels], dim=0)
+        if examples and "retrieved_ids" in examples[0]:  # a retrieval-conditioned model: the same context for both halves
+            eos, pad = self.retrieval_ids
+            spec = RetrievalSpec(1, 0.0, eos, pad, 1 << 30)
+            packed = pack_retrieved([[list(e["retrieved_ids"])] for e in examples], spec)
+            for key, value in packed.items():
+                batch[key] = torch.cat([value, value], dim=0)
         return batch
 
 
@@ -90,7 +103,7 @@ class Img2CadDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "image_ref", "image_bytes"]
+            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "image_ref", "image_bytes", "retrieved_ids"]
 
 
 _trl_add_fused_lm_head = dpo_module.add_fused_lm_head
@@ -105,16 +118,22 @@ def _add_fused_lm_head(model, *args, **kwargs):
 dpo_module.add_fused_lm_head = _add_fused_lm_head
 
 
-def tokenize_pairs(pairs: datasets.Dataset, tokenizer, start_id: int, grid: int | None = 256) -> datasets.Dataset:
+def tokenize_pairs(pairs: datasets.Dataset, tokenizer, start_id: int, grid: int | None = 256,
+                   max_retrieved: int | None = None) -> datasets.Dataset:
+    """TRL's token columns; with ``max_retrieved`` (a retrieval-conditioned model) also
+    ``retrieved_ids``: the programs the pair's samples were conditioned on, as the model reads them."""
     def encode(row):
         ids = lambda code: tokenizer(canonical_target(code, grid), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
-        return {"prompt_ids": [start_id], "chosen_ids": ids(row["chosen"]), "rejected_ids": ids(row["rejected"])}
+        out = {"prompt_ids": [start_id], "chosen_ids": ids(row["chosen"]), "rejected_ids": ids(row["rejected"])}
+        if max_retrieved is not None:
+            out["retrieved_ids"] = [t for code in (row.get("retrieved") or []) for t in ids(code)][:max_retrieved]
+        return out
 
     return pairs.map(encode, desc="tokenize pairs")
 
 
 def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
-    model, tokenizer, processor = load_model(cfg.sft_model)
+    model, tokenizer, processor = load_model(require_model_dir(cfg.sft_model, "sft_model"))
     model.train()
     if not Path(cfg.pairs).exists():
         raise ValueError(f"{cfg.pairs}: no preference pairs; run python -m rl.pairs first (it writes none when no "
@@ -122,7 +141,9 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
     pairs = datasets.load_from_disk(cfg.pairs)
     if len(pairs) == 0:
         raise ValueError(f"{cfg.pairs}: no preference pairs; run python -m rl.pairs first")
-    train = tokenize_pairs(pairs, tokenizer, model.config.decoder_start_token_id, cfg.canonical_grid)
+    conditioned = bool(getattr(model.config, "retrieval_layers", 0))
+    train = tokenize_pairs(pairs, tokenizer, model.config.decoder_start_token_id, cfg.canonical_grid,
+                           model.config.max_retrieved_length if conditioned else None)
     precision = resolve_precision(cfg.precision)
     loss_types = list(cfg.loss_type)
     weights = [1.0] * len(loss_types)
@@ -147,7 +168,8 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
                                  target_modules=r"t5\.decoder\.block\.\d+\.layer\.\d+\.(SelfAttention|EncDecAttention)\.(q|k|v|o)")
     else:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    collator = ImagePreferenceCollator(processor, pad_token_id=tokenizer.pad_token_id, max_length=cfg.max_length)
+    collator = ImagePreferenceCollator(processor, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                       max_length=cfg.max_length)
     trainer = Img2CadDPOTrainer(model=model, ref_model=ref_model, args=args, data_collator=collator,
                                 train_dataset=train, processing_class=tokenizer, peft_config=peft_config)
     last = None
@@ -156,27 +178,40 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
         last = str(ckpts[-1]) if ckpts else None
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
-    final = trainer.model
-    if cfg.train_mode == "lora":
-        final = final.merge_and_unload()
     out = Path(cfg.output_dir) / "final"
-    final.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    processor.save_pretrained(out)
+    main_process = trainer.accelerator.is_main_process
+    if cfg.train_mode == "lora":
+        if main_process:
+            trainer.model.merge_and_unload().save_pretrained(str(out))
+            tokenizer.save_pretrained(str(out))
+    else:
+        trainer.save_model(str(out))  # every process takes part (sharded weights are gathered); the main one writes
     metrics = {"train_loss": result.training_loss, "steps": result.global_step, "pairs": len(train),
                "train_seconds": round(time.perf_counter() - t0, 1), "peak_memory_mb": peak_memory_mb(),
+               "processes": trainer.accelerator.num_processes,
                **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
-    (out / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "dpo_config.yaml").write_text(to_yaml(cfg))
+    if main_process:
+        processor.save_pretrained(out)
+        own_index = Path(cfg.sft_model) / "retrieval_index.npz"
+        if own_index.exists():  # a retrieval-conditioned model keeps the index it was trained with
+            shutil.copyfile(own_index, out / "retrieval_index.npz")
+        (out / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "dpo_config.yaml").write_text(to_yaml(cfg))
+    trainer.accelerator.wait_for_everyone()
     return metrics
 
 
+@guarded("rerun with --resume to continue from the last checkpoint")
 def main(argv: list[str] | None = None) -> int:
     parsed = recipe_from_argv(DPORecipe, "python -m rl.dpo", "DPO of the SFT model on preference pairs (TRL)",
                               "configs/dpo.yaml", argv)
     if parsed is None:
         return 2
-    print(json.dumps(train_dpo(*parsed), indent=2))
+    metrics = train_dpo(*parsed)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one report however many processes ran
+        print(json.dumps(metrics, indent=2))
     return 0
 
 

@@ -12,6 +12,9 @@ Two separable steps, so sampling can run on a GPU machine and scoring here:
    ``OUT/scored.jsonl`` as they finish (resumable); the pairs are saved as a ``datasets``
    dataset in ``OUT/pairs`` with the image (``image_ref`` path or id, and ``image_bytes`` when the
    source embeds it), both programs and both rewards.
+
+Under ``accelerate launch`` the processes share both steps' rows (``cad.distributed``) and merge
+one ``samples.jsonl`` and one ``scored.jsonl`` in input order.
 """
 from __future__ import annotations
 
@@ -20,37 +23,66 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from cad.data import DatasetUnavailable, load_gencad, undecoded
-from cad.io import done_ids
+from cad.cli import LIMIT, SEED, WORKERS, ArgumentParser, float_in, guarded, int_in
+from cad.distributed import is_main_process, run_sharded, state
+from cad.io import require_model_dir
 from cad.sandbox import SandboxPool
 from reward.score import score
 
 
 def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int = 8, max_new_tokens: int = 512,
-           temperature: float = 1.0, top_p: float = 0.95) -> Path:
-    """K sampled programs per image, appended to ``out/samples.jsonl``."""
+           temperature: float = 1.0, top_p: float = 0.95, seed: int = 0, k_retrieved: int = 2) -> Path:
+    """K sampled programs per image, appended to ``out/samples.jsonl``. Each batch is seeded by
+    ``seed`` and its ids; under ``accelerate launch`` the processes share the batches
+    (``cad.distributed``), so any number of processes writes the same samples. A
+    retrieval-conditioned model samples given the programs of the nearest training images (kept
+    as ``retrieved``, the context DPO scores the pair in) and those ``k_retrieved`` programs are
+    candidates too."""
     from cad.data import to_image
     from decoding.predict import DecodeConfig, Predictor
     from sft.model import load_model
 
     path = out / "samples.jsonl"
-    done = done_ids(path)
-    todo = [r for r in rows if r["id"] not in done]
-    model, tok, proc = load_model(model_dir)
-    cfg = DecodeConfig(strategy="bestofn", n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    predictor = Predictor(model, tok, proc, cfg)  # generation only: no sandbox needed here
-    with path.open("a") as f:
-        for start in tqdm(range(0, len(todo), batch_size), desc="sample", unit="batch"):
-            chunk = todo[start:start + batch_size]
-            cands = predictor.generate([to_image(r["image"]).convert("RGB") for r in chunk])
-            for r, cs in zip(chunk, cands):
-                f.write(json.dumps({"id": r["id"], "candidates": [{"code": c.code, "logprob": round(c.logprob, 4)} for c in cs]}) + "\n")
-            f.flush()
+    model, tok, proc = load_model(model_dir, state().device)
+    index = None
+    if getattr(model.config, "retrieval_layers", 0):  # samples given the k nearest training programs, which join them
+        from decoding.retrieval import RetrievalIndex
+
+        index = RetrievalIndex.load(Path(model_dir) / "retrieval_index.npz")
+    cfg = DecodeConfig(strategy="bestofn", n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                       edit_mode="sample", k_retrieval=k_retrieved if index is not None else 0)
+    predictor = Predictor(model, tok, proc, cfg, index=index)  # generation only: no sandbox needed here
+    unreadable: list[str] = []
+
+    def work(todo: list[dict], part: Path) -> None:
+        with part.open("a") as f:
+            for start in tqdm(range(0, len(todo), batch_size), desc="sample", unit="batch", disable=not is_main_process()):
+                chunk, images = [], []
+                for r in todo[start:start + batch_size]:  # an unreadable image costs its row, named and counted
+                    try:
+                        images.append(to_image(r["image"]).convert("RGB"))
+                        chunk.append(r)
+                    except Exception as exc:  # noqa: BLE001
+                        unreadable.append(f"{r['id']}: {type(exc).__name__}: {exc}")
+                torch.manual_seed(seed + zlib.crc32("\n".join(str(r["id"]) for r in chunk).encode()))
+                cands = predictor.generate(images) if images else []
+                contexts = predictor.contexts if index is not None else [[] for _ in chunk]
+                for r, cs, ctx in zip(chunk, cands, contexts):
+                    f.write(json.dumps({"id": r["id"], "retrieved": ctx, "candidates": [
+                        {"code": c.code, "logprob": round(c.logprob, 4), "source": c.source} for c in cs]}) + "\n")
+                f.flush()
+
+    run_sharded(rows, path, batch_size, work)
+    if unreadable:
+        print(f"warning: {len(unreadable)} unreadable images skipped (first: {unreadable[0]})", file=sys.stderr)
     return path
 
 
@@ -78,31 +110,34 @@ def make_pairs(candidates: list[str], rewards: list, margin: float, perfect: flo
 
 def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float, workers: int = 2,
                    include_reference: bool = False) -> dict:
+    """Score every sampled image against its ground truth and pair (the processes share the images,
+    each with its own sandbox pool); the main process builds the dataset."""
     scored_path = out / "scored.jsonl"
-    done = done_ids(scored_path)
-    lines = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
-    with SandboxPool(workers) as pool, scored_path.open("a") as f:
-        for item in tqdm(lines, desc="score", unit="img"):
-            if item["id"] in done or item["id"] not in gt:
-                continue
-            codes = [c["code"] for c in item["candidates"]]
-            if include_reference:  # the ground truth as a candidate: a chosen program even when no sample runs
-                codes.append(gt[item["id"]]["cadquery"])
-            rewards = score(codes, pool, reference=gt[item["id"]]["cadquery"])
-            pairs = make_pairs(codes, rewards, margin)
-            f.write(json.dumps({"id": item["id"], "pairs": [
-                {"chosen": codes[a], "rejected": codes[b], "chosen_reward": rewards[a].total,
-                 "rejected_reward": rewards[b].total, "chosen_iou": rewards[a].iou, "rejected_iou": rewards[b].iou,
-                 "rejected_executed": rewards[b].executed} for a, b in pairs]}) + "\n")
-            f.flush()
-    return build_dataset(scored_path, gt, out / "pairs")
+    lines = [item for item in (json.loads(x) for x in samples.read_text().splitlines() if x.strip()) if item["id"] in gt]
+
+    def work(todo: list[dict], part: Path) -> None:
+        with SandboxPool(workers) as pool, part.open("a") as f:
+            for item in tqdm(todo, desc="score", unit="img", disable=not is_main_process()):
+                codes = [c["code"] for c in item["candidates"]]
+                if include_reference:  # the ground truth as a candidate: a chosen program even when no sample runs
+                    codes.append(gt[item["id"]]["cadquery"])
+                rewards = score(codes, pool, reference=gt[item["id"]]["cadquery"])
+                pairs = make_pairs(codes, rewards, margin)
+                f.write(json.dumps({"id": item["id"], "retrieved": item.get("retrieved", []), "pairs": [
+                    {"chosen": codes[a], "rejected": codes[b], "chosen_reward": rewards[a].total,
+                     "rejected_reward": rewards[b].total, "chosen_iou": rewards[a].iou, "rejected_iou": rewards[b].iou,
+                     "rejected_executed": rewards[b].executed} for a, b in pairs]}) + "\n")
+                f.flush()
+
+    run_sharded(lines, scored_path, 1, work)
+    return build_dataset(scored_path, gt, out / "pairs") if is_main_process() else {}
 
 
 def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path) -> dict:
     import datasets
 
-    rows = {k: [] for k in ("id", "image_ref", "image_bytes", "chosen", "rejected", "chosen_reward", "rejected_reward",
-                            "chosen_iou", "rejected_iou", "rejected_executed")}
+    rows = {k: [] for k in ("id", "image_ref", "image_bytes", "retrieved", "chosen", "rejected", "chosen_reward",
+                            "rejected_reward", "chosen_iou", "rejected_iou", "rejected_executed")}
     images = 0
     for line in scored_path.read_text().splitlines():
         item = json.loads(line)
@@ -111,6 +146,7 @@ def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path) -> dict:
             rows["id"].append(item["id"])
             rows["image_ref"].append(gt[item["id"]]["image_ref"])
             rows["image_bytes"].append(gt[item["id"]].get("image_bytes"))
+            rows["retrieved"].append(item.get("retrieved", []))
             for key in ("chosen", "rejected", "chosen_reward", "rejected_reward", "chosen_iou", "rejected_iou", "rejected_executed"):
                 rows[key].append(p[key])
     n = len(rows["id"])
@@ -133,7 +169,8 @@ def ground_truth(ds, source: str) -> dict[str, dict]:
 
 def build_pairs(data: str, out: Path, model: str | None = None, samples: str | None = None, k: int = 8,
                 margin: float = 1.0, limit: int | None = None, split: str | None = None, sample_only: bool = False,
-                include_reference: bool = False, workers: int = 2, max_new_tokens: int = 512) -> dict:
+                include_reference: bool = False, workers: int = 2, max_new_tokens: int = 512, seed: int = 0,
+                batch_size: int = 8) -> dict:
     """Both steps (or one of them) on ``data``; returns the pair statistics (or the samples path)."""
     out.mkdir(parents=True, exist_ok=True)
     ds = undecoded(load_gencad(data, split=split, limit=limit))
@@ -142,7 +179,7 @@ def build_pairs(data: str, out: Path, model: str | None = None, samples: str | N
         if not model:
             raise ValueError("pass a model to sample from, or an existing samples file")
         rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in ds]
-        samples_path = sample(model, rows, k, out, max_new_tokens=max_new_tokens)
+        samples_path = sample(model, rows, k, out, batch_size, max_new_tokens, seed=seed)
     else:
         samples_path = Path(samples)
     if sample_only:
@@ -150,33 +187,40 @@ def build_pairs(data: str, out: Path, model: str | None = None, samples: str | N
     return score_and_pair(samples_path, gt, out, margin, workers, include_reference)
 
 
+@guarded("rerun the same command to resume; sampled and scored ids are kept")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rl.pairs", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m rl.pairs", description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="SFT model directory (for sampling)")
     ap.add_argument("--data", required=True, help="training data with ground-truth programs")
     ap.add_argument("--split", default=None)
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--margin", type=float, default=1.0, help="minimum reward gap between chosen and rejected")
+    ap.add_argument("--limit", type=LIMIT, default=None)
+    ap.add_argument("--k", type=int_in(1, 256), default=8)
+    ap.add_argument("--margin", type=float_in(0.0, 1000.0), default=1.0, help="minimum reward gap between chosen and rejected")
     ap.add_argument("--samples", help="an existing samples.jsonl: skip sampling")
     ap.add_argument("--sample-only", action="store_true")
     ap.add_argument("--include-reference", action="store_true",
                     help="score the ground-truth program with the samples, so it can be chosen (a weak model's "
                          "images then still give pairs: ground truth over failing samples)")
-    ap.add_argument("--max-new-tokens", type=int, default=512)
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--max-new-tokens", type=int_in(1, 8192), default=512)
+    ap.add_argument("--workers", type=WORKERS, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--seed", type=SEED, default=0, help="sampling seed (same seed, same samples)")
+    ap.add_argument("--batch-size", type=int_in(1, 4096), default=8, help="images per sampling batch")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if not args.samples and not args.model:
         print("error: pass --model to sample, or --samples FILE to score existing samples", file=sys.stderr)
         return 2
+    if not args.samples:
+        require_model_dir(args.model)
     try:
         stats = build_pairs(args.data, Path(args.out), args.model, args.samples, args.k, args.margin, args.limit,
-                            args.split, args.sample_only, args.include_reference, args.workers, args.max_new_tokens)
+                            args.split, args.sample_only, args.include_reference, args.workers, args.max_new_tokens,
+                            args.seed, args.batch_size)
     except DatasetUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(stats))
+    if is_main_process():  # one report however many processes ran
+        print(json.dumps(stats))
     return 0
 
 

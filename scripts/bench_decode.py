@@ -1,9 +1,11 @@
-"""Decoding cost: per-image latency of beam 4 against best-of-N + reranking for N in {1, 3, 6, 10},
-as ratios measured in one run (with the time spent executing and scoring candidates, which overlaps
+"""Decoding cost: per-image latency of beam 4 against best-of-N + reranking for N in {1, 3, 6, 10}
+(each with ``--k`` retrieved candidates; N = 6 is ``img2cad predict``'s default), as ratios measured in one run (with the time spent executing and scoring candidates, which overlaps
 generation); plus grammar-constrained decoding overhead per token for each grammar and the
 repair rate on a corpus of broken programs (truncated and mutated reference rows).
 
-    python scripts/bench_decode.py --model DIR --data DATA [--limit 8] [--out results/bench_decode.json]
+    python scripts/bench_decode.py --model DIR --data DATA [--split S] [--limit 8] [--k 2] [--out results/bench_decode.json]
+
+A retrieval-conditioned model uses the index in its folder (``retrieval_index.npz``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from cad.sandbox import SandboxPool  # noqa: E402
 from decoding.constrained import GrammarLogitsProcessor  # noqa: E402
 from decoding.grammar import GRAMMARS, repair, validate  # noqa: E402
 from decoding.predict import DecodeConfig, predict  # noqa: E402
+from decoding.retrieval import RetrievalIndex  # noqa: E402
 from scripts._common import machine, reference_rows, write_json  # noqa: E402
 from sft.model import load_model  # noqa: E402
 
@@ -45,20 +48,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--split", default=None)
     ap.add_argument("--limit", type=int, default=8)
+    ap.add_argument("--k", type=int, default=2, help="retrieved programs added to the reranked candidates")
+    ap.add_argument("--batch-size", type=int, default=4, help="images per batch for every configuration")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--out", default="results/bench_decode.json")
     args = ap.parse_args()
     model, tok, proc = load_model(args.model, "cuda" if torch.cuda.is_available() else "cpu")
-    ds = load_gencad(args.data, limit=args.limit)
+    ds = load_gencad(args.data, split=args.split, limit=args.limit)
+    own = Path(args.model) / "retrieval_index.npz"
+    index = RetrievalIndex.load(own) if own.exists() else None
+    k = args.k if index is not None else 0
     rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in ds]
     timings, selection = {}, {}
     with SandboxPool(2) as pool, tempfile.TemporaryDirectory() as tmp:
-        runs = [("beam4", DecodeConfig(strategy="beam", max_new_tokens=args.max_new_tokens, batch_size=args.limit))]
-        runs += [(f"rerank_n{n}", DecodeConfig(strategy="rerank", n=n, max_new_tokens=args.max_new_tokens, batch_size=4))
-                 for n in (1, 3, 6, 10)]
+        runs = [("beam4", DecodeConfig(strategy="beam", max_new_tokens=args.max_new_tokens, batch_size=args.batch_size))]
+        runs += [(f"rerank_n{n}", DecodeConfig(strategy="rerank", n=n, k_retrieval=k, repair=True, max_new_tokens=args.max_new_tokens,
+                                               batch_size=args.batch_size)) for n in (1, 3, 6, 10)]
         for name, cfg in runs:
-            stats = predict(model, tok, proc, rows, Path(tmp) / f"{name}.jsonl", cfg, pool, progress=False)
+            pool.clear_cache()  # each configuration pays for its own executions
+            stats = predict(model, tok, proc, rows, Path(tmp) / f"{name}.jsonl", cfg, pool, index, progress=False)
             timings[name] = stats["seconds_per_image"]
             selection[name] = round(stats["select_seconds"] / max(stats["decoded"], 1), 4)
     base = timings["beam4"]
@@ -83,7 +93,8 @@ def main() -> None:
     fixed = [repair(b) for b in broken]
     write_json(args.out, {
         "benchmark": "decode", "machine": machine(), "device": str(next(model.parameters()).device),
-        "images": len(rows), "seconds_per_image": timings,
+        "images": len(rows), "model": args.model, "retrieval_conditioned": bool(getattr(model.config, "retrieval_layers", 0)),
+        "k_retrieval": k, "batch_size": args.batch_size, "seconds_per_image": timings,
         "ratio_to_beam4": {k: round(v / base, 2) for k, v in timings.items()},
         "selection_seconds_per_image": selection,
         "grammar": grammar,

@@ -3,6 +3,9 @@
     scripts/eval_all.sh MODEL_DIR [TEST_DATA] [DPO_MODEL_DIR]
     python -m scripts.eval_all --model DIR [--data NAME=PATH ...] [--dpo-model DIR] [--run NAME]
 
+Under ``accelerate launch`` the processes share every configuration's batches and scoring
+(``cad.distributed``); the main process writes the reports.
+
 On each test set it runs the rows of the study's table (retrieval baseline, beam 4, + grammar,
 + execution-checked best-of-N, + reranker, + DPO) and its ablations (grammar none / basic / full;
 best-of-N for N in {1, 3, 6, 10}; reranking none / heuristic / full / full + refinement), then writes
@@ -39,6 +42,7 @@ import yaml
 from tqdm import tqdm
 
 from cad.data import DatasetUnavailable, load_gencad, undecoded
+from cad.distributed import combine_stats, is_main_process, run_sharded, state
 from cad.io import done_ids, read_jsonl
 from cad.sandbox import SandboxPool
 from decoding.predict import DECODING_VERSION, DecodeConfig, parse_grid, predict
@@ -59,15 +63,18 @@ class Variant:
 
 
 def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_tokens: int = 512,
-         dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 24) -> list[Variant]:
-    """The study's rows and ablations; a configuration shared by several sections runs once."""
+         dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 24,
+         conditioned: bool = False) -> list[Variant]:
+    """The study's rows and ablations; a configuration shared by several sections runs once. For a
+    retrieval-conditioned model every model row edits retrieved programs, and a row of its plain
+    mode (no retrieved program) is added."""
     common = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "canonical_grid": canonical_grid}
     g = {"grammar": True, "repair": True, **common}
     rerank = DecodeConfig(strategy="rerank", n=n, k_retrieval=k, **g)
     out = [
         Variant("retrieval", None, DecodeConfig(strategy="retrieval"), {"main": "retrieval (nearest training image)"}),
         Variant("beam4", "sft", DecodeConfig(strategy="beam", **common),
-                {"main": "SFT, beam 4 (study baseline)", "grammar": "none"}),
+                {"main": "SFT retrieval-conditioned, beam 4" if conditioned else "SFT, beam 4 (study baseline)", "grammar": "none"}),
         Variant("beam4-repair", "sft", DecodeConfig(strategy="beam", repair=True, **common),
                 {"grammar": "validate + repair only"}),
         Variant("grammar-basic", "sft", DecodeConfig(strategy="grammar", grammar_name="cadquery", **common),
@@ -76,6 +83,9 @@ def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_to
                 {"main": "+ grammar (GenCAD grammar, constrained + repair)",
                  "grammar": "full: typed GenCAD grammar, constrained + repair"}),
     ]
+    if conditioned:
+        out.insert(1, Variant("plain-beam4", "sft", DecodeConfig(strategy="beam", context_k=0, **common),
+                              {"main": "SFT plain mode (no retrieved program), beam 4"}))
     for m in sorted(set(ns) | {n}):
         labels = {"bestofn": f"N={m}"} if m in ns else {}
         if m == n:
@@ -211,6 +221,10 @@ class Harness:
         if self._index is None:
             from decoding.retrieval import RetrievalIndex
 
+            own = Path(self.models["sft"]) / "retrieval_index.npz"
+            if own.exists():  # the index the model was trained with
+                self._index = RetrievalIndex.load(own)
+                return self._index
             if not self.retrieval_data:
                 raise SystemExit("error: retrieval needs training images: pass --retrieval-data "
                                  "(the model folder has no sft_config.yaml naming its train_data)")
@@ -237,24 +251,37 @@ class Harness:
                                                                                   "select_seconds": 0.0}
         if len(done_ids(preds) & {str(r["id"]) for r in inputs}) < len(inputs):
             model, tok, proc = self.model(v.model) if v.model else (None, None, None)
-            index = self.index() if v.cfg.strategy == "retrieval" or v.cfg.k_retrieval else None
+            conditioned = model is not None and getattr(model.config, "retrieval_layers", 0) and v.cfg.context_k != 0
+            index = self.index() if v.cfg.strategy == "retrieval" or v.cfg.k_retrieval or conditioned else None
             self.pool.clear_cache()  # each configuration pays for its own executions
-            with PeakMemory() as mem:
-                s = predict(model, tok, proc, inputs, preds, v.cfg, self.pool, index, progress=self.progress)
+
+            def decode(mine: list[dict], part: Path) -> dict:
+                with PeakMemory() as mem:
+                    s = predict(model, tok, proc, mine, part, v.cfg, self.pool, index, progress=self.progress and is_main_process())
+                return {**s, "peak_memory_mb": mem.peak_mb or 0.0}
+
+            # the processes share the batches, each with its own sandbox pool (cad.distributed)
+            s = combine_stats(run_sharded(inputs, preds, v.cfg.batch_size, decode))
             stats = {"seconds": stats["seconds"] + s["seconds"], "decoded": stats["decoded"] + s["decoded"],
-                     "select_seconds": stats["select_seconds"] + s["select_seconds"],
-                     "peak_memory_mb": max(stats.get("peak_memory_mb") or 0.0, mem.peak_mb or 0.0) or None,
-                     "device": "cuda" if torch.cuda.is_available() else "cpu"}
-            stats_path.write_text(json.dumps(stats))
+                     "select_seconds": stats["select_seconds"] + s.get("select_seconds", 0.0),
+                     "peak_memory_mb": max(stats.get("peak_memory_mb") or 0.0, s.get("peak_memory_mb") or 0.0) or None,
+                     "device": "cuda" if torch.cuda.is_available() else "cpu", "processes": s.get("processes", 1)}
+            if is_main_process():
+                stats_path.write_text(json.dumps(stats))
         by_id = {str(p["id"]): p.get("code") for p in jsonl_rows(preds)}
-        scored = done_ids(evals)
-        todo = [(i, by_id.get(str(i)), code) for i, code in gts if str(i) not in scored]
-        with evals.open("a") as f:
-            for start in tqdm(range(0, len(todo), 8), desc=f"score {v.key}", unit="chunk", disable=not self.progress or not todo):
-                # appended in small chunks of ids: an interruption loses little
-                _, rows = evaluate_pairs(todo[start:start + 8], self.pool, iou="both", progress=False)
-                f.writelines(json.dumps(row) + "\n" for row in rows)
-                f.flush()
+        items = [{"id": str(i), "pred": by_id.get(str(i)), "gt": code} for i, code in gts]
+
+        def score(todo: list[dict], part: Path) -> None:
+            with part.open("a") as f:
+                for start in tqdm(range(0, len(todo), 8), desc=f"score {v.key}", unit="chunk",
+                                  disable=not self.progress or not is_main_process()):
+                    # appended in small chunks of ids: an interruption loses little
+                    chunk = [(x["id"], x["pred"], x["gt"]) for x in todo[start:start + 8]]
+                    _, rows = evaluate_pairs(chunk, self.pool, iou="both", progress=False)
+                    f.writelines(json.dumps(row) + "\n" for row in rows)
+                    f.flush()
+
+        run_sharded(items, evals, 8, score)
         wanted = {str(i) for i, _ in gts}
         rows = [r for r in jsonl_rows(evals) if str(r["id"]) in wanted]
         decoded = max(stats["decoded"], 1)
@@ -422,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--quiet", action="store_true", help="no per-configuration progress bars")
+    ap.add_argument("--only", help="comma-separated configuration keys to run (default: all of the plan)")
     args = ap.parse_args(argv)
     model_dir = Path(args.model)
     run = args.run or "-".join(p for p in model_dir.resolve().parts[-2:])
@@ -430,10 +458,23 @@ def main(argv: list[str] | None = None) -> int:
     data = parse_data(args.data)
     models = {"sft": args.model, **({"dpo": args.dpo_model} if args.dpo_model else {})}
     retrieval = args.retrieval_data or default_retrieval_data(model_dir)
+    if (model_dir / "retrieval_index.npz").exists():
+        retrieval = str(model_dir / "retrieval_index.npz")
+    conditioned = bool((yaml.safe_load((model_dir / "sft_config.yaml").read_text()) or {}).get("retrieval_layers")) \
+        if (model_dir / "sft_config.yaml").exists() else False
     variants = plan(args.n, args.k, tuple(int(x) for x in args.ns.split(",")), args.max_new_tokens,
-                    dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid), refine=args.refine)
+                    dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid), refine=args.refine,
+                    conditioned=conditioned)
+    if args.only:
+        keep = set(args.only.split(","))
+        unknown = keep - {v.key for v in variants}
+        if unknown:
+            print(f"error: --only names unknown configurations {sorted(unknown)}; known: {[v.key for v in variants]}", file=sys.stderr)
+            return 2
+        variants = [v for v in variants if v.key in keep]
     t0 = time.perf_counter()
     records = []
+    main_process = state().is_main_process  # joins the other processes (accelerate launch); "cuda" is this one's GPU
     with SandboxPool(args.workers) as pool:
         harness = Harness(out, models, retrieval, pool, args.limit, progress=not args.quiet)
         for name, source in data.items():
@@ -446,8 +487,11 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 r = harness.run(name, source, v)
                 records.append(r)
-                print(f"{name:18s} {v.key:24s} VSR {r['vsr']:.3f}  exec {r['exec_rate']:.3f}  IoU {_f(r['iou_best'])}"
-                      f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+                if main_process:
+                    print(f"{name:18s} {v.key:24s} VSR {r['vsr']:.3f}  exec {r['exec_rate']:.3f}  IoU {_f(r['iou_best'])}"
+                          f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+        if not main_process:
+            return 0  # the main process alone writes plots and reports
         plots = plot_all(records, out / "plots", harness, data, examples=args.examples)
     meta = {"run": run, "model": args.model, "dpo_model": args.dpo_model, "data": {k: str(v or "hub") for k, v in data.items()},
             "retrieval_data": retrieval, "device": "cuda" if torch.cuda.is_available() else "cpu", "n": args.n, "k": args.k,

@@ -1,9 +1,16 @@
 """SFT training loop: ``accelerate launch -m sft --config configs/sft_baseline.yaml [key=value ...]``.
 
-One Accelerator drives mixed precision, gradient accumulation and TensorBoard. Batches come
-from an in-memory permutation seeded by (seed, epoch), so the data order is a function of the
-step alone and ``--resume`` (which restores model, optimiser, scheduler and RNG states from the
-last checkpoint) continues exactly as an uninterrupted run would.
+One Accelerator drives mixed precision, gradient accumulation, TensorBoard and any number of
+processes (``accelerate launch --config_file configs/accelerate/...``). Batches come from an
+in-memory permutation seeded by (seed, epoch), so the data order is a function of the step alone
+and ``--resume`` (which restores model, optimiser, scheduler and RNG states from the last
+checkpoint) continues exactly as an uninterrupted run would.
+
+With several processes each takes every world-th row of the step's global batch
+(``batch_size`` rows per process); the scheduler advances once per optimiser step, so the
+learning rate follows the same schedule over ``max_steps`` whatever the number of processes;
+validation is split across the processes and reduced; the main process alone writes
+``config.yaml``, the tokenizer, checkpoint bookkeeping, logs and the final model.
 """
 from __future__ import annotations
 
@@ -18,19 +25,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from cad.config import to_yaml
 from cad.data import load_gencad
-from sft.config import SFTConfig
-from sft.data import Examples, build_examples, collate
+from sft.config import SFTConfig, refuse_random_init
+from sft.data import Examples, add_retrieval, build_examples, collate
 from sft.image_processing import ImageProcessor
 from sft.model import Img2CadConfig, Img2CadModel, build_model
 from sft.tokenizer import build_tokenizer
 
 log = logging.getLogger("sft")
+INDEX_NAME = "retrieval_index.npz"
 
 
 def model_config(cfg: SFTConfig, tokenizer) -> Img2CadConfig:
@@ -39,13 +47,14 @@ def model_config(cfg: SFTConfig, tokenizer) -> Img2CadConfig:
         encoder_kwargs=cfg.encoder_kwargs, decoder=cfg.decoder, pretrained=cfg.pretrained,
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
+        retrieval_layers=cfg.retrieval_layers, retrieval_k=cfg.retrieval_k, max_retrieved_length=cfg.max_retrieved_length,
     )
 
 
 def load_splits(cfg: SFTConfig):
-    train = load_gencad(cfg.train_data, split=cfg.train_split)
+    train = load_gencad(cfg.train_data, split=cfg.train_split, allow_test=False)
     if cfg.val_data is not None:
-        val = load_gencad(cfg.val_data, split=cfg.val_split)
+        val = load_gencad(cfg.val_data, split=cfg.val_split, allow_test=False)
     else:
         n_val = min(cfg.val_size, max(len(train) // 10, 1))
         split = train.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
@@ -63,18 +72,46 @@ def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def validation_loss(model, ex: Examples, pad_id: int, batch_size: int, device) -> float:
+def validation_loss(model, ex: Examples, pad_id: int, batch_size: int, accelerator: Accelerator) -> float:
+    """Token-weighted mean loss over all validation rows. Process r scores batches r, r + world, ...;
+    every process runs the same number of forward passes (a spare one scores a batch with weight 0,
+    as sharded models gather weights in forward), and the sums are reduced, so all ranks agree."""
     model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(ex), batch_size):
+    world, rank = accelerator.num_processes, accelerator.process_index
+    starts = list(range(0, len(ex), batch_size))
+    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for i in range(math.ceil(len(starts) / world)):
+        j = i * world + rank
+        start = starts[j] if j < len(starts) else 0
         batch = collate(ex, list(range(start, min(start + batch_size, len(ex)))), pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         out = model(**batch)
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        total += float(out.loss) * n
-        count += n
+        if j < len(starts):
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            sums += torch.tensor([float(out.loss) * n, n], dtype=torch.float64, device=accelerator.device)
+    sums = accelerator.reduce(sums, "sum")
     model.train()
-    return total / max(count, 1)
+    return float(sums[0] / max(float(sums[1]), 1.0))
+
+
+def mean_over_processes(accelerator: Accelerator, values: list[float]) -> float:
+    """The mean of ``values`` averaged over all processes (every process must call it)."""
+    t = torch.tensor([float(np.mean(values))], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(t, "mean")[0])
+
+
+def shared_tokenizer(accelerator: Accelerator, cfg: SFTConfig, programs, tok_dir: Path, resume: bool):
+    """The main process builds and saves the tokenizer (or, on resume, keeps the saved one); the
+    others load what it saved."""
+    tokenizer = None
+    with accelerator.main_process_first():
+        if accelerator.is_main_process and not (resume and tok_dir.exists()):
+            tokenizer = build_tokenizer(cfg.tokenizer, programs, cfg.tokenizer_vocab_size, tok_dir)
+        if tokenizer is None:
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    return tokenizer
 
 
 @torch.no_grad()
@@ -82,7 +119,8 @@ def sample_programs(model, ex: Examples, tokenizer, n: int, device, max_new_toke
     model.eval()
     idx = list(range(min(n, len(ex))))
     batch = collate(ex, idx, tokenizer.pad_token_id)
-    gen = model.generate_programs(batch["pixel_values"].to(device), max_new_tokens=max_new_tokens)
+    retrieved = {k: v.to(device) for k, v in batch.items() if k.startswith("retrieved_")}
+    gen = model.generate_programs(batch["pixel_values"].to(device), max_new_tokens=max_new_tokens, **retrieved)
     model.train()
     return tokenizer.batch_decode(gen.sequences, skip_special_tokens=True)
 
@@ -103,28 +141,33 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     """Run SFT; ``interrupt_after`` stops right after that step's checkpoint (to test resuming)."""
     out = Path(cfg.output_dir)
     precision = resolve_precision(cfg.mixed_precision)
+    # the scheduler is stepped below once per optimiser step; accelerate's own stepping would
+    # advance it once per process per step (the schedule would end after max_steps / processes)
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
-                              log_with="tensorboard", project_dir=str(out))
+                              log_with="tensorboard", project_dir=str(out), step_scheduler_with_optimizer=False)
     set_seed(cfg.seed)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.ERROR,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    if accelerator.is_main_process:
+        (out / "config.yaml").write_text(to_yaml(cfg))
 
     train_ds, val_ds = load_splits(cfg)
-    tok_dir = out / "tokenizer"
-    if resume and tok_dir.exists():
-        from transformers import PreTrainedTokenizerFast
-
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-    else:
-        tokenizer = build_tokenizer(cfg.tokenizer, [c for c in train_ds["cadquery"]], cfg.tokenizer_vocab_size, tok_dir)
+    tokenizer = shared_tokenizer(accelerator, cfg, train_ds["cadquery"], out / "tokenizer", resume)
     processor = ImageProcessor(cfg.image_size, cfg.in_chans)
     mcfg = model_config(cfg, tokenizer)
+    if cfg.pretrained and not cfg.allow_random_init:  # refuse LoRA on random weights (sft.config.refuse_random_init)
+        refuse_random_init(cfg, Img2CadModel(mcfg).load_pretrained_parts(), [mcfg.encoder_name, mcfg.pretrained_decoder])
     start = mcfg.decoder_start_token_id
     train_ex = build_examples(train_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "train rows")
     val_ex = build_examples(val_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "val rows")
     if len(train_ex) == 0:
         raise ValueError(f"{cfg.train_data}: no usable training rows (skipped: {train_ex.skipped[:3]})")
+    if cfg.retrieval_layers:
+        add_retrieval(train_ds, val_ds, train_ex, val_ex, tokenizer, cfg.canonical, cfg.retrieval_k, cfg.retrieval_pool,
+                      cfg.retrieval_none_prob, cfg.max_retrieved_length, cfg.retrieval_embedding, cfg.retrieval_dims,
+                      out / INDEX_NAME if accelerator.is_main_process else None,
+                      {"source": str(cfg.train_data), "split": cfg.train_split})
 
     model = build_model(mcfg)
     freeze = cfg.pretrained if cfg.freeze_encoder is None else cfg.freeze_encoder
@@ -140,6 +183,9 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         model = get_peft_model(model, lora)
     elif cfg.train_mode != "full":
         raise ValueError(f"train_mode must be 'full' or 'lora', got {cfg.train_mode!r}")
+    if cfg.train_mode == "lora" and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("train_mode=lora under FSDP is not supported: launch LoRA runs with "
+                         "configs/accelerate/ddp_8gpu.yaml (the adapters are small)")
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -155,6 +201,10 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         state.update(json.loads((ckpts[-1] / "trainer_state.json").read_text()))
         log.info("resumed from %s at step %d", ckpts[-1], state["step"])
 
+    # the main process samples from the unwrapped model alone: not possible where weights are sharded
+    sampling = accelerator.distributed_type != DistributedType.FSDP
+    if not sampling:
+        log.info("in-training sampling is off under FSDP; decode final/ with python -m decoding afterwards")
     n = len(train_ex)
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     steps_per_epoch = max(n // per_step, 1)
@@ -182,9 +232,10 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
                 out_ = model(**batch)
                 accelerator.backward(out_.loss)
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # the prepared (maybe sharded) ones
                 optimizer.step()
-                scheduler.step()  # the prepared scheduler only advances on optimiser steps
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()  # once per optimiser step, whatever the number of processes
                 optimizer.zero_grad()
             losses.append(float(out_.loss.detach()))
             accs.append(token_accuracy(out_.logits.detach(), batch["labels"]))
@@ -193,19 +244,19 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         step = state["step"]
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            accelerator.log({"train/loss": float(np.mean(losses)), "train/token_accuracy": float(np.mean(accs)),
-                             "train/lr": scheduler.get_last_lr()[0],
+            loss, acc = mean_over_processes(accelerator, losses), mean_over_processes(accelerator, accs)
+            accelerator.log({"train/loss": loss, "train/token_accuracy": acc, "train/lr": scheduler.get_last_lr()[0],
                              "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0}, step=step)
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(accs):.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
         if len(val_ex) and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            vl = validation_loss(accelerator.unwrap_model(model), val_ex, pad, cfg.batch_size, accelerator.device)
+            vl = validation_loss(model, val_ex, pad, cfg.batch_size, accelerator)
             accelerator.log({"val/loss": vl}, step=step)
             metrics["val_loss"] = vl
             if vl < state["best_val"] - 1e-4:
                 state["best_val"], state["bad_evals"] = vl, 0
             else:
                 state["bad_evals"] += 1
-        if len(val_ex) and accelerator.is_main_process and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+        if len(val_ex) and sampling and accelerator.is_main_process and (step % cfg.sample_every == 0 or step == cfg.max_steps):
             codes = sample_programs(accelerator.unwrap_model(model), val_ex, tokenizer, cfg.sample_n,
                                     accelerator.device, cfg.max_target_length)
             rates = execution_rates(codes)
@@ -238,13 +289,15 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         "trainable_parameters": n_trainable, "train_rows": len(train_ex), "val_rows": len(val_ex),
         "skipped_rows": len(train_ex.skipped) + len(val_ex.skipped), "truncated_programs": train_ex.truncated,
         "mean_target_tokens": float(np.mean([len(t) for t in train_ex.tokens])),
-        "peak_memory_mb": peak_memory_mb(),
+        "peak_memory_mb": peak_memory_mb(), "processes": accelerator.num_processes,
     })
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    state_dict = accelerator.get_state_dict(model) if fsdp else None  # gathered from the shards by every process
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         if cfg.train_mode == "lora":
             final = final.merge_and_unload()
-        save_final(final, tokenizer, processor, cfg, metrics, out / "final")
+        save_final(final, tokenizer, processor, cfg, metrics, out / "final", state_dict)
     accelerator.end_training()
     return metrics
 
@@ -262,12 +315,16 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def save_final(model: Img2CadModel, tokenizer, processor: ImageProcessor, cfg: SFTConfig, metrics: dict, path: Path) -> None:
-    """Model (safetensors + config), tokenizer, image processor and a model card."""
+def save_final(model: Img2CadModel, tokenizer, processor: ImageProcessor, cfg: SFTConfig, metrics: dict, path: Path,
+               state_dict: dict | None = None) -> None:
+    """Model (safetensors + config; ``state_dict`` when the weights were gathered from shards),
+    tokenizer, image processor and a model card."""
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path))
+    model.save_pretrained(str(path), state_dict=state_dict)
     tokenizer.save_pretrained(str(path))
     processor.save_pretrained(path)
+    if cfg.retrieval_layers and (Path(cfg.output_dir) / INDEX_NAME).exists():  # the index the model was trained with
+        shutil.copyfile(Path(cfg.output_dir) / INDEX_NAME, path / INDEX_NAME)
     (path / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
     (path / "sft_config.yaml").write_text(to_yaml(cfg))
     card = [

@@ -1,5 +1,7 @@
 """Retrieval-conditioned generation: the model reads retrieved programs, training draws them
-without the image's own program, the index is compact and split-safe, decoding edits neighbours."""
+without the image's own program, the index is compact and split-safe, decoding edits neighbours,
+preference pairs keep the context their samples were drawn in."""
+import json
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from decoding.retrieval import RetrievalIndex
 from sft.data import Examples, RetrievalSpec, attach_neighbours, collate, pack_retrieved
 from sft.image_processing import ImageProcessor
 from sft.model import Img2CadConfig, Img2CadModel, build_model
-from sft.tokenizer import train_tokenizer
+from sft.tokenizer import canonical_target, train_tokenizer
 
 TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
             encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 2},
@@ -125,3 +127,57 @@ def test_predictor_edits_each_neighbour_set_deterministically(reference_rows, tm
     plain = Predictor(model, tok, ImageProcessor(64, 1), DecodeConfig(strategy="beam", context_k=0, max_new_tokens=8))
     assert len(plain.generate(images)[0]) == 1  # the plain mode needs no index
 
+
+
+def test_conditioned_pairs_keep_their_context_and_dpo_raises_the_margin_in_it(tmp_path, reference_rows):
+    import datasets
+
+    from cad.programs import perturb
+    from rl.dpo import DPORecipe, train_dpo
+    from rl.pairs import main as pairs_main
+    from sft.model import load_model
+    from tests.conftest import REFERENCE
+
+    rows = reference_rows[:4]
+    tok = train_tokenizer([r["cadquery"] for r in rows], vocab_size=300)
+    torch.manual_seed(0)
+    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                      retrieval_layers=1, **TINY))
+    sft = tmp_path / "sft"
+    model.save_pretrained(str(sft))
+    tok.save_pretrained(str(sft))
+    ImageProcessor(64, 1).save_pretrained(sft)
+    RetrievalIndex.from_rows(load_gencad(REFERENCE / "samples.jsonl"), dims=8).save(sft / "retrieval_index.npz")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({**r, "image": str(REFERENCE / r["image"])}) + "\n" for r in rows))
+    assert pairs_main(["--model", str(sft), "--data", str(data), "--k", "2", "--out", str(tmp_path / "s"), "--sample-only",
+                       "--max-new-tokens", "16"]) == 0
+    sampled = [json.loads(x) for x in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
+    assert all(len(s["retrieved"]) == 1 for s in sampled)  # the context the samples were drawn in
+    assert all([c["source"] for c in s["candidates"]] == ["sample", "sample", "retrieval", "retrieval"] for s in sampled)
+    rng = np.random.default_rng(0)
+    context = {s["id"]: s["retrieved"] for s in sampled}
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"id": r["deepcad_id"], "retrieved": context[r["deepcad_id"]], "candidates": [
+        {"code": c, "logprob": -1.0} for c in (r["cadquery"], perturb(r["cadquery"], rng, 0.3))]}) + "\n" for r in rows))
+    assert pairs_main(["--data", str(data), "--samples", str(samples), "--out", str(tmp_path / "p"), "--margin", "0.5"]) == 0
+    pairs = datasets.load_from_disk(str(tmp_path / "p" / "pairs"))
+    assert pairs["retrieved"] == [context[i] for i in pairs["id"]]
+    train_dpo(DPORecipe(sft_model=str(sft), pairs=str(tmp_path / "p" / "pairs"), output_dir=str(tmp_path / "dpo"),
+                        lr=1e-3, batch_size=4, max_steps=6, logging_steps=1, save_steps=6, warmup_steps=0))
+    assert (tmp_path / "dpo" / "final" / "retrieval_index.npz").exists()
+
+    def margins(path) -> np.ndarray:
+        m, t, proc = load_model(str(path))
+        out = []
+        for row in pairs:
+            px = proc([load_gencad(data)[[r["deepcad_id"] for r in rows].index(row["id"])]["image"].convert("RGB")])
+            ctx = [t(c, add_special_tokens=False)["input_ids"] + [t.eos_token_id] for c in
+                   [canonical_target(x) for x in row["retrieved"]]]
+            ids = [[t(canonical_target(c), add_special_tokens=False)["input_ids"] + [t.eos_token_id]] for c in (row["chosen"], row["rejected"])]
+            rid = torch.tensor([sum(ctx, [])] * 2)
+            lp = m.score_sequences(px.repeat(2, 1, 1, 1), [i[0] for i in ids], retrieved_ids=rid)
+            out.append(float(lp[0] - lp[1]))
+        return np.array(out)
+
+    assert (margins(tmp_path / "dpo" / "final") - margins(sft)).mean() > 0
