@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # This machine has these on disk; elsewhere pip fetches them (a CUDA build on x86_64 Linux).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test demo bench clean data train-baseline infer eval train-enhanced infer-enhanced eval-enhanced compare
+.PHONY: setup test demo demo-pipeline bench clean data train-baseline infer eval train-enhanced infer-enhanced eval-enhanced compare
 
 # The study's pipeline; every path and recipe can be overridden: make eval MODEL=outputs/sft-cpu-small/final
 TRAIN_DATA ?= data/synth-train
@@ -34,7 +34,12 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# The shipped model (models/img2cad-small) on the ten reference images and a few held-out synthetic ones.
 demo: setup
+	$(PY) -m scripts.demo_shipped
+
+# The training pipeline end to end on CPU: synthetic data, SFT, pairs, DPO, evaluation harness.
+demo-pipeline: setup
 	$(PY) -m scripts.demo
 
 bench: setup

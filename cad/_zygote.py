@@ -26,6 +26,7 @@ def main() -> None:
     import OCP.BRepMesh  # noqa: F401
     import OCP.GeomAbs  # noqa: F401
     import OCP.GProp  # noqa: F401
+    import OCP.STEPControl  # noqa: F401
     import OCP.TopAbs  # noqa: F401
     import OCP.TopExp  # noqa: F401
     import OCP.TopLoc  # noqa: F401

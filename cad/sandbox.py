@@ -15,7 +15,9 @@ Architecture (fork server, "zygote"):
   program can leak state (monkeypatches, globals) into the next.
 
 ``SandboxPool.run_many`` returns one ``ExecResult`` per input, in input order, whatever happens to
-the workers; results are cached by the hash of the code and the options.
+the workers; results are cached by the hash of the code and the options. With
+``ExecOptions(export=("step", "stl"))`` the child also writes the solid as STEP and binary STL
+into memory and returns the bytes (``ExecResult.exports``): files are exported inside the sandbox.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ RESULT_NAMES = ("solid", "result", "shape", "part", "model", "body", "obj", "fin
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MEMORY_MB = 3072
 MAX_RESULT_BYTES = 256 * 1024 * 1024
+EXPORT_FORMATS = ("step", "stl")
 
 
 @dataclass
@@ -81,6 +84,7 @@ class ExecResult:
     brep_valid: bool = False
     seconds: float = 0.0
     geometry: Geometry | None = field(default=None, repr=False)
+    exports: dict[str, bytes] = field(default_factory=dict, repr=False)  # format -> file bytes
 
     @property
     def ok(self) -> bool:
@@ -107,6 +111,7 @@ class ExecOptions:
     want_geometry: bool = False
     tolerance: float = 1e-3  # linear deflection, relative to the bounding-box diagonal
     angular_tolerance: float = 0.2
+    export: tuple[str, ...] = ()  # EXPORT_FORMATS made from the solid in the child (ExecResult.exports)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +282,29 @@ def _tessellate(shape, solids: list, opts: ExecOptions) -> Geometry:
     )
 
 
+def _export(shape, geometry: Geometry | None, solids: list, opts: ExecOptions) -> dict[str, bytes]:
+    """The solid as file bytes, written to memory (the child may not create files)."""
+    out = {}
+    if "step" in opts.export:
+        import io
+
+        from OCP.STEPControl import STEPControl_AsIs, STEPControl_Writer
+
+        writer, buf = STEPControl_Writer(), io.BytesIO()
+        writer.Transfer(shape.wrapped, STEPControl_AsIs)
+        writer.WriteStream(buf)
+        out["step"] = buf.getvalue()
+    if "stl" in opts.export:
+        g = geometry or _tessellate(shape, solids, opts)
+        tri = g.vertices[g.triangles].astype(np.float32)
+        normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+        rec = np.zeros(len(tri), dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")])
+        rec["n"], rec["v"] = normal, tri
+        out["stl"] = b"img2cad binary STL".ljust(80, b" ") + struct.pack("<I", len(tri)) + rec.tobytes()
+    return out
+
+
 def _child_main(code: str, opts: ExecOptions, result_fd: int) -> None:
     """Body of the forked child. Never returns: exits with os._exit."""
     header: dict = {"status": "crash", "error": ""}
@@ -313,9 +341,17 @@ def _child_main(code: str, opts: ExecOptions, result_fd: int) -> None:
                         "valid": _closed_solids(solids) and volume > 1e-12,
                         "brep_valid": bool(shape.isValid()),
                     }
+                    g = None
                     if opts.want_geometry:
                         g = _tessellate(shape, solids, opts)
                         arrays = [getattr(g, name) for name in Geometry.ARRAYS]
+                    if opts.export:
+                        try:
+                            files = _export(shape, g, solids, opts)
+                        except Exception as exc:  # noqa: BLE001 - the program ran; only its files are missing
+                            files, header["error"] = {}, f"export failed: {type(exc).__name__}: {exc}"[:500]
+                        header["exports"] = list(files)
+                        arrays += [np.frombuffer(b, dtype=np.uint8) for b in files.values()]
             except MemoryError:
                 header = {"status": "memory", "error": "MemoryError: memory limit exceeded"}
             except RecursionError as exc:
@@ -351,7 +387,12 @@ def _parse_child_blob(blob: bytes) -> ExecResult:
         size = int(np.prod(shape)) * dt.itemsize
         arrays.append(np.frombuffer(blob[pos:pos + size], dtype=dt).reshape(shape).copy())
         pos += size
-    geometry = Geometry(*arrays) if len(arrays) == len(Geometry.ARRAYS) else None
+    names = header.get("exports", [])
+    if not isinstance(names, list) or len(names) > len(arrays) or any(n not in EXPORT_FORMATS for n in names):
+        return ExecResult("crash", "child sent unexpected exports")
+    n_geometry = len(arrays) - len(names)
+    exports = {n: a.tobytes() for n, a in zip(names, arrays[n_geometry:])}
+    geometry = Geometry(*arrays[:n_geometry]) if n_geometry == len(Geometry.ARRAYS) else None
     bbox = header.get("bbox")
     return ExecResult(
         status=status, error=str(header.get("error", ""))[:1000],
@@ -360,7 +401,7 @@ def _parse_child_blob(blob: bytes) -> ExecResult:
         n_solids=int(header.get("n_solids", 0)), n_faces=int(header.get("n_faces", 0)),
         valid=bool(header.get("valid", False)), brep_valid=bool(header.get("brep_valid", False)),
         seconds=float(header.get("seconds", 0.0)),
-        geometry=geometry,
+        geometry=geometry, exports=exports,
     )
 
 

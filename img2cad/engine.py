@@ -1,0 +1,138 @@
+"""One image in, one program out: decoding (``decoding.predict.Predictor``), the chosen program
+executed in the sandbox with STEP and STL export, rendered in the input's style and compared.
+
+Sampling is seeded from the decoding seed and the normalised image's pixels, so the same image
+and options give the same program whatever the file name or the order of the images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from cad.render import render_geometry, silhouette_iou
+from cad.sandbox import ExecOptions, ExecResult, SandboxPool
+from decoding.predict import DecodeConfig, Predictor
+from decoding.rerank import Candidate
+from img2cad.shipped import Shipped
+
+REFINE_RENDERS = 24  # renders spent by --refine (decoding.refine)
+EXPORT_TIMEOUT = 30.0  # seconds for the chosen program's final run: tessellation and STEP / STL export on top
+
+
+def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None = None, refine: bool = False,
+                  device: str = "cpu") -> DecodeConfig:
+    """The model folder's default decoding options with the user's choices on top."""
+    known = {f.name for f in dataclasses.fields(DecodeConfig)}
+    options = {k: v for k, v in shipped.decoding.items() if k in known}
+    if strategy is not None:
+        options["strategy"] = strategy
+    if n is not None:
+        options["n"] = n
+    if refine:
+        options["refine_evaluations"] = REFINE_RENDERS
+    options["device"] = device
+    return DecodeConfig(**options)
+
+
+def _finite(x: float) -> float | None:
+    return round(float(x), 4) if x is not None and math.isfinite(x) else None
+
+
+def candidate_row(c: Candidate) -> dict:
+    r = c.result
+    return {"source": c.source, "logprob": _finite(c.logprob), "tokens": c.tokens,
+            "status": r.status if r is not None else "not executed", "executable": bool(r and r.executable),
+            "scores": {k: _finite(v) for k, v in c.scores.items()}, "total": _finite(c.total), "code": c.code}
+
+
+@dataclass
+class Prediction:
+    image: Image.Image  # the normalised input
+    chosen: Candidate
+    candidates: list[Candidate]
+    info: dict
+    result: ExecResult  # the chosen program, executed with geometry and exports
+    render: np.ndarray | None
+    seconds: float
+    options: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    @property
+    def iou(self) -> float | None:
+        """Silhouette IoU between the input and our render of the program."""
+        return None if self.render is None else silhouette_iou(np.asarray(self.image), self.render)
+
+    def compare_image(self) -> Image.Image:
+        """The input beside our render (blank with the status where nothing executed), labelled."""
+        size = self.image.size[0]
+        ours = Image.fromarray(self.render) if self.render is not None else Image.new("RGB", (size, size), "white")
+        out = Image.new("RGB", (2 * size + 8, size + 32), "white")
+        out.paste(self.image, (0, 32))
+        out.paste(ours, (size + 8, 32))
+        draw = ImageDraw.Draw(out)
+        font = ImageFont.load_default(size=18)
+        draw.text((8, 6), "input", fill="black", font=font)
+        right = (f"prediction ({self.chosen.source}), silhouette IoU {self.iou:.3f}" if self.render is not None
+                 else f"prediction: {self.status}, nothing to render")
+        draw.text((size + 16, 6), right, fill="black", font=font)
+        return out
+
+    def to_json(self) -> dict:
+        chosen = self.candidates.index(self.chosen) if self.chosen in self.candidates else None
+        return {"status": self.status, "executable": self.result.executable, "error": self.result.error,
+                "silhouette_iou": _finite(self.iou) if self.iou is not None else None,
+                "seconds": round(self.seconds, 3), "chosen": {**candidate_row(self.chosen), "index": chosen,
+                                                              "status": self.status, "executable": self.result.executable},
+                "volume": self.result.volume, "bbox": self.result.bbox, "decoding": self.info, "options": self.options,
+                "candidates": [candidate_row(c) for c in self.candidates]}
+
+
+class Engine:
+    """A loaded model folder, its sandbox pool and a ``Predictor`` for one decoding config."""
+
+    def __init__(self, shipped: Shipped, cfg: DecodeConfig, workers: int = 2):
+        self.shipped, self.cfg = shipped, cfg
+        self.pool = SandboxPool(workers)
+        try:
+            self.predictor = Predictor(shipped.model, shipped.tokenizer, shipped.processor, cfg, self.pool, shipped.index)
+        except Exception:
+            self.pool.close()
+            raise
+
+    @property
+    def options(self) -> dict:
+        """What decides the output: the model's files and the decoding config."""
+        return {"model": self.shipped.name, "model_fingerprint": self.shipped.fingerprint,
+                "decoding": dataclasses.asdict(self.cfg)}
+
+    def predict(self, image: Image.Image) -> Prediction:
+        import torch
+
+        t0 = time.perf_counter()
+        pixels = np.asarray(image.convert("RGB"))
+        torch.manual_seed(self.cfg.seed + zlib.crc32(hashlib.sha256(pixels.tobytes()).digest()))
+        cands = self.predictor.generate([image])[0]
+        chosen, info = self.predictor.select(cands, image)
+        opts = ExecOptions(timeout=max(self.cfg.timeout, EXPORT_TIMEOUT), want_geometry=True, export=("step", "stl"))
+        result = self.pool.run(chosen.code, opts)
+        render = render_geometry(result.geometry) if result.ok and result.geometry is not None else None
+        return Prediction(image, chosen, cands, info, result, render, time.perf_counter() - t0, self.options)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
