@@ -567,12 +567,16 @@ class SandboxPool:
         """Results in input order, computed ``workers`` at a time."""
         with ThreadPoolExecutor(self.workers) as ex:
             pending: list = []
-            for code in codes:
-                pending.append(ex.submit(self.run, code, opts))
-                if len(pending) >= 4 * self.workers:
+            try:
+                for code in codes:
+                    pending.append(ex.submit(self.run, code, opts))
+                    if len(pending) >= 4 * self.workers:
+                        yield pending.pop(0).result()
+                while pending:
                     yield pending.pop(0).result()
-            for fut in pending:
-                yield fut.result()
+            finally:  # the consumer stopped (Ctrl-C, an error): drop queued programs, finish running ones
+                for fut in pending:
+                    fut.cancel()
 
     def run_many(self, codes: Sequence[str], opts: ExecOptions | None = None) -> list[ExecResult]:
         return list(self.imap(codes, opts))
