@@ -121,7 +121,13 @@ def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float,
                 codes = [c["code"] for c in item["candidates"]]
                 if include_reference:  # the ground truth as a candidate: a chosen program even when no sample runs
                     codes.append(gt[item["id"]]["cadquery"])
-                rewards = score(codes, pool, reference=gt[item["id"]]["cadquery"])
+                try:
+                    rewards = score(codes, pool, reference=gt[item["id"]]["cadquery"])
+                except ValueError as exc:  # the ground truth itself fails (e.g. a timeout): no pair, and why
+                    f.write(json.dumps({"id": item["id"], "retrieved": item.get("retrieved", []), "pairs": [],
+                                        "error": str(exc)}) + "\n")
+                    print(f"warning: {item['id']}: {exc}", file=sys.stderr)
+                    continue
                 pairs = make_pairs(codes, rewards, margin)
                 f.write(json.dumps({"id": item["id"], "retrieved": item.get("retrieved", []), "pairs": [
                     {"chosen": codes[a], "rejected": codes[b], "chosen_reward": rewards[a].total,
