@@ -31,8 +31,9 @@ def main() -> None:
         ea.Reload()
         for tag in ea.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend((e.step, e.value) for e in ea.Scalars(tag))
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    for ax, tags in zip(axes, PANELS):
+    panels = [tags for tags in PANELS if any(scalars.get(t) for t in tags)]  # runs without sampling have no VSR
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, tags in zip(axes[0], panels):
         for tag in tags:
             pts = sorted(scalars.get(tag, []))
             if pts:

@@ -50,6 +50,10 @@ class SFTConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     max_steps: int = 1000
+    # wall-clock budget in minutes (null: none): training stops when it is spent, and the cosine
+    # schedule follows whichever of steps and time is further along; the steps reached are in
+    # training_metrics.json (rerun with that max_steps and no budget for a run that repeats exactly)
+    max_minutes: float | None = None
     grad_clip: float = 1.0
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it), no, bf16, fp16
     seed: int = 0

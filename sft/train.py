@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from torch.optim.lr_scheduler import LambdaLR
 
 from cad.config import to_yaml
 from cad.data import load_gencad
@@ -62,6 +62,40 @@ def load_splits(cfg: SFTConfig):
     if cfg.max_train_samples is not None:
         train = train.select(range(min(cfg.max_train_samples, len(train))))
     return train, val
+
+
+class Progress:
+    """How far training is, in [0, 1]: optimiser steps over ``max_steps`` or, with a time budget
+    (``max_minutes``), the share of it spent, whichever is further. All processes hold the same
+    seconds (the slowest one's, see ``sync``), so they follow one learning rate and stop together."""
+
+    def __init__(self, max_steps: int, warmup_steps: int, max_minutes: float | None):
+        self.max_steps, self.warmup, self.budget_s = max_steps, warmup_steps, (max_minutes or 0) * 60
+        self.seconds = 0.0
+
+    def sync(self, accelerator: Accelerator, seconds: float) -> None:
+        if self.budget_s:
+            t = torch.tensor([seconds], dtype=torch.float64, device=accelerator.device)
+            self.seconds = float(accelerator.reduce(t, "max")[0]) if accelerator.num_processes > 1 else seconds
+
+    def fraction(self, step: int) -> float:
+        by_steps = (step - self.warmup) / max(self.max_steps - self.warmup, 1)
+        return min(max(by_steps, self.seconds / self.budget_s if self.budget_s else 0.0), 1.0)
+
+    def done(self, step: int) -> bool:
+        return step >= self.max_steps or (self.budget_s > 0 and self.seconds >= self.budget_s)
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up over ``warmup_steps``, then a cosine to zero at the end of training."""
+        if step < self.warmup:
+            return step / max(self.warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * self.fraction(step)))
+
+
+def cadquery_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("cadquery") is not None
 
 
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -189,7 +223,8 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    progress = Progress(cfg.max_steps, cfg.warmup_steps, cfg.max_minutes)
+    scheduler = LambdaLR(optimizer, progress.lr_factor)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.init_trackers("tensorboard")
     writer = accelerator.get_tracker("tensorboard").writer if accelerator.is_main_process else None
@@ -201,10 +236,11 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         state.update(json.loads((ckpts[-1] / "trainer_state.json").read_text()))
         log.info("resumed from %s at step %d", ckpts[-1], state["step"])
 
-    # the main process samples from the unwrapped model alone: not possible where weights are sharded
-    sampling = accelerator.distributed_type != DistributedType.FSDP
+    # the main process samples from the unwrapped model alone: not possible where weights are
+    # sharded; executing the samples needs CadQuery (absent on a GPU machine that only trains)
+    sampling = accelerator.distributed_type != DistributedType.FSDP and cadquery_installed()
     if not sampling:
-        log.info("in-training sampling is off under FSDP; decode final/ with python -m decoding afterwards")
+        log.info("in-training sampling is off (FSDP or no CadQuery here); decode final/ with python -m decoding afterwards")
     n = len(train_ex)
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     steps_per_epoch = max(n // per_step, 1)
@@ -215,7 +251,8 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     samples_seen = 0
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="sft", unit="step", disable=not accelerator.is_main_process)
     model.train()
-    while state["step"] < cfg.max_steps:
+    progress.sync(accelerator, state["train_seconds"])
+    while not progress.done(state["step"]):
         step = state["step"]
         epoch, in_epoch = divmod(step, steps_per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).numpy()
@@ -243,12 +280,14 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         state["step"] += 1
         step = state["step"]
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        progress.sync(accelerator, state["train_seconds"] + time.perf_counter() - t_start)
+        last = progress.done(step)
+        if step % cfg.log_every == 0 or last:
             loss, acc = mean_over_processes(accelerator, losses), mean_over_processes(accelerator, accs)
             accelerator.log({"train/loss": loss, "train/token_accuracy": acc, "train/lr": scheduler.get_last_lr()[0],
                              "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0}, step=step)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
-        if len(val_ex) and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+        if len(val_ex) and (step % cfg.eval_every == 0 or last):
             vl = validation_loss(model, val_ex, pad, cfg.batch_size, accelerator)
             accelerator.log({"val/loss": vl}, step=step)
             metrics["val_loss"] = vl
@@ -256,7 +295,7 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
                 state["best_val"], state["bad_evals"] = vl, 0
             else:
                 state["bad_evals"] += 1
-        if len(val_ex) and sampling and accelerator.is_main_process and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+        if len(val_ex) and sampling and accelerator.is_main_process and (step % cfg.sample_every == 0 or last):
             codes = sample_programs(accelerator.unwrap_model(model), val_ex, tokenizer, cfg.sample_n,
                                     accelerator.device, cfg.max_target_length)
             rates = execution_rates(codes)
@@ -265,7 +304,7 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
             if writer is not None and codes:
                 writer.add_text("val/sample_program", "```\n" + codes[0] + "\n```", step)
         stop = cfg.early_stopping_patience is not None and state["bad_evals"] >= cfg.early_stopping_patience
-        if step % cfg.save_every == 0 or step == cfg.max_steps or stop or step == interrupt_after:
+        if step % cfg.save_every == 0 or last or stop or step == interrupt_after:
             state["train_seconds"] += time.perf_counter() - t_start
             t_start = time.perf_counter()
             ck = out / "checkpoints" / f"step-{step}"
@@ -284,7 +323,9 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     state["train_seconds"] += time.perf_counter() - t_start
     accelerator.wait_for_everyone()
     metrics.update({
-        "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
+        "steps": state["step"], "stopped_by": ("max_steps" if state["step"] >= cfg.max_steps else
+                                               "max_minutes" if progress.done(state["step"]) else "early_stopping"),
+        "train_seconds": round(state["train_seconds"], 1),
         "samples_per_s_this_run": round(samples_seen / max(state["train_seconds"], 1e-9), 2),
         "trainable_parameters": n_trainable, "train_rows": len(train_ex), "val_rows": len(val_ex),
         "skipped_rows": len(train_ex.skipped) + len(val_ex.skipped), "truncated_programs": train_ex.truncated,

@@ -150,3 +150,29 @@ def test_bad_rows_are_reported_and_skipped(tiny_data):
     assert len(ex) == 1
     assert [s["id"] for s in ex.skipped] == [rows["deepcad_id"][1], rows["deepcad_id"][2]]
     assert "empty program" in ex.skipped[0]["reason"] and "unreadable image" in ex.skipped[1]["reason"]
+
+
+def test_schedule_without_a_budget_is_the_usual_cosine():
+    from transformers import get_cosine_schedule_with_warmup
+
+    from sft.train import Progress
+
+    p = Progress(max_steps=50, warmup_steps=5, max_minutes=None)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_cosine_schedule_with_warmup(opt, 5, 50).lr_lambdas[0]
+    for step in range(51):
+        assert p.lr_factor(step) == pytest.approx(ref(step), abs=1e-9), step
+    assert not p.done(49) and p.done(50)
+
+
+def test_a_time_budget_decays_the_rate_with_time_and_stops_training(tmp_path, tiny_data):
+    from sft.train import Progress, train
+
+    p = Progress(max_steps=1000, warmup_steps=0, max_minutes=1.0)
+    p.seconds = 30.0  # half the budget spent at step 10 of 1000
+    assert p.fraction(10) == pytest.approx(0.5) and p.lr_factor(10) == pytest.approx(0.5)
+    p.seconds = 60.0
+    assert p.done(11) and p.lr_factor(11) == pytest.approx(0.0)
+    metrics = train(_cfg(tmp_path, tiny_data, max_steps=10_000, max_minutes=1e-4, warmup_steps=0))
+    assert metrics["stopped_by"] == "max_minutes" and metrics["steps"] < 10_000
+    assert (tmp_path / "out" / "final" / "model.safetensors").exists()
