@@ -1,25 +1,40 @@
-"""One reward for preference pairs, RL and reranking: execution, grammar validity and IoU.
+"""One reward for reranking, preference pairs and RL: the terms of a candidate program and their sum.
 
-``score(candidates, reference=..., image=...)`` executes a batch of programs in the sandbox and
-returns one ``Reward`` per candidate:
+Every candidate is executed in the sandbox; ``candidate_terms`` describes it by
 
-* with a ground-truth program (training): ``iou`` is the exact Best IoU against it;
-* without one (inference): ``iou`` is the silhouette IoU of the candidate's render against the
-  input image (render-and-compare, ``decoding.rerank.render_compare``).
+* ``executed`` (1 when it leaves a valid solid with positive volume, else 0) and ``grammatical``
+  (1 when it parses under the ``cadquery`` grammar);
+* ``logprob``, the model's mean token log-probability of it, and ``sanity``, the share of
+  structural checks it passes (sketches used, extrusions non-zero, ``solid`` assigned);
+* render-and-compare against the input image (no ground truth needed): ``silhouette`` IoU and
+  ``edges`` IoU of its render in the input's style, and ``pixel``, the cosine similarity of the
+  retrieval index's 64 px embedding of both;
+* ``iou``, the exact Best IoU against the ground-truth program, when there is one.
 
-``shape="weighted"`` (default): ``total = w_exec * executed + w_grammar * grammatical + w_iou * iou``.
-``shape="cadrl"``: the shape used by published CAD RL work, -10 when the program does not execute,
-else 10 x IoU.
+A term is computed only when its weight is non-zero (or it is asked for), and
+``total = sum_t weight_t * term_t``. The weights name the use: ``GT_WEIGHTS`` (preference pairs and
+RL on rows with a program), ``IMAGE_WEIGHTS`` (RL on images without one: render-and-compare stands
+in for the IoU) and the reranker's (``decoding.rerank.DEFAULT_WEIGHTS``, fitted on validation data
+by ``scripts/rerank_correlation.py``, which puts the model's log-probability in the same sum).
+``score`` runs a batch; ``shape="cadrl"`` is the shape of published CAD RL work instead: -10
+when the program does not execute, else 10 x IoU (ground-truth IoU, or the silhouette IoU).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-from cad.geometry import best_iou
-from cad.sandbox import ExecOptions, SandboxPool
-from decoding.grammar import validate
+import numpy as np
+from PIL import Image
 
-DEFAULT_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "iou": 5.0}
+from cad.geometry import best_iou
+from cad.sandbox import ExecOptions, ExecResult, Geometry, SandboxPool
+
+TERMS = ("executed", "grammatical", "logprob", "sanity", "silhouette", "edges", "pixel", "iou")
+RENDER_TERMS = ("silhouette", "edges", "pixel")  # the terms that need the candidate rendered
+GT_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "iou": 5.0}
+IMAGE_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "silhouette": 5.0}
+DEFAULT_WEIGHTS = GT_WEIGHTS  # the weights ``score`` uses with a reference (IMAGE_WEIGHTS without)
 
 
 @dataclass
@@ -27,38 +42,110 @@ class Reward:
     total: float
     executed: bool
     grammatical: bool
-    iou: float
+    iou: float  # ground-truth IoU, or the silhouette IoU against the image without ground truth
     details: dict = field(default_factory=dict)
+    terms: dict = field(default_factory=dict)
+
+
+def sanity(code: str) -> float:
+    """Fraction of structural checks passed: sketches used, extrusions non-zero, solid assigned."""
+    sketches = set(re.findall(r"^(wp_sketch\d+)\s*=", code, re.M))
+    used = {s for s in sketches if re.search(rf"\b{s}\.(add|moveTo|circle|rect|box)", code)}
+    extrudes = re.findall(r"\.extrude\(\s*(-?[\d.e-]+)", code)
+    checks = [
+        bool(re.search(r"^solid\s*=", code, re.M)),
+        not sketches or used == sketches,
+        all(abs(float(x)) > 1e-9 for x in extrudes) if extrudes else True,
+    ]
+    return sum(checks) / len(checks)
+
+
+def _edges(img: np.ndarray) -> np.ndarray:
+    dark = (np.asarray(img)[..., :3] < 60).all(-1)
+    out = dark.copy()
+    out[1:] |= dark[:-1]
+    out[:-1] |= dark[1:]
+    out[:, 1:] |= dark[:, :-1]
+    out[:, :-1] |= dark[:, 1:]
+    return out
+
+
+def render_compare(result: ExecResult, image: Image.Image) -> dict:
+    """Silhouette IoU, edge-pixel IoU (edges dilated by one pixel) and pixel-embedding cosine between
+    the candidate's render (``cad.render``, at the input's resolution) and the input image."""
+    from cad.render import Style, render_geometry, silhouette
+    from decoding.retrieval import embed
+
+    target = np.asarray(image.convert("RGB"))
+    ours = render_geometry(result.geometry, Style(size=target.shape[0]))
+    sa, sb = silhouette(target), silhouette(ours)
+    union = (sa | sb).sum()
+    ea, eb = _edges(target), _edges(ours)
+    e_union = (ea | eb).sum()
+    pixel = embed([image, Image.fromarray(ours)])
+    return {"silhouette": float((sa & sb).sum() / union) if union else 0.0,
+            "edges": float((ea & eb).sum() / e_union) if e_union else 0.0,
+            "pixel": float(pixel[0] @ pixel[1])}
+
+
+def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.Image | None = None,
+                    reference: Geometry | None = None, logprob: float | None = None, tokens: int = 1,
+                    want: tuple[str, ...] = (), details: dict | None = None) -> dict:
+    """The terms of one executed candidate that ``weights`` (non-zero) or ``want`` ask for and the
+    inputs allow: render terms need ``image`` and a geometry, ``iou`` needs ``reference``, ``logprob``
+    a model score. ``executed`` and ``sanity`` are always there; ``details`` gets the IoU method."""
+    need = {t for t, w in weights.items() if w} | set(want)
+    terms = {"executed": float(result.executable), "sanity": sanity(code)}
+    if "grammatical" in need:
+        from decoding.grammar import validate
+
+        terms["grammatical"] = float(validate(code).ok)
+    if logprob is not None:
+        terms["logprob"] = logprob / max(tokens, 1)
+    if result.executable and result.geometry is not None:
+        if image is not None and need & set(RENDER_TERMS):
+            terms.update(render_compare(result, image))
+        if reference is not None and "iou" in need:
+            r = best_iou(result.geometry, reference)
+            terms["iou"] = r.iou
+            if details is not None:
+                details["iou_method"] = r.method
+    return terms
+
+
+def weighted(terms: dict, weights: dict) -> float:
+    """sum_t weight_t * term_t over the numeric terms (an absent term counts 0)."""
+    return float(sum(w * terms[t] for t, w in weights.items() if w and isinstance(terms.get(t), (int, float))))
 
 
 def score(candidates: list[str], pool: SandboxPool, reference: str | None = None, image=None,
-          weights: dict | None = None, shape: str = "weighted", timeout: float = 5.0) -> list[Reward]:
-    """Rewards for ``candidates`` against a reference program or, without one, the input image."""
+          weights: dict | None = None, shape: str = "weighted", timeout: float = 5.0,
+          logprobs: list[tuple[float, int]] | None = None) -> list[Reward]:
+    """Rewards for ``candidates`` against a reference program (``GT_WEIGHTS``) or, without one, the
+    input image (``IMAGE_WEIGHTS``); ``weights`` override entries, ``logprobs`` gives each
+    candidate's (sum of token log-probabilities, tokens) for a ``logprob`` term."""
     if shape not in ("weighted", "cadrl"):
         raise ValueError(f"unknown reward shape {shape!r}: use 'weighted' or 'cadrl'")
     if reference is None and image is None:
         raise ValueError("score needs a reference program or the input image")
-    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    w = {**(GT_WEIGHTS if reference is not None else IMAGE_WEIGHTS), **(weights or {})}
+    if shape == "cadrl":  # only the IoU (or the silhouette standing in for it) is needed
+        w = {"iou": 1.0} if reference is not None else {"silhouette": 1.0}
     opts = ExecOptions(timeout=timeout, want_geometry=True)
     gt = pool.run(reference, opts) if reference is not None else None
     if gt is not None and not gt.executable:
         raise ValueError(f"the reference program does not execute ({gt.status}: {gt.error[:120]})")
     rewards = []
-    for code, res in zip(candidates, pool.imap(candidates, opts)):
-        grammatical = validate(code).ok
-        iou, details = 0.0, {"status": res.status}
-        if res.executable and res.geometry is not None:
-            if gt is not None:
-                r = best_iou(res.geometry, gt.geometry)
-                iou, details["iou_method"] = r.iou, r.method
-            else:
-                from decoding.rerank import render_compare
-
-                details.update(render_compare(res, image))
-                iou = details["silhouette"]
+    for i, (code, res) in enumerate(zip(candidates, pool.imap(candidates, opts))):
+        lp, n_tok = logprobs[i] if logprobs is not None else (None, 1)
+        details = {"status": res.status}
+        terms = candidate_terms(code, res, w, image=image, reference=gt.geometry if gt is not None else None,
+                                logprob=lp, tokens=n_tok, want=("grammatical",), details=details)
+        iou = terms.get("iou", 0.0) if gt is not None else terms.get("silhouette", 0.0)
         if shape == "cadrl":
             total = 10.0 * iou if res.executable else -10.0
         else:
-            total = w["executed"] * res.executable + w["grammatical"] * grammatical + w["iou"] * iou
-        rewards.append(Reward(float(total), res.executable, grammatical, float(iou), details))
+            total = weighted(terms, w)
+        details.update({k: v for k, v in terms.items() if k in RENDER_TERMS})
+        rewards.append(Reward(total, res.executable, bool(terms["grammatical"]), float(iou), details, terms))
     return rewards

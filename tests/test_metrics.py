@@ -31,6 +31,7 @@ def shapes(pool):
         "cube_moved": box(1, 1, 1, at=(0.3, 2, -1)),
         "cyl": "import cadquery as cq\nsolid = cq.Workplane('XY').circle(1).extrude(2)",
         "l_shape": "import cadquery as cq\nsolid = cq.Workplane('XY').polyline([(0,0),(3,0),(3,1),(1,1),(1,2),(0,2)]).close().extrude(0.5)",
+        "z_shape": "import cadquery as cq\nsolid = cq.Workplane('XY').polyline([(0,0),(2,0),(2,1),(3,1),(3,2),(1,2),(1,1),(0,1)]).close().extrude(0.5)",
     }
     results = pool.run_many(list(codes.values()), GEO)
     return {k: r.geometry for k, r in zip(codes, results)}
@@ -105,3 +106,94 @@ def test_evaluate_cli_on_perturbed_reference(tmp_path, reference_rows):
     assert s["errors"]["semantic"]["count"] == 1
     assert 0.5 < s["iou_best"] <= 1.0 and s["n_valid"] == 3
     assert len(report["rows"]) == 4
+
+
+def _exhaustive_iou(pred, gt, mode="exact"):
+    """The maximum over every candidate rotation, each one intersected (no bound, no symmetry)."""
+    from cad.geometry import _affine, candidate_rotations, prepare
+
+    p, g = prepare(pred), prepare(gt)
+    best = 0.0
+    for r in candidate_rotations(p.pose, g.pose, mode):
+        v = (p.raw.transform(_affine(r, p.pose)) ^ g.normalised).volume()
+        best = max(best, v / (p.volume + g.volume - v))
+    return best
+
+
+def test_pruned_search_equals_the_exhaustive_maximum(shapes, pool, reference_rows):
+    from cad.geometry import clear_caches
+
+    rng = np.random.default_rng(1)
+    codes = [r["cadquery"] for r in reference_rows[:6]]
+    res = pool.run_many(codes + [perturb(c, rng, 0.1) for c in codes], GEO)
+    pairs = [(res[len(codes) + i].geometry, res[i].geometry) for i in range(len(codes))]  # near misses
+    pairs += [(res[i].geometry, res[(i + 1) % len(codes)].geometry) for i in range(len(codes))]  # other parts
+    pairs += [(shapes[a], shapes[b]) for a, b in (("a", "l_shape"), ("plate", "l_shape"), ("cyl", "cube"), ("l_shape", "a"))]
+    for pred, gt in pairs:
+        clear_caches()
+        for mode in ("exact", "cadcoder"):
+            r = best_iou(pred, gt, mode)
+            if r.method == mode:
+                assert r.iou == pytest.approx(_exhaustive_iou(pred, gt, mode), abs=1e-6)
+
+
+def test_symmetries_and_slab_volumes(shapes):
+    from cad.geometry import prepare, slab_volumes
+
+    assert len(prepare(shapes["cube"]).symmetries()) == 48
+    assert len(prepare(shapes["a"]).symmetries()) == 16  # 2 x 1 x 1: the 8 sign flips, each with or without y <-> z
+    assert len(prepare(shapes["l_shape"]).symmetries()) == 2  # only the mirror through the mid-plane of the extrusion
+    # a Z outline keeps its bounding box under all 8 sign flips but only 4 map the solid onto itself
+    assert len(prepare(shapes["z_shape"]).symmetries()) == 4
+    import trimesh
+
+    box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+    k0, vols = slab_volumes(np.asarray(box.vertices), np.asarray(box.faces), np.array([1.0, 0, 0]), 0.1)
+    assert k0 == -10 and vols == pytest.approx(np.full(20, 0.05))
+    u = np.array([1.0, 2.0, 2.0]) / 3.0
+    _, vols = slab_volumes(np.asarray(box.vertices), np.asarray(box.faces), u, 0.1)
+    assert vols.sum() == pytest.approx(1.0) and (vols > -1e-12).all()
+
+
+def test_cadcoder_iou_of_two_boxes_matches_the_hand_computed_value(pool):
+    # boxes with half-sides h are scaled by r_g = sqrt(sum(h^2) / 3) and aligned axis to axis (distinct
+    # moments, longest with longest); aligned centred boxes overlap in the box of the smaller half-sides
+    a, b = np.array([1.0, 0.5, 0.25]), np.array([1.5, 1.0, 0.5])
+    na, nb = a / np.sqrt((a ** 2).sum() / 3), b / np.sqrt((b ** 2).sum() / 3)
+    inter = np.prod(np.minimum(na, nb))
+    expected = inter / (np.prod(na) + np.prod(nb) - inter)  # 0.6295
+    res = pool.run_many([box(2, 1, 0.5, at=(3, 1, 0)), box(1, 3, 2, at=(-1, 0, 2))], GEO)  # B lies along y, not x
+    r = best_iou(res[0].geometry, res[1].geometry, "cadcoder")
+    assert r.method == "cadcoder" and r.iou == pytest.approx(expected, abs=1e-6)
+    assert best_iou(res[0].geometry, res[1].geometry, "exact").iou == pytest.approx(expected, abs=1e-6)
+
+
+def test_cadcoder_poses_are_those_of_its_published_alignment(shapes):
+    from cad.geometry import candidate_rotations, prepare
+
+    p, g = prepare(shapes["l_shape"]).pose, prepare(shapes["z_shape"]).pose
+    theirs = [g.axes @ p.axes.T]  # CAD-Coder's align_shapes: Rs[0], then one sign pattern per i
+    for i in range(3):
+        alignment = 1 - 2 * np.array([i > 0, (i + 1) % 2, i % 3 <= 1])
+        theirs.append(g.axes @ (alignment[None, :] * p.axes).T)
+    assert np.allclose(candidate_rotations(p, g, "cadcoder"), np.array(theirs))
+
+
+def test_evaluate_cli_cadcoder_mode(tmp_path, reference_rows, pool):
+    from reward.evaluate import main
+
+    rng = np.random.default_rng(2)
+    gts = [r["cadquery"] for r in reference_rows[:2]] + [box(1, 1, 1)]
+    preds = [perturb(c, rng, 0.05) for c in gts[:2]] + [box(1, 1, 1, at=(0.3, 2, -1))]  # a cube: degenerate moments
+    gt, pred = tmp_path / "gt.jsonl", tmp_path / "pred.jsonl"
+    gt.write_text("".join(json.dumps({"id": str(i), "code": c}) + "\n" for i, c in enumerate(gts)))
+    pred.write_text("".join(json.dumps({"id": str(i), "code": c}) + "\n" for i, c in enumerate(preds)))
+    scored = {}
+    for mode in ("cadcoder", "exact"):
+        assert main(["--pred", str(pred), "--gt", str(gt), "--iou", mode, "--out", str(tmp_path / f"{mode}.json")]) == 0
+        scored[mode] = {r["id"]: r["iou"] for r in json.loads((tmp_path / f"{mode}.json").read_text())["rows"]}
+    res = pool.run_many(preds + gts, GEO)
+    for i in range(len(gts)):
+        assert scored["cadcoder"][str(i)] == pytest.approx(best_iou(res[i].geometry, res[len(gts) + i].geometry, "cadcoder").iou, abs=1e-9)
+    # CAD-Coder's four poses miss the moved cube that the cube rotations find
+    assert scored["exact"]["2"] == pytest.approx(1.0, abs=1e-6) and scored["cadcoder"]["2"] < 0.9

@@ -26,3 +26,22 @@ def test_reward_without_ground_truth_uses_the_image(pool):
     assert rewards[0].iou > 0.95 > rewards[1].iou
     with pytest.raises(ValueError, match="reference program or the input image"):
         score([BOX.format(1, 1, 1)], pool)
+
+
+def test_reranker_and_pair_reward_are_one_sum(pool):
+    from decoding.rerank import Candidate, combined_score
+
+    target = pool.run(BOX.format(3, 1, 0.2), ExecOptions(want_geometry=True))
+    image = Image.fromarray(render_geometry(target.geometry))
+    w = {"logprob": 0.5, "sanity": 0.2, "silhouette": 1.0, "edges": 0.3, "pixel": 0.1}
+    codes = [BOX.format(3, 1, 0.2), BOX.format(1, 1, 1), BOX.format(2.5, 1, 0.3)]
+    cands = [Candidate(c, logprob=-4.0 - i, tokens=8, result=pool.run(c, ExecOptions(want_geometry=True))) for i, c in enumerate(codes)]
+    totals = [combined_score(c, image, w) for c in cands]
+    lps = [(-4.0 - i, 8) for i in range(len(codes))]
+    no_exec = {"executed": 0.0, "grammatical": 0.0}
+    rewards = score(codes, pool, image=image, weights={**w, **no_exec}, logprobs=lps)
+    assert [r.total for r in rewards] == pytest.approx(totals)
+    # preference pairs: the same sum with the ground-truth IoU term added
+    with_gt = score(codes, pool, reference=BOX.format(3, 1, 0.2), image=image, weights={**w, **no_exec, "iou": 5.0}, logprobs=lps)
+    assert [r.total - 5.0 * r.iou for r in with_gt] == pytest.approx(totals)
+    assert with_gt[0].iou == pytest.approx(1.0, abs=1e-6) and with_gt[0].total == max(r.total for r in with_gt)
