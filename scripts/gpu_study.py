@@ -198,7 +198,10 @@ def run_stage(out: Path, s: Stage, limit_min: float) -> int:
         left = limit_min * 60 - (time.perf_counter() - t0)
         print(f"[{s.name}] $ {shlex.join(cmd)}", flush=True)
         with (log_dir / f"{s.name}-{i}.log").open("a") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # SIGINT back to its default in the child: a driver started in the background
+            # (`cmd &`) inherits it ignored, and the stage could then not be interrupted to resume
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             try:
                 rc = proc.wait(timeout=max(left, 1))
             except subprocess.TimeoutExpired:

@@ -126,7 +126,9 @@ def test_execute_ctrl_c_stops_cleanly_says_how_to_resume_and_resumes(tmp_path):
                       + [{"id": f"slow{i}", "code": "while True:\n    pass"} for i in range(4)])
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "cad.execute", str(src), "--out", str(out), "--timeout", "8", "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child, as in a terminal (a test run started with `&` ignores it)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = tmp_path / "out.jsonl.partial"
     deadline = time.monotonic() + 120
     while not (partial.exists() and partial.read_text().count("\n") >= 1):
