@@ -148,15 +148,17 @@ class Predictor:
             hit = self._token_cache[key] = (code, program_tokens(self.tok, canonical_target(code, self.cfg.canonical_grid), False))
         return hit[1]
 
-    def generate(self, images) -> list[list[Candidate]]:
-        """Candidates per image, before execution."""
+    def generate(self, images, ids: list[str] | None = None) -> list[list[Candidate]]:
+        """Candidates per image, before execution. ``ids``: the images' dataset ids, given when they
+        may be rows of the index itself (training images): their own row and copies of their
+        program are then never retrieved."""
         cfg = self.cfg
         out: list[list[Candidate]] = [[] for _ in images]
         sampling = cfg.strategy in ("bestofn", "rerank")
         k = 1 if cfg.strategy == "retrieval" else cfg.k_retrieval
         edits = self.conditioned and cfg.context_k != 0
         need = max(k, cfg.n if sampling and edits else 0, 1 if edits else 0)
-        hits = self.index.query(images, need) if need else None
+        hits = self.index.query(images, need, exclude_ids=ids) if need else None
         if cfg.strategy != "retrieval":
             px = self.proc(images).to(next(self.model.parameters()).device)
         if cfg.strategy != "retrieval" and edits:

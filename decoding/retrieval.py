@@ -154,19 +154,33 @@ class RetrievalIndex:
                 sim[lo + r, :len(order)] = s[r, order]
         return idx, sim
 
-    def query(self, images, k: int = 1) -> list[list[tuple[str, float]]]:
-        """The ``k`` nearest (program, cosine similarity) pairs of each image, best first."""
-        idx, sim = self.search(self.embed(images), k)
+    def exclusions(self, ids: list[str], programs: list[str | None] | None = None) -> list[set[int]]:
+        """For each query id: the index's own row of that id and every row with the same canonical
+        program (its own, or ``programs[i]`` when given), so that a training image never retrieves
+        itself or a copy of its program; an empty set for an id the index does not hold."""
+        if not hasattr(self, "_rows_by_program"):
+            self._row_of = {rid: i for i, rid in enumerate(self.ids)}
+            self._rows_by_program: dict[str, set[int]] = {}
+            for i, p in enumerate(self.programs):
+                self._rows_by_program.setdefault(p, set()).add(i)
+        out = []
+        for i, rid in enumerate(ids):
+            row = self._row_of.get(str(rid))
+            given = programs[i] if programs is not None else None
+            own = canonical_target(given) if given else (self.programs[row] if row is not None else None)
+            out.append(({row} if row is not None else set()) | self._rows_by_program.get(own, set()))
+        return out
+
+    def query(self, images, k: int = 1, exclude_ids: list[str] | None = None) -> list[list[tuple[str, float]]]:
+        """The ``k`` nearest (program, cosine similarity) pairs of each image, best first; with
+        ``exclude_ids`` (one per image), never the image's own row or a copy of its program."""
+        idx, sim = self.search(self.embed(images), k, self.exclusions(exclude_ids) if exclude_ids is not None else None)
         return [[(self.programs[j], float(s)) for j, s in zip(row, srow) if j >= 0] for row, srow in zip(idx, sim)]
 
     def training_neighbours(self, k: int) -> np.ndarray:
         """(N, k) nearest rows of every indexed row among the others, excluding itself and every
         row with the same canonical program (so that a model trained on them learns to edit)."""
-        by_program: dict[str, set[int]] = {}
-        for i, p in enumerate(self.programs):
-            by_program.setdefault(p, set()).add(i)
-        exclude = [by_program[p] for p in self.programs]
-        return self.search(self.vectors.astype(np.float32) / 127.0, k, exclude)[0]
+        return self.search(self.vectors.astype(np.float32) / 127.0, k, self.exclusions(self.ids))[0]
 
 
 def read_rows(rows, progress: bool = True, batch: int = 512) -> tuple[np.ndarray, list[str], list[str]]:

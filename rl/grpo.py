@@ -198,12 +198,10 @@ class CadEnvironment:
             return []
         if row not in self._prompts:
             from sft.data import RetrievalSpec, choose_neighbours, pack_retrieved, program_tokens
-            from sft.tokenizer import canonical_target
 
             r = self.rows[row]
-            own = canonical_target(r["program"]) if r["program"] else None
-            exclude = {i for i, (rid, p) in enumerate(zip(self.index.ids, self.index.programs)) if rid == r["id"] or p == own}
-            idx, _ = self.index.search(self.index.embed([self.image(row)]), self.retrieval_k, [exclude])
+            exclude = self.index.exclusions([r["id"]], [r["program"]])
+            idx, _ = self.index.search(self.index.embed([self.image(row)]), self.retrieval_k, exclude)
             pool = [program_tokens(self.tok, self.index.programs[j]) for j in idx[0] if j >= 0]
             spec = RetrievalSpec(self.retrieval_k, 0.0, self.tok.eos_token_id, self.tok.pad_token_id, self.max_retrieved_length)
             packed = pack_retrieved([choose_neighbours(pool, spec, None)], spec)

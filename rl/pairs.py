@@ -73,7 +73,8 @@ def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int 
                     except Exception as exc:  # noqa: BLE001
                         unreadable.append(f"{r['id']}: {type(exc).__name__}: {exc}")
                 torch.manual_seed(seed + zlib.crc32("\n".join(str(r["id"]) for r in chunk).encode()))
-                cands = predictor.generate(images) if images else []
+                # training images: the index holds them, so exclude each one's own row and program
+                cands = predictor.generate(images, [str(r["id"]) for r in chunk]) if images else []
                 contexts = predictor.contexts if index is not None else [[] for _ in chunk]
                 for r, cs, ctx in zip(chunk, cands, contexts):
                     f.write(json.dumps({"id": r["id"], "retrieved": ctx, "candidates": [

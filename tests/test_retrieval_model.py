@@ -67,6 +67,15 @@ def test_training_neighbours_exclude_the_row_itself_and_rows_with_the_same_progr
     assert (idx[:, 0] == np.arange(len(programs))).all()
 
 
+def test_exclusions_name_the_row_of_an_id_and_every_copy_of_its_program():
+    programs = ["a=1", "b=2", "a=1", "c=3", "d=4", "e=5"]
+    index = _index(programs)
+    assert index.exclusions(["id0", "id3", "elsewhere"]) == [{0, 2}, {3}, set()]
+    assert index.exclusions(["elsewhere"], ["a=1"]) == [{0, 2}]  # a row outside the index, given its program
+    idx, _ = index.search(index.vectors[[0]].astype(np.float32) / 127.0, 3, index.exclusions(["id0"]))
+    assert not {0, 2} & set(idx[0].tolist())
+
+
 def test_collate_draws_neighbours_in_training_and_takes_the_nearest_otherwise():
     ex = Examples(ids=["x", "y"], images=np.zeros((2, 1, 8, 8), np.uint8), tokens=[[0, 5, 1], [0, 6, 1]], codes=["", ""])
     bank = [[10, 1], [11, 1], [12, 1], [13, 1]]
@@ -154,6 +163,10 @@ def test_conditioned_pairs_keep_their_context_and_dpo_raises_the_margin_in_it(tm
                        "--max-new-tokens", "16"]) == 0
     sampled = [json.loads(x) for x in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
     assert all(len(s["retrieved"]) == 1 for s in sampled)  # the context the samples were drawn in
+    own = {r["deepcad_id"]: canonical_target(r["cadquery"]) for r in rows}  # the index holds these rows:
+    for s in sampled:  # a training image is never given, nor offered, its own program
+        assert own[s["id"]] not in s["retrieved"]
+        assert own[s["id"]] not in [canonical_target(c["code"]) for c in s["candidates"] if c["source"] == "retrieval"]
     assert all([c["source"] for c in s["candidates"]] == ["sample", "sample", "retrieval", "retrieval"] for s in sampled)
     rng = np.random.default_rng(0)
     context = {s["id"]: s["retrieved"] for s in sampled}
