@@ -55,9 +55,17 @@ def sanity(code: str) -> float:
     checks = [
         bool(re.search(r"^solid\s*=", code, re.M)),
         not sketches or used == sketches,
-        all(abs(float(x)) > 1e-9 for x in extrudes) if extrudes else True,
+        all(_nonzero_number(x) for x in extrudes) if extrudes else True,
     ]
     return sum(checks) / len(checks)
+
+
+def _nonzero_number(text: str) -> bool:
+    """A model can write a malformed number (``6-1.59``): that is a failed check, not an error."""
+    try:
+        return abs(float(text)) > 1e-9
+    except ValueError:
+        return False
 
 
 def _edges(img: np.ndarray) -> np.ndarray:

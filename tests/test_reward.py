@@ -45,3 +45,11 @@ def test_reranker_and_pair_reward_are_one_sum(pool):
     with_gt = score(codes, pool, reference=BOX.format(3, 1, 0.2), image=image, weights={**w, **no_exec, "iou": 5.0}, logprobs=lps)
     assert [r.total - 5.0 * r.iou for r in with_gt] == pytest.approx(totals)
     assert with_gt[0].iou == pytest.approx(1.0, abs=1e-6) and with_gt[0].total == max(r.total for r in with_gt)
+
+
+def test_sanity_counts_a_malformed_extrude_number_as_a_failed_check():
+    from reward.score import sanity
+
+    good = "import cadquery as cq\nwp_sketch0=cq.Workplane('XY')\nloop0=wp_sketch0.moveTo(1,0).circle(1)\nsolid0=wp_sketch0.add(loop0).extrude(0.5)\nsolid=solid0\n"
+    assert sanity(good) == 1.0
+    assert sanity(good.replace("extrude(0.5)", "extrude(6-1.59765625)")) == pytest.approx(2 / 3)
