@@ -59,7 +59,7 @@ from trl import GRPOConfig, GRPOTrainer
 from cad.cli import guarded
 from cad.config import ConfigError, recipe_from_argv, to_yaml
 from cad.data import load_gencad, to_image, undecoded
-from cad.io import InputError, require_model_dir
+from cad.io import InputError, read_jsonl, require_model_dir
 from cad.sandbox import ExecOptions, SandboxPool
 from reward.score import candidate_terms
 from sft.model import load_model, per_token_outputs
@@ -129,14 +129,10 @@ def load_rows(source: str, split: str | None, limit: int | None) -> tuple[list[d
     path = Path(source)
     if path.is_file() and path.suffix == ".jsonl":
         rows = []
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(item, dict) or not item.get("image"):
+        for lineno, item, error in read_jsonl(path):
+            if error:
+                raise InputError(error)
+            if not item.get("image"):
                 raise InputError(f"{path}:{lineno}: a row needs an 'image' path (and optionally 'id' and 'cadquery')")
             rows.append({"id": str(item.get("id", item.get("deepcad_id", f"line{lineno}"))),
                          "image": {"path": str((path.parent / item["image"]).resolve()), "bytes": None},
