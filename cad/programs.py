@@ -62,11 +62,12 @@ def _canon_literal(text: str, decimals: int, grid: int | None = None) -> str:
     return format_number(value, decimals)
 
 
-def perturb(code: str, rng: np.random.Generator, sigma: float = 0.1, decimals: int = 6) -> str:
-    """Scale every non-zero decimal literal by (1 + N(0, sigma)): a nearby, usually valid program.
+def perturb(code: str, rng: np.random.Generator, sigma: float = 0.1, decimals: int = 6, share: float = 1.0) -> str:
+    """Scale non-zero decimal literals by (1 + N(0, sigma)): a nearby, usually valid program.
 
-    Unit-vector components (|x| close to 1 or 0) are kept so sketch planes stay orthonormal, and
-    equal literals map to equal values, so aligned points stay aligned and loops stay closed.
+    Each distinct literal is scaled with probability ``share`` (all of them by default). Unit-vector
+    components (|x| close to 1 or 0) are kept so sketch planes stay orthonormal, and equal literals
+    map to equal values, so aligned points stay aligned and loops stay closed.
     """
     mapping: dict[str, str] = {}
 
@@ -78,7 +79,8 @@ def perturb(code: str, rng: np.random.Generator, sigma: float = 0.1, decimals: i
         if abs(x) < 1e-9 or abs(abs(x) - 1.0) < 1e-9:
             return text
         if text not in mapping:
-            mapping[text] = format_number(x * (1.0 + sigma * rng.standard_normal()), decimals)
+            scale = 1.0 + sigma * rng.standard_normal() if share >= 1.0 or rng.random() < share else 1.0
+            mapping[text] = format_number(x * scale, decimals) if scale != 1.0 else text
         return mapping[text]
 
     return NUMBER_RE.sub(repl, code)

@@ -24,6 +24,7 @@ class SFTConfig:
     encoder_kwargs: dict = field(default_factory=dict)
     decoder: dict = field(default_factory=dict)  # T5 decoder shape; defaults to CodeT5-small's
     pretrained: bool = False
+    init_from: str | None = None  # a model folder (sft final/ or a shipped model) whose weights start training
     allow_random_init: bool = False  # pretrained: true and weights unreachable -> an error unless this is set
     # retrieval-conditioned generation (sft/model.py): the model reads the programs of the nearest
     # training images (decoding.retrieval) and writes the target; 0 layers = the plain model
@@ -31,6 +32,12 @@ class SFTConfig:
     retrieval_k: int = 1  # retrieved programs per example
     retrieval_pool: int = 4  # training draws them at random among this many nearest (others excluded: itself, same program)
     retrieval_none_prob: float = 0.1  # share of training examples given no retrieved program (the plain mode)
+    # edit examples (sft/data.py): a share of training examples read a perturbed copy of their own
+    # program among the retrieved ones (each number scaled by 1 + N(0, sigma) with probability share)
+    retrieval_edit_prob: float = 0.0
+    retrieval_edit_sigma: float = 0.15
+    retrieval_edit_share: float = 0.7
+    retrieval_edit_variants: int = 2
     retrieval_embedding: str = "blur64"  # decoding.retrieval.EMBEDDINGS
     retrieval_dims: int = 128
     max_retrieved_length: int = 512  # tokens of all retrieved programs together
@@ -56,6 +63,7 @@ class SFTConfig:
     max_minutes: float | None = None
     grad_clip: float = 1.0
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it), no, bf16, fp16
+    num_workers: int = 0  # processes that prepare batches ahead of the training step (0: the training process)
     seed: int = 0
 
     # logging, evaluation, checkpoints

@@ -7,6 +7,13 @@ For a retrieval-conditioned model each example also holds the token lists of its
 programs (``attach_neighbours``); ``collate`` then adds ``retrieved_ids`` and
 ``retrieved_attention_mask``: k of them drawn at random among the pool when training (none at all
 with probability ``none_prob``), the k nearest in order otherwise.
+
+Edit examples (``attach_edits``, training only): with probability ``edit_prob`` one of the k drawn
+programs is replaced by a copy of the example's own program with its numbers perturbed
+(``cad.programs.perturb``). Real neighbours often differ from the target in structure, so copying
+them pays little under cross-entropy and a model trained on them alone learns to ignore them; a
+perturbed copy rewards copying the structure and correcting the numbers from the image, which is
+the edit the model is asked to make at inference.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ class RetrievalSpec:
     eos_id: int  # a lone EOS stands for "no retrieved program"
     pad_id: int
     max_length: int
+    edit_prob: float = 0.0  # training only: share of examples given a perturbed copy of their own program
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Examples:
     skipped: list[dict] = field(default_factory=list)
     truncated: int = 0
     neighbours: list[list[list[int]]] | None = None  # per example: token lists of its nearest programs, best first
+    edits: list[list[list[int]]] | None = None  # per example: token lists of perturbed copies of its own program
     retrieval: RetrievalSpec | None = None
 
     def __len__(self) -> int:
@@ -96,6 +105,19 @@ def attach_neighbours(ex: Examples, neighbour_rows: np.ndarray, bank: list[list[
     ex.retrieval = spec
 
 
+def attach_edits(ex: Examples, tokenizer, variants: int, sigma: float, share: float, seed: int) -> None:
+    """Give every example ``variants`` perturbed copies of its own (trained-on) program, as token
+    lists; seeded by ``seed`` and the row's position, so the same data gives the same copies."""
+    from cad.programs import perturb
+    from sft.tokenizer import NUMBER_DECIMALS
+
+    texts = [perturb(code, np.random.default_rng([seed, i, v]), sigma, NUMBER_DECIMALS, share)
+             for i, code in enumerate(ex.codes) for v in range(variants)]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    flat = [t + [tokenizer.eos_token_id] for t in ids]
+    ex.edits = [flat[i * variants:(i + 1) * variants] for i in range(len(ex))]
+
+
 def pack_retrieved(choices: list[list[list[int]]], spec: RetrievalSpec) -> dict[str, torch.Tensor]:
     """``retrieved_ids`` / ``retrieved_attention_mask`` from each row's chosen token lists,
     concatenated and cut at ``spec.max_length`` (a lone EOS for a row with none)."""
@@ -112,14 +134,19 @@ def pack_retrieved(choices: list[list[list[int]]], spec: RetrievalSpec) -> dict[
     return {"retrieved_ids": ids, "retrieved_attention_mask": mask}
 
 
-def choose_neighbours(pool: list[list[int]], spec: RetrievalSpec, rng: np.random.Generator | None) -> list[list[int]]:
-    """The k nearest in order (no rng), or k drawn at random from the pool (none with ``none_prob``)."""
+def choose_neighbours(pool: list[list[int]], spec: RetrievalSpec, rng: np.random.Generator | None,
+                      edits: list[list[int]] | None = None) -> list[list[int]]:
+    """The k nearest in order (no rng), or k drawn at random from the pool (none with ``none_prob``),
+    one of them then replaced by one of ``edits`` with probability ``edit_prob``."""
     if rng is None:
         return pool[: spec.k]
     if not pool or rng.random() < spec.none_prob:
         return []
     pick = rng.choice(len(pool), size=min(spec.k, len(pool)), replace=False)
-    return [pool[j] for j in pick]
+    chosen = [pool[j] for j in pick]
+    if edits and spec.edit_prob > 0 and rng.random() < spec.edit_prob:
+        chosen[int(rng.integers(len(chosen)))] = edits[int(rng.integers(len(edits)))]
+    return chosen
 
 
 def collate(ex: Examples, index: np.ndarray | list[int], pad_id: int, shift: int = 0,
@@ -146,7 +173,9 @@ def collate(ex: Examples, index: np.ndarray | list[int], pad_id: int, shift: int
     labels = input_ids.masked_fill(mask == 0, -100)
     batch = {"pixel_values": ImageProcessor.normalise(imgs), "input_ids": input_ids, "attention_mask": mask, "labels": labels}
     if ex.retrieval is not None and ex.neighbours is not None and ex.retrieval.k > 0:
-        batch.update(pack_retrieved([choose_neighbours(ex.neighbours[i], ex.retrieval, rng) for i in index], ex.retrieval))
+        edits = ex.edits if rng is not None and ex.edits is not None else None
+        batch.update(pack_retrieved([choose_neighbours(ex.neighbours[i], ex.retrieval, rng, edits[i] if edits else None)
+                                     for i in index], ex.retrieval))
     return batch
 
 

@@ -14,6 +14,7 @@ validation is split across the processes and reduced; the main process alone wri
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from cad.config import to_yaml
 from cad.data import load_gencad
 from sft.config import SFTConfig, refuse_random_init
-from sft.data import Examples, add_retrieval, build_examples, collate
+from sft.data import Examples, add_retrieval, attach_edits, build_examples, collate
 from sft.image_processing import ImageProcessor
 from sft.model import Img2CadConfig, Img2CadModel, build_model
 from sft.tokenizer import build_tokenizer
@@ -92,6 +93,69 @@ class Progress:
         return 0.5 * (1.0 + math.cos(math.pi * self.fraction(step)))
 
 
+def init_weights(model: Img2CadModel, path: str) -> None:
+    """Start from the weights of the model folder ``path`` (same architecture; any stored dtype)."""
+    from cad.config import ConfigError
+
+    try:
+        source = Img2CadModel.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"init_from={path}: not a model folder written by sft, rl.dpo or scripts.export_model ({exc})") from exc
+    mine, theirs = model.config, source.config
+    differ = [k for k in ("encoder_name", "image_size", "in_chans", "encoder_kwargs", "vocab_size", "retrieval_layers")
+              if getattr(mine, k) != getattr(theirs, k)]
+    differ += [f"decoder.{k}" for k, v in mine.decoder.items() if theirs.decoder.get(k, v) != v]
+    try:
+        if not differ:
+            model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:  # parameter names or shapes
+        differ.append(str(exc).splitlines()[0])
+    if differ:
+        raise ConfigError(f"init_from={path}: its architecture differs from this recipe's in {', '.join(differ)}; "
+                          "use the recipe it was trained with")
+    log.info("initialised from %s", path)
+
+
+class StepBatches(torch.utils.data.IterableDataset):
+    """The micro-batches of every optimiser step from ``first`` on, for this process. A batch is a
+    function of (seed, step) alone (the row order of the step's epoch and its augmentation RNG), so
+    the training process or any number of DataLoader workers yield the same batches in order."""
+
+    def __init__(self, ex: Examples, cfg: SFTConfig, world: int, rank: int, pad: int, first: int):
+        self.ex, self.cfg, self.world, self.rank, self.pad, self.first = ex, cfg, world, rank, pad, first
+        self.steps_per_epoch = max(len(ex) // (cfg.batch_size * cfg.grad_accum * world), 1)
+
+    def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        cfg, world = self.cfg, self.world
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        perm = torch.randperm(len(self.ex), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).numpy()
+        rng = np.random.default_rng([cfg.seed, step])
+        out = []
+        for micro in range(cfg.grad_accum):
+            lo = (in_epoch * cfg.grad_accum + micro) * cfg.batch_size * world
+            idx = perm[lo:lo + cfg.batch_size * world][self.rank::world]
+            if len(idx) == 0:
+                idx = perm[: cfg.batch_size]
+            out.append(collate(self.ex, idx, self.pad, cfg.augment_shift, rng))
+        return out
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        step = self.first + worker  # the DataLoader takes one item from each worker in turn
+        while True:
+            yield step, self.batches(step)
+            step += workers
+
+
+def step_batches(source: StepBatches, num_workers: int):
+    """An iterator of (step, micro-batches): prepared by ``num_workers`` background processes, or here."""
+    if num_workers <= 0:
+        return iter(source)
+    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=num_workers, prefetch_factor=4)
+    return iter(loader)
+
+
 def cadquery_installed() -> bool:
     from importlib.util import find_spec
 
@@ -135,12 +199,18 @@ def mean_over_processes(accelerator: Accelerator, values: list[float]) -> float:
 
 
 def shared_tokenizer(accelerator: Accelerator, cfg: SFTConfig, programs, tok_dir: Path, resume: bool):
-    """The main process builds and saves the tokenizer (or, on resume, keeps the saved one); the
-    others load what it saved."""
+    """The main process builds and saves the tokenizer (or takes ``init_from``'s, or, on resume,
+    keeps the saved one); the others load what it saved."""
     tokenizer = None
     with accelerator.main_process_first():
         if accelerator.is_main_process and not (resume and tok_dir.exists()):
-            tokenizer = build_tokenizer(cfg.tokenizer, programs, cfg.tokenizer_vocab_size, tok_dir)
+            if cfg.init_from:  # the weights come with their tokenizer
+                from transformers import PreTrainedTokenizerFast
+
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.init_from)
+                tokenizer.save_pretrained(str(tok_dir))
+            else:
+                tokenizer = build_tokenizer(cfg.tokenizer, programs, cfg.tokenizer_vocab_size, tok_dir)
         if tokenizer is None:
             from transformers import PreTrainedTokenizerFast
 
@@ -202,8 +272,14 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
                       cfg.retrieval_none_prob, cfg.max_retrieved_length, cfg.retrieval_embedding, cfg.retrieval_dims,
                       out / INDEX_NAME if accelerator.is_main_process else None,
                       {"source": str(cfg.train_data), "split": cfg.train_split})
+        if cfg.retrieval_edit_prob > 0:
+            train_ex.retrieval = dataclasses.replace(train_ex.retrieval, edit_prob=cfg.retrieval_edit_prob)
+            attach_edits(train_ex, tokenizer, cfg.retrieval_edit_variants, cfg.retrieval_edit_sigma,
+                         cfg.retrieval_edit_share, cfg.seed)
 
     model = build_model(mcfg)
+    if cfg.init_from:
+        init_weights(model, cfg.init_from)
     freeze = cfg.pretrained if cfg.freeze_encoder is None else cfg.freeze_encoder
     if freeze:
         model.encoder.requires_grad_(False)
@@ -241,11 +317,9 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     sampling = accelerator.distributed_type != DistributedType.FSDP and cadquery_installed()
     if not sampling:
         log.info("in-training sampling is off (FSDP or no CadQuery here); decode final/ with python -m decoding afterwards")
-    n = len(train_ex)
-    per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-    steps_per_epoch = max(n // per_step, 1)
     world, rank = accelerator.num_processes, accelerator.process_index
     pad = tokenizer.pad_token_id
+    batches = step_batches(StepBatches(train_ex, cfg, world, rank, pad, state["step"]), cfg.num_workers)
     metrics: dict = {}
     t_start = time.perf_counter()
     samples_seen = 0
@@ -253,17 +327,10 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     model.train()
     progress.sync(accelerator, state["train_seconds"])
     while not progress.done(state["step"]):
-        step = state["step"]
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).numpy()
-        aug_rng = np.random.default_rng([cfg.seed, step])
+        got, micro_batches = next(batches)
+        assert got == state["step"], f"batch of step {got} arrived at step {state['step']}"
         losses, accs = [], []
-        for micro in range(cfg.grad_accum):
-            lo = (in_epoch * cfg.grad_accum + micro) * cfg.batch_size * world
-            idx = perm[lo:lo + cfg.batch_size * world][rank::world]
-            if len(idx) == 0:
-                idx = perm[: cfg.batch_size]
-            batch = collate(train_ex, idx, pad, cfg.augment_shift, aug_rng)
+        for batch in micro_batches:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model):
                 out_ = model(**batch)
@@ -276,7 +343,7 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
                 optimizer.zero_grad()
             losses.append(float(out_.loss.detach()))
             accs.append(token_accuracy(out_.logits.detach(), batch["labels"]))
-            samples_seen += len(idx) * world
+            samples_seen += len(batch["input_ids"]) * world
         state["step"] += 1
         step = state["step"]
         bar.update(1)
@@ -320,6 +387,7 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
             log.info("early stopping at step %d (validation loss did not improve %d times)", step, state["bad_evals"])
             break
     bar.close()
+    del batches  # stops the workers
     state["train_seconds"] += time.perf_counter() - t_start
     accelerator.wait_for_everyone()
     metrics.update({

@@ -9,7 +9,7 @@ import torch
 from cad.data import DatasetUnavailable, FEATURES, load_gencad
 from decoding.predict import DecodeConfig, Predictor
 from decoding.retrieval import RetrievalIndex
-from sft.data import Examples, RetrievalSpec, attach_neighbours, collate, pack_retrieved
+from sft.data import Examples, RetrievalSpec, attach_edits, attach_neighbours, collate, pack_retrieved
 from sft.image_processing import ImageProcessor
 from sft.model import Img2CadConfig, Img2CadModel, build_model
 from sft.tokenizer import canonical_target, train_tokenizer
@@ -89,6 +89,36 @@ def test_collate_draws_neighbours_in_training_and_takes_the_nearest_otherwise():
     assert collate(ex, [0, 1], 0, rng=np.random.default_rng(0))["retrieved_ids"].tolist() == [[1], [1]]  # none: a lone EOS
     cut = pack_retrieved([[[10, 11, 12, 1], [13, 1]]], RetrievalSpec(2, 0.0, 1, 0, 3))
     assert cut["retrieved_ids"].tolist() == [[10, 11, 12]]
+
+
+def test_edit_examples_put_a_perturbed_copy_of_the_target_among_the_retrieved(reference_rows):
+    codes = [canonical_target(r["cadquery"]) for r in reference_rows[:2]]
+    tok = train_tokenizer(codes, vocab_size=300)
+    ex = Examples(ids=["a", "b"], images=np.zeros((2, 1, 8, 8), np.uint8), codes=codes,
+                  tokens=[[0] + tok(c, add_special_tokens=False)["input_ids"] + [1] for c in codes])
+    bank = [[90010, 1], [90011, 1], [90012, 1]]  # ids no program token has
+    attach_neighbours(ex, np.array([[0, 1, 2], [2, 1, 0]]), bank, RetrievalSpec(2, 0.0, tok.eos_token_id, 0, 4096, 1.0))
+    attach_edits(ex, tok, variants=2, sigma=0.2, share=1.0, seed=0)
+    again = Examples(ids=ex.ids, images=ex.images, tokens=ex.tokens, codes=codes)
+    attach_edits(again, tok, variants=2, sigma=0.2, share=1.0, seed=0)
+    assert again.edits == ex.edits  # seeded
+    for i in range(2):
+        texts = [tok.decode(e, skip_special_tokens=True) for e in ex.edits[i]]
+        assert texts[0] != texts[1] and all(t != codes[i] for t in texts)
+        # the same program with other numbers: the text between the numbers is unchanged
+        from cad.programs import NUMBER_RE
+
+        assert all(NUMBER_RE.sub("#", t) == NUMBER_RE.sub("#", codes[i]) for t in texts)
+    for seed in range(10):  # edit_prob 1: exactly one of the k slots holds an edit, the other a neighbour
+        ids = collate(ex, [0, 1], 0, rng=np.random.default_rng(seed))["retrieved_ids"].tolist()
+        for i, row in enumerate(ids):
+            row = [t for t in row if t != 0]
+            assert sum(row[j:j + len(e)] == e for e in ex.edits[i] for j in range(len(row))) == 1
+            assert sum(t in (90010, 90011, 90012) for t in row) == 1
+    assert collate(ex, [0, 1], 0)["retrieved_ids"][:, :4].tolist() == [[90010, 1, 90011, 1], [90012, 1, 90011, 1]]  # inference: never
+    ex.retrieval.edit_prob = 0.0
+    for seed in range(10):
+        assert all(set(r) <= {90010, 90011, 90012, 1, 0} for r in collate(ex, [0, 1], 0, rng=np.random.default_rng(seed))["retrieved_ids"].tolist())
 
 
 def _folder_with_splits(tmp_path, reference_rows) -> str:

@@ -124,6 +124,31 @@ def test_resume_gives_the_same_weights(tmp_path, tiny_data):
     assert metrics["steps"] == 6
 
 
+def test_batches_prepared_by_workers_train_the_same_weights(tmp_path, tiny_data):
+    from sft.train import train
+
+    kw = dict(max_steps=4, warmup_steps=1, augment_shift=2, batch_size=4)
+    train(_cfg(tmp_path / "here", tiny_data, **kw))
+    train(_cfg(tmp_path / "workers", tiny_data, num_workers=2, **kw))
+    a = load_file(str(tmp_path / "here" / "out" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "workers" / "out" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_from_starts_from_a_model_folder_and_refuses_another_architecture(tmp_path, tiny_data):
+    from sft.train import train
+
+    train(_cfg(tmp_path / "first", tiny_data, max_steps=3, warmup_steps=1))
+    src = tmp_path / "first" / "out" / "final"
+    train(_cfg(tmp_path / "again", tiny_data, max_steps=1, warmup_steps=5, init_from=str(src)))  # step 0 has lr 0
+    a, b = load_file(str(src / "model.safetensors")), load_file(str(tmp_path / "again" / "out" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "again" / "out" / "tokenizer" / "tokenizer.json").read_text() == (src / "tokenizer.json").read_text()
+    other = {**TINY["decoder"], "num_decoder_layers": 1}
+    with pytest.raises(ConfigError, match="num_decoder_layers|decoder"):
+        train(_cfg(tmp_path / "other", tiny_data, max_steps=1, init_from=str(src), decoder=other))
+
+
 def test_lora_mode_trains_adapters_and_saves_a_plain_model(tmp_path, tiny_data):
     from sft.train import train
 
