@@ -1,7 +1,7 @@
 """The study's evaluation: every decoding configuration of a model (and of its DPO version).
 
     scripts/eval_all.sh MODEL_DIR [TEST_DATA] [DPO_MODEL_DIR]
-    python -m scripts.eval_all --model DIR [--data NAME=PATH ...] [--dpo-model DIR] [--run NAME]
+    python -m scripts.eval_all --model DIR [--data NAME=PATH ...] [--dpo-model DIR] [--grpo-model DIR] [--run NAME]
 
 Under ``accelerate launch`` the processes share every configuration's batches and scoring
 (``cad.distributed``); the main process writes the reports.
@@ -57,14 +57,14 @@ class Variant:
     """One decoding configuration; ``labels`` maps each section it belongs to onto its row name there."""
 
     key: str
-    model: str | None  # "sft", "dpo", or None for retrieval
+    model: str | None  # "sft", "dpo", "grpo", or None for retrieval
     cfg: DecodeConfig
     labels: dict[str, str] = field(default_factory=dict)
 
 
 def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_tokens: int = 512,
          dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 24,
-         conditioned: bool = False) -> list[Variant]:
+         conditioned: bool = False, grpo: bool = False) -> list[Variant]:
     """The study's rows and ablations; a configuration shared by several sections runs once. For a
     retrieval-conditioned model every model row edits retrieved programs, and a row of its plain
     mode (no retrieved program) is added."""
@@ -107,6 +107,10 @@ def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_to
         out += [Variant("dpo-beam4", "dpo", DecodeConfig(strategy="beam", **common), {"main": "DPO, beam 4"}),
                 Variant(f"dpo-rerank{n}-k{k}", "dpo", DecodeConfig(**asdict(rerank)),
                         {"main": f"+ DPO (rerank, {k} retrieved)"})]
+    if grpo:
+        out += [Variant("grpo-beam4", "grpo", DecodeConfig(strategy="beam", **common), {"main": "GRPO, beam 4"}),
+                Variant(f"grpo-rerank{n}-k{k}", "grpo", DecodeConfig(**asdict(rerank)),
+                        {"main": f"+ GRPO (rerank, {k} retrieved)"})]
     return out
 
 
@@ -133,25 +137,31 @@ def config_key(v: Variant) -> str:
     return f"{v.key}-{_digest([cfg, DECODING_VERSION])}"
 
 
+RL_STAGES = (("dpo_metrics.json", "dpo_config.yaml", "DPO"), ("grpo_metrics.json", "grpo_config.yaml", "GRPO"))
+
+
 def training_info(model_dir: str | Path | None) -> dict:
-    """Training seconds and peak memory of a model, DPO added to the SFT model it started from."""
+    """Training seconds and peak memory of a model: an RL stage (DPO, GRPO) added to the SFT model
+    it started from, an SFT run to the model it was initialised from (``init_from``)."""
     if model_dir is None:
         return {}
     path = Path(model_dir)
-    if (path / "dpo_metrics.json").exists():
-        dpo = json.loads((path / "dpo_metrics.json").read_text())
-        base = {}
-        cfg_path = path / "dpo_config.yaml"
-        if cfg_path.exists():
-            base = training_info((yaml.safe_load(cfg_path.read_text()) or {}).get("sft_model"))
-        seconds = dpo.get("train_seconds", dpo.get("train_runtime"))
-        return {"train_seconds": (base.get("train_seconds") or 0) + (seconds or 0),
-                "train_detail": f"{base.get('train_detail', 'SFT ?')} + DPO {seconds or 0:.0f} s",
-                "train_memory_mb": max(base.get("train_memory_mb") or 0, dpo.get("peak_memory_mb") or 0) or None}
+    for metrics_name, config_name, stage in RL_STAGES:
+        if (path / metrics_name).exists():
+            m = json.loads((path / metrics_name).read_text())
+            cfg_path = path / config_name
+            base = training_info((yaml.safe_load(cfg_path.read_text()) or {}).get("sft_model")) if cfg_path.exists() else {}
+            seconds = m.get("train_seconds", m.get("train_runtime"))
+            return {"train_seconds": (base.get("train_seconds") or 0) + (seconds or 0),
+                    "train_detail": f"{base.get('train_detail', 'SFT ?')} + {stage} {seconds or 0:.0f} s",
+                    "train_memory_mb": max(base.get("train_memory_mb") or 0, m.get("peak_memory_mb") or 0) or None}
     if (path / "training_metrics.json").exists():
         m = json.loads((path / "training_metrics.json").read_text())
-        return {"train_seconds": m.get("train_seconds"), "train_detail": f"SFT {m.get('train_seconds', 0):.0f} s",
-                "train_memory_mb": m.get("peak_memory_mb")}
+        seconds, detail = m.get("train_seconds") or 0, f"SFT {m.get('train_seconds', 0):.0f} s"
+        if m.get("init_from_train_seconds"):
+            seconds += m["init_from_train_seconds"]
+            detail = f"SFT {m['init_from_train_seconds']:.0f} s + {m.get('train_seconds', 0):.0f} s"
+        return {"train_seconds": seconds, "train_detail": detail, "train_memory_mb": m.get("peak_memory_mb")}
     return {}
 
 
@@ -395,7 +405,8 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
     figs = "\n".join(f"![{Path(p).stem}]({p})" for group in plots.values() for p in group)
     report = [
         f"# Evaluation: {meta['run']}", "",
-        f"- SFT model: `{meta['model']}`" + (f"; DPO model: `{meta['dpo_model']}`" if meta.get("dpo_model") else ""),
+        f"- SFT model: `{meta['model']}`" + (f"; DPO model: `{meta['dpo_model']}`" if meta.get("dpo_model") else "")
+        + (f"; GRPO model: `{meta['grpo_model']}`" if meta.get("grpo_model") else ""),
         f"- test data: {', '.join(f'`{k}` ({v})' for k, v in meta['data'].items())}; retrieval index: `{meta['retrieval_data']}`",
         f"- device: {meta['device']}; best-of-N uses N={meta['n']} samples (temperature {meta['temperature']}, "
         f"top-p {meta['top_p']}) and reranking adds the {meta['k']} nearest training programs.",
@@ -433,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scripts.eval_all", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="SFT model folder")
     ap.add_argument("--dpo-model", help="DPO model folder (adds the + DPO rows)")
+    ap.add_argument("--grpo-model", help="GRPO model folder (python -m rl.grpo; adds the + GRPO rows)")
     ap.add_argument("--data", action="append", help="NAME=PATH or PATH, repeatable or comma-separated; "
                                                      "default: the GenCAD-Code test split from the hub")
     ap.add_argument("--retrieval-data", help="training data for the retrieval index (default: the model's train_data)")
@@ -456,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.results) / run
     out.mkdir(parents=True, exist_ok=True)
     data = parse_data(args.data)
-    models = {"sft": args.model, **({"dpo": args.dpo_model} if args.dpo_model else {})}
+    models = {"sft": args.model, **({"dpo": args.dpo_model} if args.dpo_model else {}),
+              **({"grpo": args.grpo_model} if args.grpo_model else {})}
     retrieval = args.retrieval_data or default_retrieval_data(model_dir)
     if (model_dir / "retrieval_index.npz").exists():
         retrieval = str(model_dir / "retrieval_index.npz")
@@ -464,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         if (model_dir / "sft_config.yaml").exists() else False
     variants = plan(args.n, args.k, tuple(int(x) for x in args.ns.split(",")), args.max_new_tokens,
                     dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid), refine=args.refine,
-                    conditioned=conditioned)
+                    conditioned=conditioned, grpo=bool(args.grpo_model))
     if args.only:
         keep = set(args.only.split(","))
         unknown = keep - {v.key for v in variants}
@@ -493,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         if not main_process:
             return 0  # the main process alone writes plots and reports
         plots = plot_all(records, out / "plots", harness, data, examples=args.examples)
-    meta = {"run": run, "model": args.model, "dpo_model": args.dpo_model, "data": {k: str(v or "hub") for k, v in data.items()},
+    meta = {"run": run, "model": args.model, "dpo_model": args.dpo_model, "grpo_model": args.grpo_model, "data": {k: str(v or "hub") for k, v in data.items()},
             "retrieval_data": retrieval, "device": "cuda" if torch.cuda.is_available() else "cpu", "n": args.n, "k": args.k,
             "temperature": DecodeConfig().temperature, "top_p": DecodeConfig().top_p, "limit": args.limit,
             "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python -m scripts.eval_all", *(argv or sys.argv[1:])])}

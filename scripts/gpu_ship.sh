@@ -5,8 +5,11 @@
 #   here:  python -m scripts.pack_renders pack data/synth-train --split train --out PACK/train.pack.xz
 #          python -m scripts.pack_renders pack data/synth-val --split validation --out PACK/val.pack.xz
 #          cp -r <a run>/tokenizer PACK/tokenizer        # optional: keep that tokenizer
-#   there: scripts/gpu_ship.sh PACK RESULTS [SECONDS]      # SECONDS: the whole window (default 540)
+#   there: scripts/gpu_ship.sh PACK RESULTS [SECONDS] [key=value ...]  # SECONDS: the whole window (default 540)
 #
+# CONFIG picks the recipe (default configs/sft_gpu_ship.yaml; configs/sft_gpu_edit.yaml continues
+# its model, named by init_from=, which must travel with the working tree); key=value pairs after
+# SECONDS override the recipe.
 # Steps: install the wheels in .whl/ (packages the machine lacks) when present (SKIP_WHEELS=1: not); unpack the renders
 # (16 processes); measure the study's baseline-size training throughput (scripts/bench_train.py)
 # while SFT prepares its data on the CPU; train with max_minutes set to what is left of the window
@@ -20,6 +23,7 @@ RESULTS=${2:?results folder}
 WINDOW=${3:-540}
 PREP_S=${PREP_S:-130}
 PY=${PYTHON:-python3}
+CONFIG=${CONFIG:-configs/sft_gpu_ship.yaml}
 T0=$(date +%s)
 left() { echo $((WINDOW - ($(date +%s) - T0))); }
 mkdir -p "$RESULTS"
@@ -48,7 +52,7 @@ if [[ ${SKIP_BENCH:-0} != 1 ]]; then
 fi
 MINUTES=$(awk -v s="$(left)" -v p="$PREP_S" 'BEGIN { m = (s - p - 45) / 60; if (m < 0.5) m = 0.5; printf "%.2f", m }')
 echo "[gpu_ship] training budget $MINUTES min; window left $(left) s"
-timeout -s INT $(( $(left) - 25 )) $PY -m sft --config configs/sft_gpu_ship.yaml --resume train_data=$DATA/train \
+timeout -s INT $(( $(left) - 25 )) $PY -m sft --config "$CONFIG" --resume train_data=$DATA/train \
   val_data=$DATA/val output_dir=$RUN max_minutes="$MINUTES" "${@:4}"
 echo "[gpu_ship] sft exit $? at $(( $(date +%s) - T0 )) s"
 [[ -n $BENCH ]] && wait $BENCH

@@ -400,6 +400,12 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         "mean_target_tokens": float(np.mean([len(t) for t in train_ex.tokens])),
         "peak_memory_mb": peak_memory_mb(), "processes": accelerator.num_processes,
     })
+    if cfg.init_from:  # the run this one continues, for the total training time
+        metrics["init_from"] = cfg.init_from
+        prior = Path(cfg.init_from) / "training_metrics.json"
+        if prior.exists():
+            p = json.loads(prior.read_text())
+            metrics["init_from_train_seconds"] = (p.get("train_seconds") or 0) + (p.get("init_from_train_seconds") or 0)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     state_dict = accelerator.get_state_dict(model) if fsdp else None  # gathered from the shards by every process
     if accelerator.is_main_process:

@@ -76,3 +76,24 @@ def test_training_info_adds_dpo_to_its_sft_model(tmp_path, model_dir):
     info = eval_all.training_info(dpo)
     assert info["train_seconds"] == pytest.approx(19.5) and info["train_memory_mb"] == 500.0
     assert info["train_detail"] == "SFT 12 s + DPO 7 s"
+
+
+def test_training_info_adds_grpo_to_its_sft_model_and_sft_to_its_init(tmp_path, model_dir):
+    grpo = tmp_path / "grpo"
+    grpo.mkdir()
+    (grpo / "grpo_metrics.json").write_text(json.dumps({"train_seconds": 30.0, "peak_memory_mb": 100.0}))
+    (grpo / "grpo_config.yaml").write_text(f"sft_model: {model_dir}\n")
+    info = eval_all.training_info(grpo)
+    assert info["train_seconds"] == pytest.approx(42.5) and info["train_memory_mb"] == 321.0
+    assert info["train_detail"] == "SFT 12 s + GRPO 30 s"
+    stage2 = tmp_path / "stage2"
+    stage2.mkdir()
+    (stage2 / "training_metrics.json").write_text(json.dumps({"train_seconds": 5.0, "init_from_train_seconds": 12.5}))
+    info = eval_all.training_info(stage2)
+    assert info["train_seconds"] == pytest.approx(17.5) and info["train_detail"] == "SFT 12 s + 5 s"
+
+
+def test_plan_adds_grpo_rows_when_asked():
+    keys = [v.key for v in eval_all.plan(n=6, k=2, grpo=True)]
+    assert keys[-2:] == ["grpo-beam4", "grpo-rerank6-k2"]
+    assert "grpo-beam4" not in [v.key for v in eval_all.plan(n=6, k=2)]
