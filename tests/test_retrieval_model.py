@@ -224,3 +224,25 @@ def test_conditioned_pairs_keep_their_context_and_dpo_raises_the_margin_in_it(tm
         return np.array(out)
 
     assert (margins(tmp_path / "dpo" / "final") - margins(sft)).mean() > 0
+
+
+def test_retrieval_use_scores_the_three_contexts(tmp_path, reference_rows):
+    from scripts import retrieval_use
+    from tests.conftest import REFERENCE
+
+    tok = train_tokenizer([canonical_target(r["cadquery"]) for r in reference_rows], vocab_size=400)
+    torch.manual_seed(0)
+    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                      retrieval_layers=1, retrieval_k=2, **TINY))
+    folder = tmp_path / "m"
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    ImageProcessor(64, 1).save_pretrained(folder)
+    RetrievalIndex.from_rows(load_gencad(REFERENCE / "samples.jsonl"), dims=8).save(folder / "retrieval_index.npz")
+    out = tmp_path / "use.json"
+    assert retrieval_use.main(["--model", str(folder), "--data", str(REFERENCE / "samples.jsonl"), "--limit", "4",
+                               "--batch", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["rows"] == 4 and report["k"] == 2
+    losses = [report[k] for k in ("loss_with_retrieved", "loss_without_retrieved", "loss_with_perturbed_own_program")]
+    assert all(np.isfinite(losses)) and len(set(losses)) == 3  # three different contexts reach the model
