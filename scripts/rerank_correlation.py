@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, to_image  # noqa: E402
@@ -44,7 +45,7 @@ def collect(predictor: Predictor, pool: SandboxPool, ds) -> list[list[tuple[dict
     """Per image: (terms, true IoU, source) of each executable candidate."""
     images = []
     geo = ExecOptions(want_geometry=True)
-    for row in ds:
+    for row in tqdm(ds, desc="candidates", unit="img"):
         image = to_image(row["image"]).convert("RGB")
         cands = predictor.generate([image])[0]
         gt = pool.run(row["cadquery"], geo)
