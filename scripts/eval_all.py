@@ -64,13 +64,13 @@ class Variant:
 
 def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_tokens: int = 512,
          dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 24,
-         conditioned: bool = False, grpo: bool = False) -> list[Variant]:
+         conditioned: bool = False, grpo: bool = False, weights: dict | None = None) -> list[Variant]:
     """The study's rows and ablations; a configuration shared by several sections runs once. For a
     retrieval-conditioned model every model row edits retrieved programs, and a row of its plain
     mode (no retrieved program) is added."""
     common = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "canonical_grid": canonical_grid}
     g = {"grammar": True, "repair": True, **common}
-    rerank = DecodeConfig(strategy="rerank", n=n, k_retrieval=k, **g)
+    rerank = DecodeConfig(strategy="rerank", n=n, k_retrieval=k, **g, **({"weights": dict(weights)} if weights else {}))
     out = [
         Variant("retrieval", None, DecodeConfig(strategy="retrieval"), {"main": "retrieval (nearest training image)"}),
         Variant("beam4", "sft", DecodeConfig(strategy="beam", **common),
@@ -409,7 +409,8 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
         + (f"; GRPO model: `{meta['grpo_model']}`" if meta.get("grpo_model") else ""),
         f"- test data: {', '.join(f'`{k}` ({v})' for k, v in meta['data'].items())}; retrieval index: `{meta['retrieval_data']}`",
         f"- device: {meta['device']}; best-of-N uses N={meta['n']} samples (temperature {meta['temperature']}, "
-        f"top-p {meta['top_p']}) and reranking adds the {meta['k']} nearest training programs.",
+        f"top-p {meta['top_p']}) and reranking adds the {meta['k']} nearest training programs"
+        + (f" (weights {json.dumps(meta['rerank_weights'])})." if meta.get("rerank_weights") else "."),
         f"- written {meta['date']} by `{meta['command']}`", "",
         "Definitions (`reward/metrics.py`): VSR = runs and leaves a solid; Executable % = a valid closed solid; "
         "Best IoU = mean over ids where prediction and ground truth both execute, exact (mesh booleans, best of the "
@@ -438,6 +439,21 @@ def parse_data(specs: list[str] | None) -> dict[str, str | None]:
     return out
 
 
+def parse_weights(text: str | None) -> dict | None:
+    """``--weights``: a JSON object of reranking term weights; one line and exit 2 when it is not."""
+    if not text:
+        return None
+    from decoding.rerank import DEFAULT_WEIGHTS
+
+    try:
+        w = json.loads(text)
+        if not isinstance(w, dict) or not all(isinstance(v, (int, float)) for v in w.values()):
+            raise ValueError("not an object of numbers")
+    except ValueError as exc:
+        raise ValueError(f"--weights {text!r}: {exc}; pass a JSON object such as '{json.dumps(DEFAULT_WEIGHTS)}'") from None
+    return {**DEFAULT_WEIGHTS, **w}
+
+
 def main(argv: list[str] | None = None) -> int:
     from scripts.eval_plots import plot_all
 
@@ -461,8 +477,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--quiet", action="store_true", help="no per-configuration progress bars")
+    ap.add_argument("--weights", help="rerank weights as JSON (default: decoding.rerank.DEFAULT_WEIGHTS); fit them on "
+                                      "a validation split with scripts/rerank_correlation.py")
     ap.add_argument("--only", help="comma-separated configuration keys to run (default: all of the plan)")
     args = ap.parse_args(argv)
+    try:
+        weights = parse_weights(args.weights)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model_dir = Path(args.model)
     run = args.run or "-".join(p for p in model_dir.resolve().parts[-2:])
     out = Path(args.results) / run
@@ -477,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         if (model_dir / "sft_config.yaml").exists() else False
     variants = plan(args.n, args.k, tuple(int(x) for x in args.ns.split(",")), args.max_new_tokens,
                     dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid), refine=args.refine,
-                    conditioned=conditioned, grpo=bool(args.grpo_model))
+                    conditioned=conditioned, grpo=bool(args.grpo_model), weights=weights)
     if args.only:
         keep = set(args.only.split(","))
         unknown = keep - {v.key for v in variants}
@@ -507,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # the main process alone writes plots and reports
         plots = plot_all(records, out / "plots", harness, data, examples=args.examples)
     meta = {"run": run, "model": args.model, "dpo_model": args.dpo_model, "grpo_model": args.grpo_model, "data": {k: str(v or "hub") for k, v in data.items()},
-            "retrieval_data": retrieval, "device": "cuda" if torch.cuda.is_available() else "cpu", "n": args.n, "k": args.k,
+            "retrieval_data": retrieval, "device": "cuda" if torch.cuda.is_available() else "cpu", "n": args.n, "k": args.k, "rerank_weights": weights or dict(DecodeConfig().weights),
             "temperature": DecodeConfig().temperature, "top_p": DecodeConfig().top_p, "limit": args.limit,
             "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python -m scripts.eval_all", *(argv or sys.argv[1:])])}
     plots_rel = {k: [str(Path(p).relative_to(out)) for p in v] for k, v in plots.items()}

@@ -97,3 +97,13 @@ def test_plan_adds_grpo_rows_when_asked():
     keys = [v.key for v in eval_all.plan(n=6, k=2, grpo=True)]
     assert keys[-2:] == ["grpo-beam4", "grpo-rerank6-k2"]
     assert "grpo-beam4" not in [v.key for v in eval_all.plan(n=6, k=2)]
+
+
+def test_weights_reach_the_rerank_rows_and_bad_weights_exit_2(tmp_path, capsys):
+    w = eval_all.parse_weights('{"silhouette": 0, "edges": 1, "pixel": 1}')
+    rows = [v for v in eval_all.plan(n=6, k=4, weights=w) if v.cfg.strategy == "rerank" and "heuristic" not in v.key]
+    assert rows and all(v.cfg.weights["edges"] == 1 and v.cfg.weights["silhouette"] == 0 for v in rows)
+    default = [v for v in eval_all.plan(n=6, k=4) if v.key == "rerank6-k4"][0]
+    assert eval_all.config_key(default) != eval_all.config_key([v for v in rows if v.key == "rerank6-k4"][0])
+    assert eval_all.main(["--model", str(tmp_path), "--weights", "[1]", "--results", str(tmp_path / "r")]) == 2
+    assert "--weights" in capsys.readouterr().err and not (tmp_path / "r").exists()
