@@ -15,10 +15,12 @@ from PIL import Image
 from cad.sandbox import ExecResult
 from reward.score import RENDER_TERMS, candidate_terms, render_compare, sanity, weighted  # noqa: F401 - re-exported
 
-# The weights scripts/rerank_correlation.py fitted on a validation split ("fitted_weights" in
-# docs/results/rerank_correlation.json, with each term's correlation with the true IoU). Refit for
+# The weights scripts/rerank_correlation.py fitted on 40 images of a validation split for the
+# retrieval-conditioned model with 6 samples and 4 retrieved programs ("fitted_weights" in
+# docs/results/rerank_correlation-gpu-edit.json, with each term's correlation with the true IoU;
+# the plain CPU model's fit, docs/results/rerank_correlation.json, was silhouette alone). Refit for
 # a new model; the decoding config overrides them.
-DEFAULT_WEIGHTS = {"logprob": 0.0, "sanity": 0.0, "silhouette": 1.0, "edges": 0.0, "pixel": 0.0}
+DEFAULT_WEIGHTS = {"logprob": 0.0, "sanity": 0.0, "silhouette": 0.0, "edges": 1.0, "pixel": 1.0}
 
 
 def needs_render(weights: dict) -> bool:
