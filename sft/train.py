@@ -104,7 +104,7 @@ def init_weights(model: Img2CadModel, path: str) -> None:
     mine, theirs = model.config, source.config
     differ = [k for k in ("encoder_name", "image_size", "in_chans", "encoder_kwargs", "vocab_size", "retrieval_layers")
               if getattr(mine, k) != getattr(theirs, k)]
-    differ += [f"decoder.{k}" for k, v in mine.decoder.items() if theirs.decoder.get(k, v) != v]
+    differ += [f"decoder.{k}" for k, v in mine.decoder.items() if k != "dropout_rate" and theirs.decoder.get(k, v) != v]
     try:
         if not differ:
             model.load_state_dict(source.state_dict())
