@@ -10,10 +10,9 @@ with probability ``none_prob``), the k nearest in order otherwise.
 
 Edit examples (``attach_edits``, training only): with probability ``edit_prob`` one of the k drawn
 programs is replaced by a copy of the example's own program with its numbers perturbed
-(``cad.programs.perturb``). Real neighbours often differ from the target in structure, so copying
-them pays little under cross-entropy and a model trained on them alone learns to ignore them; a
-perturbed copy rewards copying the structure and correcting the numbers from the image, which is
-the edit the model is asked to make at inference.
+(``cad.programs.perturb``): copying its structure and correcting its numbers from the image is what
+lowers the loss on such an example, the edit the model is asked to make at inference
+(``scripts/retrieval_use.py`` measures how much a model reads its retrieved programs).
 """
 from __future__ import annotations
 
