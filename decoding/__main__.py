@@ -19,6 +19,7 @@ from cad.io import InputError, check_output_file, files_fingerprint, fingerprint
 from cad.distributed import combine_stats, is_main_process, merge, part_paths, run_sharded, state
 from cad.sandbox import SandboxPool
 from decoding.predict import STRATEGIES, DecodeConfig, decode_fingerprints, parse_grid, predict, resolve_device
+from decoding.rerank import parse_weights
 from decoding.retrieval import RetrievalIndex
 
 
@@ -64,14 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.strategy != "retrieval":
         require_model_dir(args.model)
     check_output_file(args.out, args.data)
-    weights = {}
-    if args.weights:
-        try:
-            weights = json.loads(args.weights)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--weights {args.weights!r}: not JSON ({exc.msg}); e.g. '{{\"silhouette\": 2}}'") from None
-        if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) for v in weights.values()):
-            raise InputError(f"--weights {args.weights!r}: expected a JSON object of numbers, e.g. '{{\"silhouette\": 2}}'")
+    weights = parse_weights(args.weights) if args.weights else {}
     ds = load_gencad(args.data, split=args.split, limit=args.limit)
     cfg = DecodeConfig(strategy=args.strategy, num_beams=args.beams, n=args.n, temperature=args.temperature,
                        top_p=args.top_p, grammar=args.grammar, grammar_name=args.grammar_name, repair=args.repair, k_retrieval=args.k_retrieval,

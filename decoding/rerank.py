@@ -23,6 +23,23 @@ from reward.score import RENDER_TERMS, candidate_terms, render_compare, sanity, 
 DEFAULT_WEIGHTS = {"logprob": 0.0, "sanity": 0.0, "silhouette": 0.0, "edges": 1.0, "pixel": 1.0}
 
 
+def parse_weights(text: str) -> dict[str, float]:
+    """A ``--weights`` option: a JSON object of term weights (merged over the config's by the
+    caller); ``cad.io.InputError`` naming the option when it is not one."""
+    import json
+
+    from cad.io import InputError
+
+    example = '{"silhouette": 2}'
+    try:
+        weights = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--weights {text!r}: not JSON ({exc.msg}); e.g. '{example}'") from None
+    if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) for v in weights.values()):
+        raise InputError(f"--weights {text!r}: expected a JSON object of numbers, e.g. '{example}'")
+    return weights
+
+
 def needs_render(weights: dict) -> bool:
     return any(weights.get(t) for t in RENDER_TERMS)
 

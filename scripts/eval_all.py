@@ -43,9 +43,10 @@ from tqdm import tqdm
 
 from cad.data import DatasetUnavailable, load_gencad, undecoded
 from cad.distributed import combine_stats, is_main_process, run_sharded, state
-from cad.io import done_ids, read_jsonl
+from cad.io import InputError, done_ids, read_jsonl
 from cad.sandbox import SandboxPool
 from decoding.predict import DECODING_VERSION, DecodeConfig, parse_grid, predict
+from decoding.rerank import DEFAULT_WEIGHTS, parse_weights
 from reward.evaluate import evaluate_pairs
 from reward.metrics import ERROR_CLASSES, summarise
 
@@ -439,21 +440,6 @@ def parse_data(specs: list[str] | None) -> dict[str, str | None]:
     return out
 
 
-def parse_weights(text: str | None) -> dict | None:
-    """``--weights``: a JSON object of reranking term weights; one line and exit 2 when it is not."""
-    if not text:
-        return None
-    from decoding.rerank import DEFAULT_WEIGHTS
-
-    try:
-        w = json.loads(text)
-        if not isinstance(w, dict) or not all(isinstance(v, (int, float)) for v in w.values()):
-            raise ValueError("not an object of numbers")
-    except ValueError as exc:
-        raise ValueError(f"--weights {text!r}: {exc}; pass a JSON object such as '{json.dumps(DEFAULT_WEIGHTS)}'") from None
-    return {**DEFAULT_WEIGHTS, **w}
-
-
 def main(argv: list[str] | None = None) -> int:
     from scripts.eval_plots import plot_all
 
@@ -482,8 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated configuration keys to run (default: all of the plan)")
     args = ap.parse_args(argv)
     try:
-        weights = parse_weights(args.weights)
-    except ValueError as exc:
+        weights = {**DEFAULT_WEIGHTS, **parse_weights(args.weights)} if args.weights else None
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     model_dir = Path(args.model)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from cad.data import load_gencad, to_image  # noqa: E402
 from cad.geometry import best_iou  # noqa: E402
 from cad.sandbox import ExecOptions, SandboxPool  # noqa: E402
 from decoding.predict import DecodeConfig, Predictor, parse_grid  # noqa: E402
+from decoding.rerank import parse_weights  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
 from reward.score import candidate_terms, weighted  # noqa: E402
 from scripts._common import write_json  # noqa: E402
@@ -124,6 +124,10 @@ def main() -> None:
     ap.add_argument("--weights", help="rerank weights as JSON (the 'combined' column)")
     ap.add_argument("--out", default="results/rerank_correlation.json")
     args = ap.parse_args()
+    try:
+        weights = parse_weights(args.weights) if args.weights else {}
+    except ValueError as exc:
+        ap.exit(2, f"error: {exc}\n")
     model, tok, proc = load_model(args.model)
     index_path = Path(args.index) if args.index else Path(args.model) / "retrieval_index.npz"
     if args.retrieval_data:
@@ -135,8 +139,7 @@ def main() -> None:
     fit_ds = load_gencad(args.data, split=args.split, limit=args.limit, allow_test=False)
     cfg = DecodeConfig(strategy="rerank", n=args.n, k_retrieval=args.k if index else 0, grammar=True, repair=True,
                        max_new_tokens=args.max_new_tokens, canonical_grid=parse_grid(args.canonical_grid))
-    if args.weights:
-        cfg.weights.update(json.loads(args.weights))
+    cfg.weights.update(weights)
     with SandboxPool(2) as pool:
         predictor = Predictor(model, tok, proc, cfg, pool, index)
         sets = {"fit": collect(predictor, pool, fit_ds)}

@@ -12,35 +12,20 @@ programs scores the first two alike.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-import torch
+from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, undecoded  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
-from sft.data import Examples, RetrievalSpec, attach_edits, attach_neighbours, build_examples, collate, program_tokens  # noqa: E402
+from sft.config import SFTConfig  # noqa: E402
+from sft.data import RetrievalSpec, attach_edits, attach_neighbours, build_examples, program_tokens  # noqa: E402
 from sft.model import load_model  # noqa: E402
-
-
-@torch.no_grad()
-def mean_loss(model, ex: Examples, pad: int, batch: int, rows: list[list[list[int]]] | None) -> float:
-    """Token-weighted loss; ``rows`` replaces each example's retrieved programs (None: its neighbours)."""
-    total, count = 0.0, 0
-    for lo in range(0, len(ex), batch):
-        idx = list(range(lo, min(lo + batch, len(ex))))
-        if rows is not None:
-            saved = ex.neighbours
-            ex.neighbours = [rows[i] for i in range(len(ex))]
-        b = collate(ex, idx, pad)
-        if rows is not None:
-            ex.neighbours = saved
-        out = model(**b)
-        n = int((b["labels"][:, 1:] != -100).sum())
-        total, count = total + float(out.loss) * n, count + n
-    return total / max(count, 1)
+from sft.train import validation_loss  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    model, tok, proc = load_model(args.model)
+    accelerator = Accelerator()
+    model, tok, proc = load_model(args.model, accelerator.device)
     k = int(model.config.retrieval_k)
     if not model.config.retrieval_layers:
         raise SystemExit(f"error: {args.model}: a plain model (retrieval_layers 0) reads no retrieved program")
@@ -65,13 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     bank = [program_tokens(tok, c) for c in index.programs]
     attach_neighbours(ex, nearest, bank, RetrievalSpec(k, 0.0, tok.eos_token_id, tok.pad_token_id,
                                                        int(model.config.max_retrieved_length)))
-    attach_edits(ex, tok, variants=1, sigma=0.15, share=0.7, seed=0)
-    pad = tok.pad_token_id
+    recipe = SFTConfig()  # the edit examples of the training recipes
+    attach_edits(ex, tok, variants=1, sigma=recipe.retrieval_edit_sigma, share=recipe.retrieval_edit_share, seed=0)
+
+    def loss(neighbours) -> float:
+        return validation_loss(model, dataclasses.replace(ex, neighbours=neighbours), tok.pad_token_id, args.batch, accelerator)
+
     report = {
         "model": args.model, "data": args.data, "split": args.split, "rows": len(ex), "k": k,
-        "loss_with_retrieved": mean_loss(model, ex, pad, args.batch, None),
-        "loss_without_retrieved": mean_loss(model, ex, pad, args.batch, [[] for _ in range(len(ex))]),
-        "loss_with_perturbed_own_program": mean_loss(model, ex, pad, args.batch, [e[:1] for e in ex.edits]),
+        "loss_with_retrieved": loss(ex.neighbours),
+        "loss_without_retrieved": loss([[] for _ in range(len(ex))]),
+        "loss_with_perturbed_own_program": loss([e[:1] for e in ex.edits]),
     }
     report = {key: round(v, 6) if isinstance(v, float) else v for key, v in report.items()}
     text = json.dumps(report, indent=2)

@@ -68,24 +68,21 @@ def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, m
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.jsonl")} == before
 
 
-def test_training_info_adds_dpo_to_its_sft_model(tmp_path, model_dir):
-    dpo = tmp_path / "dpo"
-    dpo.mkdir()
-    (dpo / "dpo_metrics.json").write_text(json.dumps({"train_seconds": 7.0, "peak_memory_mb": 500.0}))
-    (dpo / "dpo_config.yaml").write_text(f"sft_model: {model_dir}\n")
-    info = eval_all.training_info(dpo)
-    assert info["train_seconds"] == pytest.approx(19.5) and info["train_memory_mb"] == 500.0
-    assert info["train_detail"] == "SFT 12 s + DPO 7 s"
+@pytest.mark.parametrize("stage,seconds,memory,total,peak,detail", [
+    ("dpo", 7.0, 500.0, 19.5, 500.0, "SFT 12 s + DPO 7 s"),
+    ("grpo", 30.0, 100.0, 42.5, 321.0, "SFT 12 s + GRPO 30 s"),
+])
+def test_training_info_adds_an_rl_stage_to_its_sft_model(tmp_path, model_dir, stage, seconds, memory, total, peak, detail):
+    folder = tmp_path / stage
+    folder.mkdir()
+    (folder / f"{stage}_metrics.json").write_text(json.dumps({"train_seconds": seconds, "peak_memory_mb": memory}))
+    (folder / f"{stage}_config.yaml").write_text(f"sft_model: {model_dir}\n")
+    info = eval_all.training_info(folder)
+    assert info["train_seconds"] == pytest.approx(total) and info["train_memory_mb"] == peak
+    assert info["train_detail"] == detail
 
 
-def test_training_info_adds_grpo_to_its_sft_model_and_sft_to_its_init(tmp_path, model_dir):
-    grpo = tmp_path / "grpo"
-    grpo.mkdir()
-    (grpo / "grpo_metrics.json").write_text(json.dumps({"train_seconds": 30.0, "peak_memory_mb": 100.0}))
-    (grpo / "grpo_config.yaml").write_text(f"sft_model: {model_dir}\n")
-    info = eval_all.training_info(grpo)
-    assert info["train_seconds"] == pytest.approx(42.5) and info["train_memory_mb"] == 321.0
-    assert info["train_detail"] == "SFT 12 s + GRPO 30 s"
+def test_training_info_adds_an_sft_run_to_the_run_it_was_initialised_from(tmp_path):
     stage2 = tmp_path / "stage2"
     stage2.mkdir()
     (stage2 / "training_metrics.json").write_text(json.dumps({"train_seconds": 5.0, "init_from_train_seconds": 12.5}))
@@ -100,7 +97,7 @@ def test_plan_adds_grpo_rows_when_asked():
 
 
 def test_weights_reach_the_rerank_rows_and_bad_weights_exit_2(tmp_path, capsys):
-    w = eval_all.parse_weights('{"silhouette": 0, "edges": 1, "pixel": 1}')
+    w = {**eval_all.DEFAULT_WEIGHTS, **eval_all.parse_weights('{"silhouette": 0, "edges": 1, "pixel": 1}')}
     rows = [v for v in eval_all.plan(n=6, k=4, weights=w) if v.cfg.strategy == "rerank" and "heuristic" not in v.key]
     assert rows and all(v.cfg.weights["edges"] == 1 and v.cfg.weights["silhouette"] == 0 for v in rows)
     default = [v for v in eval_all.plan(n=6, k=4) if v.key == "rerank6-k4"][0]

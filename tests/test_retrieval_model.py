@@ -168,6 +168,20 @@ def test_predictor_edits_each_neighbour_set_deterministically(reference_rows, tm
 
 
 
+def _conditioned_model_folder(folder, tok, **config):
+    """A tiny random retrieval-conditioned model folder, as sft writes it, indexing the ten reference rows."""
+    from tests.conftest import REFERENCE
+
+    torch.manual_seed(0)
+    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                      retrieval_layers=1, **TINY, **config))
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    ImageProcessor(64, 1).save_pretrained(folder)
+    RetrievalIndex.from_rows(load_gencad(REFERENCE / "samples.jsonl"), dims=8).save(folder / "retrieval_index.npz")
+    return folder
+
+
 def test_conditioned_pairs_keep_their_context_and_dpo_raises_the_margin_in_it(tmp_path, reference_rows):
     import datasets
 
@@ -178,15 +192,7 @@ def test_conditioned_pairs_keep_their_context_and_dpo_raises_the_margin_in_it(tm
     from tests.conftest import REFERENCE
 
     rows = reference_rows[:4]
-    tok = train_tokenizer([r["cadquery"] for r in rows], vocab_size=300)
-    torch.manual_seed(0)
-    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                      retrieval_layers=1, **TINY))
-    sft = tmp_path / "sft"
-    model.save_pretrained(str(sft))
-    tok.save_pretrained(str(sft))
-    ImageProcessor(64, 1).save_pretrained(sft)
-    RetrievalIndex.from_rows(load_gencad(REFERENCE / "samples.jsonl"), dims=8).save(sft / "retrieval_index.npz")
+    sft = _conditioned_model_folder(tmp_path / "sft", train_tokenizer([r["cadquery"] for r in rows], vocab_size=300))
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({**r, "image": str(REFERENCE / r["image"])}) + "\n" for r in rows))
     assert pairs_main(["--model", str(sft), "--data", str(data), "--k", "2", "--out", str(tmp_path / "s"), "--sample-only",
@@ -231,14 +237,7 @@ def test_retrieval_use_scores_the_three_contexts(tmp_path, reference_rows):
     from tests.conftest import REFERENCE
 
     tok = train_tokenizer([canonical_target(r["cadquery"]) for r in reference_rows], vocab_size=400)
-    torch.manual_seed(0)
-    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                      retrieval_layers=1, retrieval_k=2, **TINY))
-    folder = tmp_path / "m"
-    model.save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    ImageProcessor(64, 1).save_pretrained(folder)
-    RetrievalIndex.from_rows(load_gencad(REFERENCE / "samples.jsonl"), dims=8).save(folder / "retrieval_index.npz")
+    folder = _conditioned_model_folder(tmp_path / "m", tok, retrieval_k=2)
     out = tmp_path / "use.json"
     assert retrieval_use.main(["--model", str(folder), "--data", str(REFERENCE / "samples.jsonl"), "--limit", "4",
                                "--batch", "3", "--out", str(out)]) == 0
