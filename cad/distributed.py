@@ -29,7 +29,22 @@ def state():
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    st = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    if st.num_processes > 1 and not getattr(state, "_cleanup", False):
+        # gloo's worker threads must not outlive the interpreter: without this, a rank can abort
+        # at exit ("terminate called without an active exception") after finishing its work
+        import atexit
+
+        atexit.register(_destroy_process_group)
+        state._cleanup = True
+    return st
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
