@@ -84,3 +84,72 @@ def perturb(code: str, rng: np.random.Generator, sigma: float = 0.1, decimals: i
         return mapping[text]
 
     return NUMBER_RE.sub(repl, code)
+
+
+# GenCAD-Code's program shape: a plane per sketch, loops on it, one extrusion per sketch.
+PLANE_RE = re.compile(r"^(wp_sketch\d+)\s*=\s*cq\.Workplane\(cq\.Plane\(cq\.Vector\(([^()]*)\),\s*"
+                      r"cq\.Vector\(([^()]*)\),\s*cq\.Vector\(([^()]*)\)\)\)", re.M)
+LOOP_RE = re.compile(r"^loop\d+\s*=\s*(wp_sketch\d+)(\..*)$", re.M)
+EXTRUDE_RE = re.compile(r"^solid\d+\s*=\s*(wp_sketch\d+)\..*\.extrude\(([^,()]+)(,\s*both\s*=\s*True)?\)", re.M)
+CALL_RE = re.compile(r"\.(moveTo|lineTo|threePointArc|circle)\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(t) for t in NUMBER_RE.findall(text)]
+
+
+def bounding_size(code: str) -> float | None:
+    """The largest side of a GenCAD-style program's bounding box, from its text: each sketch's 2-D
+    box (loop points, circles as centre ± radius; arcs through their three points) placed on its
+    plane and swept along the normal by its extrusion. None when the text has no such sketch."""
+    planes = {m.group(1): [np.array(_floats(m.group(i)), dtype=float) for i in (2, 3, 4)] for m in PLANE_RE.finditer(code)}
+    points: dict[str, list[tuple[float, float]]] = {}
+    for m in LOOP_RE.finditer(code):
+        pts = points.setdefault(m.group(1), [])
+        last = (0.0, 0.0)
+        for call in CALL_RE.finditer(m.group(2)):
+            nums = _floats(call.group(2))
+            if call.group(1) == "circle" and nums:
+                r = abs(nums[0])
+                pts += [(last[0] - r, last[1] - r), (last[0] + r, last[1] + r)]
+            else:
+                pts += list(zip(nums[0::2], nums[1::2]))
+                last = pts[-1] if pts else last
+    corners = []
+    for m in EXTRUDE_RE.finditer(code):
+        name = m.group(1)
+        if name not in planes or not points.get(name) or any(len(v) != 3 for v in planes[name]):
+            continue
+        origin, x_dir, normal = planes[name]
+        y_dir = np.cross(normal, x_dir)
+        depth = float(m.group(2))
+        sweep = (-depth, depth) if m.group(3) else (0.0, depth)
+        uv = np.array(points[name])
+        for u in (uv[:, 0].min(), uv[:, 0].max()):
+            for v in (uv[:, 1].min(), uv[:, 1].max()):
+                corners += [origin + u * x_dir + v * y_dir + t * normal for t in sweep]
+    if not corners:
+        return None
+    pts = np.array(corners)
+    return float((pts.max(0) - pts.min(0)).max())
+
+
+def rescale(code: str, factor: float, decimals: int = 6) -> str:
+    """The same part ``factor`` times larger: plane origins, loop numbers and extrusion depths
+    scaled; plane directions kept. Lines of another shape are left as they are."""
+
+    def scaled(text: str) -> str:
+        return NUMBER_RE.sub(lambda n: format_number(float(n.group(0)) * factor, decimals), text)
+
+    code = PLANE_RE.sub(lambda m: m.group(0).replace(f"cq.Vector({m.group(2)})", f"cq.Vector({scaled(m.group(2))})", 1), code)
+    code = LOOP_RE.sub(lambda m: m.group(0)[: m.start(2) - m.start(0)] + scaled(m.group(2)), code)
+    return EXTRUDE_RE.sub(lambda m: m.group(0)[: m.start(2) - m.start(0)] + scaled(m.group(2)) + m.group(0)[m.end(2) - m.start(0):], code)
+
+
+def normalize_scale(code: str, size: float = 1.5) -> str:
+    """``code`` rescaled so that its bounding box's largest side is ``size`` (GenCAD's normalised
+    frame); unchanged when its size cannot be read from the text."""
+    current = bounding_size(code)
+    if not current or current < 1e-9:
+        return code
+    return rescale(code, size / current)

@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrieval-data", help="training data for the retrieval index")
     ap.add_argument("--index", help="retrieval index file (.npz): loaded if present, else built and saved")
     ap.add_argument("--weights", help="rerank weights as JSON, e.g. '{\"silhouette\": 2}'")
+    ap.add_argument("--refine", type=int_in(0, 10_000), default=0,
+                    help="rerank: renders spent adjusting the chosen program's numbers against the image (decoding.refine)")
+    ap.add_argument("--context-scale", type=float_in(0.0, 100.0, lo_open=True), default=None,
+                    help="retrieval-conditioned model: rescale the programs it reads to this largest side (1.5: GenCAD's frame)")
+    ap.add_argument("--template-bias", type=float_in(0.0, 1000.0), default=None,
+                    help="retrieval-conditioned model: keep the nearest program's text, rewrite its numbers (decoding.template)")
     ap.add_argument("--workers", type=WORKERS, default=2, help="sandbox workers")
     ap.add_argument("--batch-size", type=int_in(1, 4096), default=16)
     ap.add_argument("--max-new-tokens", type=int_in(1, 8192), default=512)
@@ -64,13 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.strategy != "retrieval":
         require_model_dir(args.model)
+    if args.refine and args.strategy != "rerank":
+        raise InputError(f"--refine adjusts the program chosen by rerank, not {args.strategy}: add --strategy rerank")
     check_output_file(args.out, args.data)
     weights = parse_weights(args.weights) if args.weights else {}
     ds = load_gencad(args.data, split=args.split, limit=args.limit)
     cfg = DecodeConfig(strategy=args.strategy, num_beams=args.beams, n=args.n, temperature=args.temperature,
                        top_p=args.top_p, grammar=args.grammar, grammar_name=args.grammar_name, repair=args.repair, k_retrieval=args.k_retrieval,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device,
-                       seed=args.seed, canonical_grid=args.canonical_grid)
+                       seed=args.seed, canonical_grid=args.canonical_grid, refine_evaluations=args.refine,
+                       template_bias=args.template_bias, context_scale=args.context_scale)
     cfg.weights.update(weights)
     index = None
     if not args.index and not args.retrieval_data and args.model and (Path(args.model) / "retrieval_index.npz").exists():

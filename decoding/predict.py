@@ -35,15 +35,16 @@ from tqdm import tqdm
 
 from cad.data import to_image
 from cad.io import FP_KEY, done_rows, fingerprint, prune_stale
+from cad.programs import normalize_scale
 from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
-from decoding.refine import refine
+from decoding.refine import ALL_GROUPS, refine
 from decoding.rerank import DEFAULT_WEIGHTS, Candidate, combined_score, needs_render
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
-DECODING_VERSION = 2  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
+DECODING_VERSION = 3  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
 @dataclass
@@ -64,8 +65,13 @@ class DecodeConfig:
     device: str = "auto"
     seed: int = 0
     refine_evaluations: int = 0  # rerank: renders spent refining the chosen program's numbers (decoding.refine)
+    refine_groups: tuple = ALL_GROUPS  # the number groups refinement may scale (decoding.refine.ALL_GROUPS)
     canonical_grid: int | None = 256  # the canonical form the model was trained on (None: 3 decimals only)
     context_k: int | None = None  # retrieval-conditioned model: programs it edits (None: as trained; 0: none, the plain mode)
+    context_scale: float | None = None  # retrieval-conditioned model: rescale the programs it reads so that their
+    # largest side is this (cad.programs.normalize_scale); None: as retrieved
+    template_bias: float | None = None  # retrieval-conditioned model: keep the nearest program's text and rewrite
+    # only its numbers, the template's own number raised by this much (decoding.template); None: write freely
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
     # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 
@@ -78,6 +84,9 @@ class DecodeConfig:
             raise ValueError(f"unknown edit_mode {self.edit_mode!r}; choose 'neighbours' or 'sample'")
         if self.grammar_name not in GRAMMARS:
             raise ValueError(f"unknown grammar {self.grammar_name!r}; choose from {sorted(GRAMMARS)}")
+        self.refine_groups = tuple(self.refine_groups)  # a list when read from JSON
+        if not self.refine_groups or set(self.refine_groups) - set(ALL_GROUPS):
+            raise ValueError(f"refine_groups {list(self.refine_groups)}: choose one or more of {ALL_GROUPS}")
 
 
 def parse_grid(text: str | int | None) -> int | None:
@@ -108,6 +117,7 @@ class Predictor:
                 if self.conditioned else ""))
         self.select_seconds = 0.0  # execution and scoring of candidates, summed over images
         self._token_cache: dict[int, tuple[str, list[int]]] = {}
+        self._numbers: torch.Tensor | None = None  # template decoding: which token ids are numbers
         self.contexts: list[list[str]] = []  # per image of the last batch: the retrieved programs its model candidates edit
 
     @property
@@ -197,6 +207,8 @@ class Predictor:
         per_set = sampling and cfg.edit_mode == "neighbours"
         count = cfg.n if per_set else 1
         sets = self.neighbour_sets(hits, count)
+        if cfg.context_scale:  # the programs the model reads, rescaled to one size (cad.programs.normalize_scale)
+            sets = [[[normalize_scale(c, cfg.context_scale) if c else c for c in s] for s in per] for per in sets]
         self.contexts = [per[0] for per in sets]  # what each image's first (or only) candidate set edited
         rows = [s for per in sets for s in per]
         retrieved = self.retrieved_inputs(rows, px.device)
@@ -208,6 +220,9 @@ class Predictor:
             kwargs = {"do_sample": True, "num_return_sequences": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p}
         else:
             kwargs = {"num_beams": 1 if sampling or cfg.strategy == "greedy" else cfg.num_beams}
+        if cfg.template_bias is not None:
+            procs = procs or LogitsProcessorList()
+            procs.append(self.template_processor(rows, kwargs.get("num_return_sequences", kwargs.get("num_beams", 1))))
         gen = self.model.generate_programs(px.repeat_interleave(count, 0), max_new_tokens=cfg.max_new_tokens,
                                            logits_processor=procs, **kwargs, **retrieved)
         texts = self.tok.batch_decode(gen.sequences, skip_special_tokens=True)
@@ -216,6 +231,15 @@ class Predictor:
             n_tok = int((seq != self.tok.pad_token_id).sum())
             source = f"edit:{r % count + 1}" if per_set else ("sample" if sampling else cfg.strategy)
             out[r // per_image].append(Candidate(text, lp, n_tok, source))
+
+    def template_processor(self, rows: list[list[str]], rows_per_template: int):
+        """Template decoding (``decoding.template``) on each row's first retrieved program."""
+        from decoding.template import TemplateLogitsProcessor, number_token_mask
+
+        if self._numbers is None:
+            self._numbers = number_token_mask(self.tok)
+        templates = [self._tokens(codes[0]) if codes and codes[0] else [self.tok.eos_token_id] for codes in rows]
+        return TemplateLogitsProcessor(templates, self._numbers, self.cfg.template_bias, rows_per_template)
 
     def score_retrieved(self, px: torch.Tensor, out: list[list[Candidate]]) -> None:
         """Give retrieved programs the model's own log-probability, so they rank with the samples
@@ -267,7 +291,7 @@ class Predictor:
         executable = list(best.values())
         chosen = max(executable, key=lambda c: c.total)
         if cfg.refine_evaluations and image is not None:
-            r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout)
+            r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout, groups=cfg.refine_groups)
             info["refine"] = {"from": round(r.start_score, 4), "to": round(r.score, 4), "renders": r.evaluations}
             chosen.code = r.code
         return chosen, info

@@ -1,12 +1,19 @@
 """Refinement: adjust a chosen program's numbers by a short search against the input image.
 
 No ground truth: each trial program is executed in the sandbox, rendered in the input's style
-and scored by ``decoding.rerank.render_compare`` (silhouette IoU, the term that tracks the true
-IoU best). Greedy coordinate search over two kinds of parameter, GenCAD's degrees of freedom
-that a render shows: each extrusion depth, and the size of each sketch's loops (all loop
-coordinates of one sketch scaled together). The renderer fits the part to the frame, so the
-overall scale is invisible; proportions are what the search can fix. A change is kept only when
-the silhouette IoU rises.
+and scored by ``decoding.rerank.render_compare``, weighted by ``objective`` (by default the
+silhouette IoU, the term that tracks the true IoU best). Greedy coordinate search over groups of
+numbers that move together, GenCAD's degrees of freedom that a render shows:
+
+- ``depth``: each extrusion depth;
+- ``sketch``: all loop coordinates of one sketch, scaled together (its size against the depths);
+- ``axes``: the x and the y coordinates of one sketch's points, each scaled alone (its aspect);
+- ``radii``: the radii of one sketch's circles, scaled together (its holes and bosses).
+
+The renderer fits the part to the frame, so the overall scale is invisible; proportions are what
+the search can fix (``refine_groups`` of the decoding config picks the groups). The trials of one
+group (``FACTORS``) run in parallel on the pool, and the best of them is kept when it raises the
+objective.
 """
 from __future__ import annotations
 
@@ -17,33 +24,59 @@ from PIL import Image
 
 from cad.programs import NUMBER_RE
 from cad.sandbox import ExecOptions, SandboxPool
-from decoding.rerank import render_compare
+from decoding.rerank import render_compare, weighted
 
 EXTRUDE = re.compile(r"\.extrude\(\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 LOOP = re.compile(r"^(loop\d+)\s*=\s*(wp_sketch\d+)(\..*)$", re.M)
+CALL = re.compile(r"\.(moveTo|lineTo|threePointArc|circle)\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
 FACTORS = (1.25, 0.8, 1.1, 0.91)
+ALL_GROUPS = ("depth", "sketch", "axes", "radii")
+SILHOUETTE = {"silhouette": 1.0}
+
+Span = tuple[int, int]
 
 
 @dataclass
 class Refinement:
     code: str
-    score: float  # silhouette IoU of the refined program's render against the input
+    score: float  # the objective of the refined program's render against the input
     start_score: float
     evaluations: int
 
 
-def _spans(code: str) -> list[list[tuple[int, int]]]:
-    """Groups of number spans that move together: one per extrusion depth, one per sketch's loops."""
-    groups = [[m.span(1)] for m in EXTRUDE.finditer(code)]
-    sketches: dict[str, list[tuple[int, int]]] = {}
+def _sketch_numbers(code: str) -> dict[str, list[tuple[str, Span]]]:
+    """Per sketch, each loop number's role (``x``, ``y`` or ``r``) and span in ``code``."""
+    out: dict[str, list[tuple[str, Span]]] = {}
     for m in LOOP.finditer(code):
-        start = m.start(3)
-        sketches.setdefault(m.group(2), []).extend((start + a, start + b) for a, b in
-                                                   (n.span() for n in NUMBER_RE.finditer(m.group(3))))
-    return groups + [spans for spans in sketches.values() if spans]
+        base = m.start(3)
+        numbers = out.setdefault(m.group(2), [])
+        for call in CALL.finditer(m.group(3)):
+            spans = [(base + call.start(2) + a, base + call.start(2) + b)
+                     for a, b in (n.span() for n in NUMBER_RE.finditer(call.group(2)))]
+            if call.group(1) == "circle":
+                numbers.extend(("r", s) for s in spans)
+            else:
+                numbers.extend(("xy"[i % 2], s) for i, s in enumerate(spans))
+    return out
 
 
-def _scaled(code: str, spans: list[tuple[int, int]], factor: float) -> str:
+def parameter_groups(code: str, groups: tuple[str, ...] = ALL_GROUPS) -> list[list[Span]]:
+    """Groups of number spans that move together, in a fixed order (depths first)."""
+    unknown = set(groups) - set(ALL_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown refinement groups {sorted(unknown)}: choose from {ALL_GROUPS}")
+    out = [[m.span(1)] for m in EXTRUDE.finditer(code)] if "depth" in groups else []
+    for numbers in _sketch_numbers(code).values():
+        if "sketch" in groups:
+            out.append([s for _, s in numbers])
+        if "axes" in groups:
+            out += [[s for role, s in numbers if role == axis] for axis in "xy"]
+        if "radii" in groups:
+            out.append([s for role, s in numbers if role == "r"])
+    return [g for g in out if g]
+
+
+def _scaled(code: str, spans: list[Span], factor: float) -> str:
     out, last = [], 0
     for a, b in sorted(spans):
         out += [code[last:a], f"{float(code[a:b]) * factor:.6g}"]
@@ -52,30 +85,28 @@ def _scaled(code: str, spans: list[tuple[int, int]], factor: float) -> str:
 
 
 def refine(code: str, image: Image.Image, pool: SandboxPool, max_evaluations: int = 24,
-           timeout: float = 5.0) -> Refinement:
+           timeout: float = 5.0, objective: dict[str, float] | None = None,
+           groups: tuple[str, ...] = ALL_GROUPS) -> Refinement:
     """Greedy coordinate search; returns the input program unchanged when nothing renders closer."""
     opts = ExecOptions(timeout=timeout, want_geometry=True)
+    weights = objective or SILHOUETTE
 
-    def score(program: str) -> float:
-        res = pool.run(program, opts)
-        if not res.executable or res.geometry is None:
-            return -1.0
-        return render_compare(res, image)["silhouette"]
+    def scores(programs: list[str]) -> list[float]:
+        return [weighted(render_compare(res, image), weights) if res.executable and res.geometry is not None
+                else float("-inf") for res in pool.imap(programs, opts)]
 
-    best_code, best = code, score(code)
+    best_code, best = code, scores([code])[0]
     start, evaluations = best, 1
     improved = True
     while improved and evaluations < max_evaluations:
         improved = False
-        for i in range(len(_spans(best_code))):
-            spans = _spans(best_code)[i]  # positions move when an earlier parameter changed
-            for factor in FACTORS:
-                if evaluations >= max_evaluations:
-                    break
-                trial = _scaled(best_code, spans, factor)
-                s = score(trial)
-                evaluations += 1
-                if s > best + 1e-4:
-                    best_code, best, improved = trial, s, True
-                    break  # next parameter; the span positions of this one changed
+        for i in range(len(parameter_groups(best_code, groups))):
+            spans = parameter_groups(best_code, groups)[i]  # positions move when an earlier group changed
+            trials = [_scaled(best_code, spans, f) for f in FACTORS[: max_evaluations - evaluations]]
+            if not trials:
+                break
+            evaluations += len(trials)
+            s, trial = max(zip(scores(trials), trials))
+            if s > best + 1e-4:
+                best_code, best, improved = trial, s, True
     return Refinement(best_code, best, start, evaluations)

@@ -22,7 +22,7 @@ from decoding.predict import DecodeConfig, Predictor
 from decoding.rerank import Candidate
 from img2cad.shipped import Shipped
 
-REFINE_RENDERS = 24  # renders spent by --refine (decoding.refine)
+REFINE_RENDERS = 48  # renders spent by --refine (decoding.refine)
 EXPORT_TIMEOUT = 30.0  # seconds for the chosen program's final run: tessellation and STEP / STL export on top
 
 

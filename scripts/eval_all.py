@@ -64,7 +64,7 @@ class Variant:
 
 
 def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_tokens: int = 512,
-         dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 24,
+         dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 48,
          conditioned: bool = False, grpo: bool = False, weights: dict | None = None) -> list[Variant]:
     """The study's rows and ablations; a configuration shared by several sections runs once. For a
     retrieval-conditioned model every model row edits retrieved programs, and a row of its plain
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ns", default="1,3,6,10", help="N values of the best-of-N ablation")
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--refine", type=int, default=24, help="renders for the refinement row of the rerank ablation (0: none)")
+    ap.add_argument("--refine", type=int, default=48, help="renders for the refinement row of the rerank ablation (0: none)")
     ap.add_argument("--canonical-grid", default="256", help="the model's canonical number grid ('none': 3 decimals)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--examples", type=int, default=16)

@@ -1,5 +1,6 @@
 """Grammar, repair, constrained decoding, best-of-N selection, reranking, retrieval, the CLI."""
 import json
+import re
 
 import llguidance
 import numpy as np
@@ -170,20 +171,62 @@ def test_model_scores_a_given_program_as_generation_does(tiny):
     assert torch.allclose(model.score_sequences(px, seqs), gen.logprobs, atol=1e-3)
 
 
+BOX = ("import cadquery as cq\nwp_sketch0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+       "loop0=wp_sketch0.moveTo(0,0).lineTo(1,0).lineTo(1,{h}).lineTo(0,{h}).close()\n"
+       "solid0=wp_sketch0.add(loop0).extrude({d})\nsolid=solid0\n")
+
+
+def _box(d: float, h: float = 0.5) -> str:
+    """A 1 x h rectangle extruded by d."""
+    return BOX.format(d=d, h=h)
+
+
+def _image_of(pool, code: str) -> Image.Image:
+    return Image.fromarray(render_geometry(pool.run(code, ExecOptions(want_geometry=True)).geometry))
+
+
 def test_refinement_moves_a_wrong_depth_towards_the_input(pool):
     from decoding.refine import refine
 
-    prog = ("import cadquery as cq\nwp_sketch0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
-            "loop0=wp_sketch0.moveTo(0,0).lineTo(1,0).lineTo(1,0.5).lineTo(0,0.5).close()\n"
-            "solid0=wp_sketch0.add(loop0).extrude({})\nsolid=solid0\n")
-    target = pool.run(prog.format(0.6), ExecOptions(want_geometry=True))
-    image = Image.fromarray(render_geometry(target.geometry))
-    r = refine(prog.format(0.2), image, pool, max_evaluations=16)
+    image = _image_of(pool, _box(0.6))
+    r = refine(_box(0.2), image, pool, max_evaluations=16)
     assert r.score > r.start_score + 0.05 and r.evaluations <= 16
     depth = float(r.code.split(".extrude(")[1].split(")")[0])
-    assert 0.3 < depth < 1.0
-    same = refine(prog.format(0.6), image, pool, max_evaluations=8)
-    assert same.code == prog.format(0.6)  # nothing renders closer than the truth
+    width = max(float(x) for x in re.findall(r"lineTo\(([-\d.e]+),", r.code))
+    assert 0.3 < depth / width < 1.0  # the depth against the sketch moved from 0.2 towards the input's 0.6
+    same = refine(_box(0.6), image, pool, max_evaluations=8)
+    assert same.code == _box(0.6)  # nothing renders closer than the truth
+
+
+def test_refinement_groups_name_each_number_by_its_role():
+    from decoding.refine import parameter_groups
+
+    code = ("wp_sketch0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+            "loop0=wp_sketch0.moveTo(0,0).lineTo(2,0).threePointArc((2.5,0.5),(2,1)).close()\n"
+            "loop1=wp_sketch0.moveTo(1,0.5).circle(0.25)\n"
+            "solid0=wp_sketch0.add(loop0).add(loop1).extrude(0.75)\n")
+
+    def text(groups):
+        return [[code[a:b] for a, b in g] for g in parameter_groups(code, groups)]
+
+    assert text(("depth",)) == [["0.75"]]
+    assert text(("axes",)) == [["0", "2", "2.5", "2", "1"], ["0", "0", "0.5", "1", "0.5"]]
+    assert text(("radii",)) == [["0.25"]]
+    assert text(("sketch",)) == [["0", "0", "2", "0", "2.5", "0.5", "2", "1", "1", "0.5", "0.25"]]
+    with pytest.raises(ValueError, match="unknown refinement groups"):
+        parameter_groups(code, ("twist",))
+
+
+def test_refinement_fixes_an_aspect_ratio_only_with_the_axes_group(pool):
+    from decoding.refine import refine
+
+    image = _image_of(pool, _box(0.3, h=0.4))
+    fixed = refine(_box(0.3, h=0.8), image, pool, max_evaluations=24, groups=("axes",))
+    assert fixed.score > fixed.start_score + 0.05
+    xs, ys = zip(*(map(float, m) for m in re.findall(r"lineTo\(([-\d.e]+),([-\d.e]+)\)", fixed.code)))
+    assert 0.2 < max(ys) / max(xs) < 0.7  # the aspect moved from 0.8 towards the input's 0.4
+    depth_only = refine(_box(0.3, h=0.8), image, pool, max_evaluations=8, groups=("depth",))
+    assert "lineTo(1,0.8).lineTo(0,0.8)" in depth_only.code  # the depth group leaves the sketch alone
 
 
 def test_repair_drops_zero_length_segments_that_break_the_face(pool):

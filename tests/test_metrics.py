@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cad.geometry import best_iou, exact_iou_pair, to_trimesh
-from cad.programs import canonicalize, perturb
+from cad.programs import bounding_size, canonicalize, normalize_scale, perturb
 from cad.sandbox import ExecOptions
 
 GEO = ExecOptions(want_geometry=True)
@@ -86,6 +86,20 @@ def test_canonical_form_builds_the_same_solid_and_is_shorter(pool, reference_row
         assert res[n + i].status == "ok"
         assert best_iou(res[n + i].geometry, res[i].geometry).iou >= 0.99
     assert "e-17" not in "".join(canon)
+
+
+def test_normalized_scale_builds_the_same_part_at_the_asked_size(pool, reference_rows):
+    originals = [r["cadquery"] for r in reference_rows]
+    scaled = [normalize_scale(c, 1.5) for c in originals]
+    res = pool.run_many(originals + scaled, GEO)
+    n = len(originals)
+    for i in range(n):
+        v = res[i].geometry.vertices
+        assert bounding_size(originals[i]) == pytest.approx(float((v.max(0) - v.min(0)).max()), rel=2e-3)  # read from the text
+        w = res[n + i].geometry.vertices
+        assert float((w.max(0) - w.min(0)).max()) == pytest.approx(1.5, rel=2e-3)
+        assert best_iou(res[n + i].geometry, res[i].geometry).iou >= 0.99  # the same part, only larger or smaller
+    assert normalize_scale("result = cq.Workplane().box(1, 2, 3)") == "result = cq.Workplane().box(1, 2, 3)"  # not GenCAD's shape
 
 
 def test_evaluate_cli_on_perturbed_reference(tmp_path, reference_rows):

@@ -106,7 +106,7 @@ def test_edit_examples_put_a_perturbed_copy_of_the_target_among_the_retrieved(re
         texts = [tok.decode(e, skip_special_tokens=True) for e in ex.edits[i]]
         assert texts[0] != texts[1] and all(t != codes[i] for t in texts)
         # the same program with other numbers: the text between the numbers is unchanged
-        from cad.programs import NUMBER_RE
+        from cad.programs import NUMBER_RE, bounding_size
 
         assert all(NUMBER_RE.sub("#", t) == NUMBER_RE.sub("#", codes[i]) for t in texts)
     for seed in range(10):  # edit_prob 1: exactly one of the k slots holds an edit, the other a neighbour
@@ -245,3 +245,43 @@ def test_retrieval_use_scores_the_three_contexts(tmp_path, reference_rows):
     assert report["rows"] == 4 and report["k"] == 2
     losses = [report[k] for k in ("loss_with_retrieved", "loss_without_retrieved", "loss_with_perturbed_own_program")]
     assert all(np.isfinite(losses)) and len(set(losses)) == 3  # three different contexts reach the model
+
+
+def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_numbers(reference_rows):
+    from tests.conftest import REFERENCE
+    from cad.programs import NUMBER_RE, bounding_size
+
+    tok = train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=400)
+    torch.manual_seed(0)
+    model = build_model(Img2CadConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                      retrieval_layers=1, **TINY)).eval()
+    index = RetrievalIndex.from_rows(load_gencad(REFERENCE / "samples.jsonl"), dims=8)
+    images = [load_gencad(REFERENCE / "samples.jsonl")[1]["image"].convert("RGB")]
+
+    def decode(bias, strategy="beam", max_new_tokens=1024, scale=None):
+        cfg = DecodeConfig(strategy=strategy, max_new_tokens=max_new_tokens, template_bias=bias, k_retrieval=1,
+                           context_scale=scale)
+        predictor = Predictor(model, tok, ImageProcessor(64, 1), cfg, index=index)
+        cands = predictor.generate(images)
+        return [c[0].code for c in cands], [canonical_target(ctx[0]) for ctx in predictor.contexts]
+
+    free, templates = decode(None, max_new_tokens=40)
+    assert all(NUMBER_RE.split(f) != NUMBER_RE.split(t) for f, t in zip(free, templates))  # a random model: not the template
+    copied, templates = decode(1000.0)
+    assert copied == templates  # a large bias copies the template
+    rescaled, _ = decode(1000.0, scale=0.5)  # the model reads (and here copies) the neighbour rescaled
+    assert bounding_size(rescaled[0]) == pytest.approx(0.5, rel=0.01) and bounding_size(templates[0]) > 0.6
+    for strategy in ("beam", "greedy"):
+        edited, templates = decode(0.0, strategy)
+        assert [NUMBER_RE.split(e) for e in edited] == [NUMBER_RE.split(t) for t in templates]  # the text between numbers
+        assert edited != templates  # a random model, free to choose numbers, changes some
+        for e, t in zip(edited, templates):
+            chosen: dict[str, set] = {}
+            for a, b in zip(NUMBER_RE.findall(t), NUMBER_RE.findall(e)):
+                chosen.setdefault(a, set()).add(b)
+            assert all(len(v) == 1 for v in chosen.values())  # equal numbers stay equal
+            assert all(chosen[z] == {z} for z in chosen if abs(float(z)) in (0.0, 1.0))  # 0 and ±1 are kept
+    with pytest.raises(ValueError, match="number-aware tokenizer"):
+        from decoding.template import number_token_mask
+
+        number_token_mask(type("T", (), {"get_vocab": lambda self: {"a": 0}, "__len__": lambda self: 1})())
