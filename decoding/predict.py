@@ -65,11 +65,11 @@ class DecodeConfig:
     device: str = "auto"
     seed: int = 0
     refine_evaluations: int = 0  # rerank: renders spent refining the chosen program's numbers (decoding.refine)
-    refine_groups: tuple = ALL_GROUPS  # the number groups refinement may scale (decoding.refine.ALL_GROUPS)
+    refine_groups: list = field(default_factory=lambda: list(ALL_GROUPS))  # the number groups refinement may scale (decoding.refine.ALL_GROUPS)
     canonical_grid: int | None = 256  # the canonical form the model was trained on (None: 3 decimals only)
     context_k: int | None = None  # retrieval-conditioned model: programs it edits (None: as trained; 0: none, the plain mode)
     context_scale: float | None = None  # retrieval-conditioned model: rescale the programs it reads so that their
-    # largest side is this (cad.programs.normalize_scale); None: as retrieved
+    # largest side is this (cad.programs.normalize_scale); None: the model's program_scale (as trained)
     template_bias: float | None = None  # retrieval-conditioned model: keep the nearest program's text and rewrite
     # only its numbers, the template's own number raised by this much (decoding.template); None: write freely
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
@@ -84,7 +84,7 @@ class DecodeConfig:
             raise ValueError(f"unknown edit_mode {self.edit_mode!r}; choose 'neighbours' or 'sample'")
         if self.grammar_name not in GRAMMARS:
             raise ValueError(f"unknown grammar {self.grammar_name!r}; choose from {sorted(GRAMMARS)}")
-        self.refine_groups = tuple(self.refine_groups)  # a list when read from JSON
+        self.refine_groups = list(self.refine_groups)  # a list, as JSON gives it back (records compare options)
         if not self.refine_groups or set(self.refine_groups) - set(ALL_GROUPS):
             raise ValueError(f"refine_groups {list(self.refine_groups)}: choose one or more of {ALL_GROUPS}")
 
@@ -118,6 +118,8 @@ class Predictor:
         self.select_seconds = 0.0  # execution and scoring of candidates, summed over images
         self._token_cache: dict[int, tuple[str, list[int]]] = {}
         self._numbers: torch.Tensor | None = None  # template decoding: which token ids are numbers
+        # the size the model reads and writes programs at: the config's, else the one it was trained with
+        self.scale = cfg.context_scale or (getattr(model.config, "program_scale", None) if model is not None else None)
         self.contexts: list[list[str]] = []  # per image of the last batch: the retrieved programs its model candidates edit
 
     @property
@@ -207,8 +209,8 @@ class Predictor:
         per_set = sampling and cfg.edit_mode == "neighbours"
         count = cfg.n if per_set else 1
         sets = self.neighbour_sets(hits, count)
-        if cfg.context_scale:  # the programs the model reads, rescaled to one size (cad.programs.normalize_scale)
-            sets = [[[normalize_scale(c, cfg.context_scale) if c else c for c in s] for s in per] for per in sets]
+        if self.scale:  # the programs the model reads, rescaled to one size (cad.programs.normalize_scale)
+            sets = [[[normalize_scale(c, self.scale) if c else c for c in s] for s in per] for per in sets]
         self.contexts = [per[0] for per in sets]  # what each image's first (or only) candidate set edited
         rows = [s for per in sets for s in per]
         retrieved = self.retrieved_inputs(rows, px.device)
@@ -247,7 +249,8 @@ class Predictor:
         retrieved = [(i, c) for i, cands in enumerate(out) for c in cands if c.source == "retrieval"]
         if not retrieved:
             return
-        seqs = [self.tok(canonical_target(c.code, self.cfg.canonical_grid), add_special_tokens=False)["input_ids"]
+        seqs = [self.tok(canonical_target(normalize_scale(c.code, self.scale) if self.scale else c.code, self.cfg.canonical_grid),
+                         add_special_tokens=False)["input_ids"]
                 + [self.tok.eos_token_id] for _, c in retrieved]
         logprobs = self.model.score_sequences(px[[i for i, _ in retrieved]], seqs).tolist()
         for (_, c), lp, seq in zip(retrieved, logprobs, seqs):
@@ -291,7 +294,7 @@ class Predictor:
         executable = list(best.values())
         chosen = max(executable, key=lambda c: c.total)
         if cfg.refine_evaluations and image is not None:
-            r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout, groups=cfg.refine_groups)
+            r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout, groups=tuple(cfg.refine_groups))
             info["refine"] = {"from": round(r.start_score, 4), "to": round(r.score, 4), "renders": r.evaluations}
             chosen.code = r.code
         return chosen, info

@@ -143,7 +143,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--strategy", choices=STRATEGIES, help="default: the model folder's decoding.json")
     p.add_argument("--n", type=int_in(1, 256), help="samples per image for bestofn / rerank")
-    p.add_argument("--refine", action="store_true", help="adjust the chosen program's numbers against the image (rerank)")
+    p.add_argument("--refine", type=int_in(0, 10_000), metavar="RENDERS",
+                   help="renders spent adjusting the chosen program's numbers against the image (rerank; 0: none; "
+                        "default: the model folder's decoding.json)")
     common(p)
     p.set_defaults(func=predict_main)
 

@@ -22,11 +22,10 @@ from decoding.predict import DecodeConfig, Predictor
 from decoding.rerank import Candidate
 from img2cad.shipped import Shipped
 
-REFINE_RENDERS = 48  # renders spent by --refine (decoding.refine)
 EXPORT_TIMEOUT = 30.0  # seconds for the chosen program's final run: tessellation and STEP / STL export on top
 
 
-def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None = None, refine: bool = False,
+def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None = None, refine: int | None = None,
                   device: str = "cpu") -> DecodeConfig:
     """The model folder's default decoding options with the user's choices on top."""
     known = {f.name for f in dataclasses.fields(DecodeConfig)}
@@ -35,8 +34,8 @@ def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None =
         options["strategy"] = strategy
     if n is not None:
         options["n"] = n
-    if refine:
-        options["refine_evaluations"] = REFINE_RENDERS
+    if refine is not None:  # renders spent refining the chosen program (decoding.refine); 0: none
+        options["refine_evaluations"] = refine
     options["device"] = device
     return DecodeConfig(**options)
 

@@ -161,10 +161,11 @@ class CadEnvironment:
     scoring of the batch (``terms``)."""
 
     def __init__(self, rows: list[dict], tokenizer, processor, cfg: GRPORecipe, pool: SandboxPool,
-                 index=None, retrieval_k: int = 0, max_retrieved_length: int = 512) -> None:
+                 index=None, retrieval_k: int = 0, max_retrieved_length: int = 512, scale: float | None = None) -> None:
         self.rows, self.tok, self.proc, self.cfg, self.pool = rows, tokenizer, processor, cfg, pool
         self.opts = ExecOptions(timeout=cfg.timeout, want_geometry=True)
         self.index, self.retrieval_k, self.max_retrieved_length = index, retrieval_k, max_retrieved_length
+        self.scale = scale  # the model's program_scale: retrieved programs are read at that size
         self.executor = ThreadPoolExecutor(1)
         self.pending: list[Future] = []
         self.batch: list[int] = []
@@ -198,7 +199,7 @@ class CadEnvironment:
             r = self.rows[row]
             exclude = self.index.exclusions([r["id"]], [r["program"]])
             idx, _ = self.index.search(self.index.embed([self.image(row)]), self.retrieval_k, exclude)
-            pool = [program_tokens(self.tok, self.index.programs[j]) for j in idx[0] if j >= 0]
+            pool = [program_tokens(self.tok, self.index.programs[j], scale=self.scale) for j in idx[0] if j >= 0]
             spec = RetrievalSpec(self.retrieval_k, 0.0, self.tok.eos_token_id, self.tok.pad_token_id, self.max_retrieved_length)
             packed = pack_retrieved([choose_neighbours(pool, spec, None)], spec)
             self._prompts[row] = packed["retrieved_ids"][0][packed["retrieved_attention_mask"][0].bool()].tolist()
@@ -373,7 +374,7 @@ def build_environment(cfg: GRPORecipe, model, tokenizer, processor, rows: list[d
         if not path.exists():
             raise InputError(f"{cfg.sft_model}: a retrieval-conditioned model needs the {INDEX_NAME} it was trained with")
         index, k, max_len = RetrievalIndex.load(path), int(model.config.retrieval_k), int(model.config.max_retrieved_length)
-    return CadEnvironment(rows, tokenizer, processor, cfg, pool, index, k, max_len)
+    return CadEnvironment(rows, tokenizer, processor, cfg, pool, index, k, max_len, getattr(model.config, "program_scale", None))
 
 
 def train_grpo(cfg: GRPORecipe, resume: bool = False) -> dict:

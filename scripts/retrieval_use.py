@@ -45,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     index = RetrievalIndex.load(Path(args.model) / "retrieval_index.npz")
     ds = load_gencad(args.data, split=args.split, allow_test=False)
     ds = ds.select(range(min(args.limit, len(ds))))
-    ex = build_examples(ds, proc, tok, 512, True, model.config.decoder_start_token_id, "rows")
+    scale = getattr(model.config, "program_scale", None)
+    ex = build_examples(ds, proc, tok, 512, True, model.config.decoder_start_token_id, "rows", scale)
     images = {str(r["deepcad_id"]): r["image"] for r in undecoded(ds)}
     nearest = index.search(index.embed([images[i] for i in ex.ids]), k)[0]
-    bank = [program_tokens(tok, c) for c in index.programs]
+    bank = [program_tokens(tok, c, scale=scale) for c in index.programs]
     attach_neighbours(ex, nearest, bank, RetrievalSpec(k, 0.0, tok.eos_token_id, tok.pad_token_id,
                                                        int(model.config.max_retrieved_length)))
     recipe = SFTConfig()  # the edit examples of the training recipes

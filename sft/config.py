@@ -14,6 +14,9 @@ class SFTConfig:
     val_size: int = 256
     max_train_samples: int | None = None
     canonical: bool = True  # train on cad.programs.canonicalize(code, 3 decimals)
+    # targets and retrieved programs rescaled so that their bounding box's largest side is this
+    # (cad.programs.normalize_scale; a render fits the part to the frame, so the size is not in the image)
+    program_scale: float | None = None
     max_target_length: int = 512
     augment_shift: int = 0  # random translation in pixels (0: off)
 

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from cad.data import to_image, undecoded
+from cad.programs import normalize_scale
 from sft.image_processing import ImageProcessor
 from sft.tokenizer import canonical_target
 
@@ -57,12 +58,15 @@ class Examples:
         return len(self.ids)
 
 
-def target_text(code: str, canonical: bool) -> str:
+def target_text(code: str, canonical: bool, scale: float | None = None) -> str:
+    """A program as the model writes and reads it: rescaled to ``scale`` (``cad.programs.normalize_scale``)
+    when given, then in canonical form when ``canonical``."""
+    code = normalize_scale(code, scale) if scale else code
     return canonical_target(code) if canonical else code
 
 
 def build_examples(ds, processor: ImageProcessor, tokenizer, max_length: int, canonical: bool,
-                   start_token_id: int, desc: str = "prepare") -> Examples:
+                   start_token_id: int, desc: str = "prepare", scale: float | None = None) -> Examples:
     ids, images, tokens, codes, skipped, truncated = [], [], [], [], [], 0
     ds = undecoded(ds)
     for row in tqdm(ds, desc=desc, unit="row", leave=False):
@@ -76,7 +80,7 @@ def build_examples(ds, processor: ImageProcessor, tokenizer, max_length: int, ca
         except Exception as exc:  # noqa: BLE001 - any unreadable image is reported and skipped
             skipped.append({"id": rid, "reason": f"unreadable image: {type(exc).__name__}: {exc}"})
             continue
-        text = target_text(code, canonical)
+        text = target_text(code, canonical, scale)
         tok = [start_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         if len(tok) > max_length:
             tok = tok[: max_length - 1] + [tokenizer.eos_token_id]
@@ -93,9 +97,9 @@ def build_examples(ds, processor: ImageProcessor, tokenizer, max_length: int, ca
     return Examples(ids, np.stack(images) if images else np.zeros(shape, np.uint8), tokens, codes, skipped, truncated)
 
 
-def program_tokens(tokenizer, code: str, canonical: bool = True) -> list[int]:
+def program_tokens(tokenizer, code: str, canonical: bool = True, scale: float | None = None) -> list[int]:
     """A program as the model reads it among retrieved programs: its target tokens and EOS."""
-    return tokenizer(target_text(code, canonical), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenizer(target_text(code, canonical, scale), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 def attach_neighbours(ex: Examples, neighbour_rows: np.ndarray, bank: list[list[int]], spec: RetrievalSpec) -> None:
@@ -180,7 +184,7 @@ def collate(ex: Examples, index: np.ndarray | list[int], pad_id: int, shift: int
 
 def add_retrieval(train_ds, val_ds, train_ex: Examples, val_ex: Examples, tokenizer, canonical: bool, k: int,
                   pool: int, none_prob: float, max_length: int, embedding: str, dims: int, index_path=None,
-                  meta: dict | None = None):
+                  meta: dict | None = None, scale: float | None = None):
     """Index the training rows (``decoding.retrieval``), give every training example its ``pool``
     nearest other training programs and every validation example its ``pool`` nearest training
     programs; returns the index (saved to ``index_path`` when given, reused from there if it
@@ -196,7 +200,7 @@ def add_retrieval(train_ds, val_ds, train_ex: Examples, val_ex: Examples, tokeni
         index = RetrievalIndex.from_rows(train_ds, embedding, dims, meta)
         if index_path is not None:
             index.save(index_path)
-    bank = [program_tokens(tokenizer, code, canonical) for code in tqdm(index.programs, desc="retrieved tokens", leave=False)]
+    bank = [program_tokens(tokenizer, code, canonical, scale) for code in tqdm(index.programs, desc="retrieved tokens", leave=False)]
     spec = RetrievalSpec(k, none_prob, tokenizer.eos_token_id, tokenizer.pad_token_id, max_length)
     row_of = {rid: i for i, rid in enumerate(index.ids)}
     neighbours = index.training_neighbours(pool)

@@ -53,7 +53,8 @@ class Img2CadConfig(PretrainedConfig):
                  encoder_kwargs: dict | None = None, decoder: dict | None = None, pretrained: bool = False,
                  pretrained_decoder: str = "Salesforce/codet5-small", vocab_size: int = 32100,
                  pad_token_id: int = 0, eos_token_id: int = 1, decoder_start_token_id: int = 0,
-                 retrieval_layers: int = 0, retrieval_k: int = 1, max_retrieved_length: int = 512, **kwargs):
+                 retrieval_layers: int = 0, retrieval_k: int = 1, max_retrieved_length: int = 512,
+                 program_scale: float | None = None, **kwargs):
         self.encoder_name = encoder_name
         self.image_size = image_size
         self.in_chans = in_chans
@@ -67,6 +68,7 @@ class Img2CadConfig(PretrainedConfig):
         self.retrieval_layers = retrieval_layers  # T5 encoder blocks over retrieved programs (0: plain model)
         self.retrieval_k = retrieval_k  # retrieved programs per example in training (decoding's default)
         self.max_retrieved_length = max_retrieved_length
+        self.program_scale = program_scale  # programs written and read at this largest side (None: as given)
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id,
                          decoder_start_token_id=decoder_start_token_id, **kwargs)
 

@@ -49,6 +49,7 @@ def model_config(cfg: SFTConfig, tokenizer) -> Img2CadConfig:
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
         retrieval_layers=cfg.retrieval_layers, retrieval_k=cfg.retrieval_k, max_retrieved_length=cfg.max_retrieved_length,
+        program_scale=cfg.program_scale,
     )
 
 
@@ -263,15 +264,17 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     if cfg.pretrained and not cfg.allow_random_init:  # refuse LoRA on random weights (sft.config.refuse_random_init)
         refuse_random_init(cfg, Img2CadModel(mcfg).load_pretrained_parts(), [mcfg.encoder_name, mcfg.pretrained_decoder])
     start = mcfg.decoder_start_token_id
-    train_ex = build_examples(train_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "train rows")
-    val_ex = build_examples(val_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "val rows")
+    train_ex = build_examples(train_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "train rows",
+                              cfg.program_scale)
+    val_ex = build_examples(val_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "val rows",
+                            cfg.program_scale)
     if len(train_ex) == 0:
         raise ValueError(f"{cfg.train_data}: no usable training rows (skipped: {train_ex.skipped[:3]})")
     if cfg.retrieval_layers:
         add_retrieval(train_ds, val_ds, train_ex, val_ex, tokenizer, cfg.canonical, cfg.retrieval_k, cfg.retrieval_pool,
                       cfg.retrieval_none_prob, cfg.max_retrieved_length, cfg.retrieval_embedding, cfg.retrieval_dims,
                       out / INDEX_NAME if accelerator.is_main_process else None,
-                      {"source": str(cfg.train_data), "split": cfg.train_split})
+                      {"source": str(cfg.train_data), "split": cfg.train_split}, cfg.program_scale)
         if cfg.retrieval_edit_prob > 0:
             train_ex.retrieval = dataclasses.replace(train_ex.retrieval, edit_prob=cfg.retrieval_edit_prob)
             attach_edits(train_ex, tokenizer, cfg.retrieval_edit_variants, cfg.retrieval_edit_sigma,

@@ -258,9 +258,8 @@ def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_num
     index = RetrievalIndex.from_rows(load_gencad(REFERENCE / "samples.jsonl"), dims=8)
     images = [load_gencad(REFERENCE / "samples.jsonl")[1]["image"].convert("RGB")]
 
-    def decode(bias, strategy="beam", max_new_tokens=1024, scale=None):
-        cfg = DecodeConfig(strategy=strategy, max_new_tokens=max_new_tokens, template_bias=bias, k_retrieval=1,
-                           context_scale=scale)
+    def decode(bias, strategy="beam", max_new_tokens=1024):
+        cfg = DecodeConfig(strategy=strategy, max_new_tokens=max_new_tokens, template_bias=bias, k_retrieval=1)
         predictor = Predictor(model, tok, ImageProcessor(64, 1), cfg, index=index)
         cands = predictor.generate(images)
         return [c[0].code for c in cands], [canonical_target(ctx[0]) for ctx in predictor.contexts]
@@ -269,7 +268,9 @@ def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_num
     assert all(NUMBER_RE.split(f) != NUMBER_RE.split(t) for f, t in zip(free, templates))  # a random model: not the template
     copied, templates = decode(1000.0)
     assert copied == templates  # a large bias copies the template
-    rescaled, _ = decode(1000.0, scale=0.5)  # the model reads (and here copies) the neighbour rescaled
+    model.config.program_scale = 0.5  # as if trained with program_scale: 0.5
+    rescaled, _ = decode(1000.0)  # the model reads (and here copies) the neighbour at that size
+    model.config.program_scale = None
     assert bounding_size(rescaled[0]) == pytest.approx(0.5, rel=0.01) and bounding_size(templates[0]) > 0.6
     for strategy in ("beam", "greedy"):
         edited, templates = decode(0.0, strategy)

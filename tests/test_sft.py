@@ -201,3 +201,20 @@ def test_a_time_budget_decays_the_rate_with_time_and_stops_training(tmp_path, ti
     metrics = train(_cfg(tmp_path, tiny_data, max_steps=10_000, max_minutes=1e-4, warmup_steps=0))
     assert metrics["stopped_by"] == "max_minutes" and metrics["steps"] < 10_000
     assert (tmp_path / "out" / "final" / "model.safetensors").exists()
+
+
+def test_program_scale_rescales_targets_and_is_recorded_in_the_model_config(tiny_data):
+    from cad.data import load_gencad
+    from cad.programs import bounding_size
+    from sft.config import SFTConfig
+    from sft.data import build_examples, program_tokens
+    from sft.train import model_config
+
+    ds = load_gencad(tiny_data).select(range(4))
+    tok = train_tokenizer(ds["cadquery"], vocab_size=300)
+    plain = build_examples(ds, ImageProcessor(32, 1), tok, 512, True, tok.pad_token_id)
+    scaled = build_examples(ds, ImageProcessor(32, 1), tok, 512, True, tok.pad_token_id, scale=1.5)
+    assert [round(bounding_size(c), 2) for c in scaled.codes] == [1.5] * 4
+    assert any(abs(bounding_size(c) - 1.5) > 0.05 for c in plain.codes)  # the data's own sizes vary
+    assert tok.decode(program_tokens(tok, ds[0]["cadquery"], scale=1.5), skip_special_tokens=True) == scaled.codes[0]
+    assert model_config(SFTConfig(program_scale=1.5), tok).program_scale == 1.5
