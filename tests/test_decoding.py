@@ -171,14 +171,14 @@ def test_model_scores_a_given_program_as_generation_does(tiny):
     assert torch.allclose(model.score_sequences(px, seqs), gen.logprobs, atol=1e-3)
 
 
-BOX = ("import cadquery as cq\nwp_sketch0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
-       "loop0=wp_sketch0.moveTo(0,0).lineTo(1,0).lineTo(1,{h}).lineTo(0,{h}).close()\n"
-       "solid0=wp_sketch0.add(loop0).extrude({d})\nsolid=solid0\n")
+RECT = ("import cadquery as cq\nwp_sketch0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+        "loop0=wp_sketch0.moveTo(0,0).lineTo(1,0).lineTo(1,{h}).lineTo(0,{h}).close()\n"
+        "solid0=wp_sketch0.add(loop0).extrude({d})\nsolid=solid0\n")
 
 
 def _box(d: float, h: float = 0.5) -> str:
     """A 1 x h rectangle extruded by d."""
-    return BOX.format(d=d, h=h)
+    return RECT.format(d=d, h=h)
 
 
 def _image_of(pool, code: str) -> Image.Image:
