@@ -238,3 +238,13 @@ def test_repair_drops_zero_length_segments_that_break_the_face(pool):
     assert fixed.code.count("lineTo") == 2 and "circle(0.1)" in fixed.code
     assert fixed.ok and pool.run(fixed.code).executable
     assert repair(fixed.code, "gencad").code == fixed.code and not repair(fixed.code, "gencad").fixes
+
+
+def test_refine_study_variants_parse_or_name_what_is_wrong():
+    from scripts.refine_study import parse_variant
+
+    assert parse_variant("a=depth,axes:48") == ("a", ("depth", "axes"), 48, None)
+    assert parse_variant('b=radii:8:{"edges": 1}')[3] == {"edges": 1.0}
+    for bad in ("depth:48", "c=twist:48", "d=depth:0", "e=depth"):
+        with pytest.raises(ValueError, match="variant"):
+            parse_variant(bad)
