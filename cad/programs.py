@@ -98,23 +98,40 @@ def _floats(text: str) -> list[float]:
     return [float(t) for t in NUMBER_RE.findall(text)]
 
 
+def sketch_numbers(code: str) -> dict[str, list[tuple[str, tuple[int, int]]]]:
+    """Per sketch (``wp_sketchN``), its loop numbers in order: each one's role (``x`` or ``y`` for a
+    point of ``moveTo`` / ``lineTo`` / ``threePointArc``, ``r`` for a circle's radius) and its span
+    in ``code``."""
+    out: dict[str, list[tuple[str, tuple[int, int]]]] = {}
+    for m in LOOP_RE.finditer(code):
+        numbers = out.setdefault(m.group(1), [])
+        for call in CALL_RE.finditer(code, m.start(2), m.end(2)):
+            spans = [(call.start(2) + a, call.start(2) + b) for a, b in (n.span() for n in NUMBER_RE.finditer(call.group(2)))]
+            if call.group(1) == "circle":
+                numbers.extend(("r", s) for s in spans)
+            else:
+                numbers.extend(("xy"[i % 2], s) for i, s in enumerate(spans))
+    return out
+
+
 def bounding_size(code: str) -> float | None:
     """The largest side of a GenCAD-style program's bounding box, from its text: each sketch's 2-D
     box (loop points, circles as centre ± radius; arcs through their three points) placed on its
     plane and swept along the normal by its extrusion. None when the text has no such sketch."""
     planes = {m.group(1): [np.array(_floats(m.group(i)), dtype=float) for i in (2, 3, 4)] for m in PLANE_RE.finditer(code)}
     points: dict[str, list[tuple[float, float]]] = {}
-    for m in LOOP_RE.finditer(code):
-        pts = points.setdefault(m.group(1), [])
-        last = (0.0, 0.0)
-        for call in CALL_RE.finditer(m.group(2)):
-            nums = _floats(call.group(2))
-            if call.group(1) == "circle" and nums:
-                r = abs(nums[0])
-                pts += [(last[0] - r, last[1] - r), (last[0] + r, last[1] + r)]
+    for name, numbers in sketch_numbers(code).items():
+        pts = points[name] = []
+        x = y = 0.0  # the last point: a circle's centre
+        for role, (a, b) in numbers:
+            value = float(code[a:b])
+            if role == "x":
+                x = value
+            elif role == "y":
+                y = value
+                pts.append((x, y))
             else:
-                pts += list(zip(nums[0::2], nums[1::2]))
-                last = pts[-1] if pts else last
+                pts += [(x - abs(value), y - abs(value)), (x + abs(value), y + abs(value))]
     corners = []
     for m in EXTRUDE_RE.finditer(code):
         name = m.group(1)

@@ -22,13 +22,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from cad.programs import NUMBER_RE
+from cad.programs import sketch_numbers
 from cad.sandbox import ExecOptions, SandboxPool
 from decoding.rerank import render_compare, weighted
 
 EXTRUDE = re.compile(r"\.extrude\(\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
-LOOP = re.compile(r"^(loop\d+)\s*=\s*(wp_sketch\d+)(\..*)$", re.M)
-CALL = re.compile(r"\.(moveTo|lineTo|threePointArc|circle)\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
 FACTORS = (1.25, 0.8, 1.1, 0.91)
 ALL_GROUPS = ("depth", "sketch", "axes", "radii")
 SILHOUETTE = {"silhouette": 1.0}
@@ -44,29 +42,13 @@ class Refinement:
     evaluations: int
 
 
-def _sketch_numbers(code: str) -> dict[str, list[tuple[str, Span]]]:
-    """Per sketch, each loop number's role (``x``, ``y`` or ``r``) and span in ``code``."""
-    out: dict[str, list[tuple[str, Span]]] = {}
-    for m in LOOP.finditer(code):
-        base = m.start(3)
-        numbers = out.setdefault(m.group(2), [])
-        for call in CALL.finditer(m.group(3)):
-            spans = [(base + call.start(2) + a, base + call.start(2) + b)
-                     for a, b in (n.span() for n in NUMBER_RE.finditer(call.group(2)))]
-            if call.group(1) == "circle":
-                numbers.extend(("r", s) for s in spans)
-            else:
-                numbers.extend(("xy"[i % 2], s) for i, s in enumerate(spans))
-    return out
-
-
 def parameter_groups(code: str, groups: tuple[str, ...] = ALL_GROUPS) -> list[list[Span]]:
     """Groups of number spans that move together, in a fixed order (depths first)."""
     unknown = set(groups) - set(ALL_GROUPS)
     if unknown:
         raise ValueError(f"unknown refinement groups {sorted(unknown)}: choose from {ALL_GROUPS}")
     out = [[m.span(1)] for m in EXTRUDE.finditer(code)] if "depth" in groups else []
-    for numbers in _sketch_numbers(code).values():
+    for numbers in sketch_numbers(code).values():
         if "sketch" in groups:
             out.append([s for _, s in numbers])
         if "axes" in groups:
