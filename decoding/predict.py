@@ -23,6 +23,7 @@ Execution and scoring of one batch overlap with generation of the next (a worker
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -40,11 +41,11 @@ from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
 from decoding.refine import ALL_GROUPS, refine
-from decoding.rerank import DEFAULT_WEIGHTS, Candidate, combined_score, needs_render
+from decoding.rerank import DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, combined_score, needs_render
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
-DECODING_VERSION = 3  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
+DECODING_VERSION = 4  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class DecodeConfig:
     seed: int = 0
     refine_evaluations: int = 0  # rerank: renders spent refining the chosen program's numbers (decoding.refine)
     refine_groups: list = field(default_factory=lambda: list(ALL_GROUPS))  # the number groups refinement may scale (decoding.refine.ALL_GROUPS)
+    refine_objective: dict | None = None  # the render terms refinement maximises, weighted (None: the render terms of
+    # ``weights``, the reranker's own reward)
     canonical_grid: int | None = 256  # the canonical form the model was trained on (None: 3 decimals only)
     context_k: int | None = None  # retrieval-conditioned model: programs it edits (None: as trained; 0: none, the plain mode)
     context_scale: float | None = None  # retrieval-conditioned model: rescale the programs it reads so that their
@@ -87,6 +90,8 @@ class DecodeConfig:
         self.refine_groups = list(self.refine_groups)  # a list, as JSON gives it back (records compare options)
         if not self.refine_groups or set(self.refine_groups) - set(ALL_GROUPS):
             raise ValueError(f"refine_groups {list(self.refine_groups)}: choose one or more of {ALL_GROUPS}")
+        if self.refine_objective is not None and (not self.refine_objective or set(self.refine_objective) - set(RENDER_TERMS)):
+            raise ValueError(f"refine_objective {self.refine_objective}: weights of one or more of {RENDER_TERMS}")
 
 
 def parse_grid(text: str | int | None) -> int | None:
@@ -103,8 +108,13 @@ def resolve_device(name: str) -> torch.device:
 class Predictor:
     """Holds the model, tokenizer, processor, sandbox and optional retrieval index."""
 
-    def __init__(self, model, tokenizer, processor, cfg: DecodeConfig, pool: SandboxPool | None = None, index=None):
+    def __init__(self, model, tokenizer, processor, cfg: DecodeConfig, pool: SandboxPool | None = None, index=None,
+                 score_retrieved: bool | None = None):
         self.model, self.tok, self.proc, self.cfg = model, tokenizer, processor, cfg
+        # the model's log-probability of each retrieved program: what best-of-N ranks by; reranking
+        # needs it only when its weights use it (unscored programs keep a NaN log-probability)
+        self.scores_retrieved = (cfg.strategy != "rerank" or bool(cfg.weights.get("logprob"))) \
+            if score_retrieved is None else score_retrieved
         self.pool, self.index = pool, index
         self.grammar_processor = None
         if cfg.grammar and model is not None:
@@ -121,6 +131,13 @@ class Predictor:
         # the size the model reads and writes programs at: the config's, else the one it was trained with
         self.scale = cfg.context_scale or (getattr(model.config, "program_scale", None) if model is not None else None)
         self.contexts: list[list[str]] = []  # per image of the last batch: the retrieved programs its model candidates edit
+
+    @property
+    def refine_objective(self) -> dict[str, float]:
+        """What refinement maximises: the config's objective, else the render terms of the rerank
+        weights (the silhouette IoU when they have none)."""
+        own = {t: w for t, w in self.cfg.weights.items() if t in RENDER_TERMS and w}
+        return dict(self.cfg.refine_objective or own or {"silhouette": 1.0})
 
     @property
     def renders(self) -> bool:
@@ -190,8 +207,8 @@ class Predictor:
                 out[i // per].append(Candidate(text, lp, n_tok, "sample" if sampling else cfg.strategy))
         if k:
             for i, h in enumerate(hits):
-                out[i].extend(Candidate(code, 0.0, 1, "retrieval", scores={"similarity": sim}) for code, sim in h[:k])
-            if cfg.strategy != "retrieval":
+                out[i].extend(Candidate(code, float("nan"), 1, "retrieval", scores={"similarity": sim}) for code, sim in h[:k])
+            if cfg.strategy != "retrieval" and self.scores_retrieved:
                 self.score_retrieved(px, out)
         if cfg.repair:
             for cands in out:
@@ -294,7 +311,8 @@ class Predictor:
         executable = list(best.values())
         chosen = max(executable, key=lambda c: c.total)
         if cfg.refine_evaluations and image is not None:
-            r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout, groups=tuple(cfg.refine_groups))
+            r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout, objective=self.refine_objective,
+                       groups=tuple(cfg.refine_groups))
             info["refine"] = {"from": round(r.start_score, 4), "to": round(r.score, 4), "renders": r.evaluations}
             chosen.code = r.code
         return chosen, info
@@ -348,7 +366,7 @@ def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path,
             img, cs = next(it)
             chosen, info = predictor.select(cs, img)
             lines.append({"id": pid, "code": chosen.code, "strategy": cfg.strategy,
-                          "logprob": round(chosen.logprob, 4), "tokens": chosen.tokens, "source": chosen.source,
+                          "logprob": round(chosen.logprob, 4) if math.isfinite(chosen.logprob) else None, "tokens": chosen.tokens, "source": chosen.source,
                           **info, **({"scores": {k: round(v, 4) for k, v in chosen.scores.items()}} if chosen.scores else {}),
                           FP_KEY: fps[pid]})
         return lines

@@ -1,8 +1,9 @@
 """Refinement: adjust a chosen program's numbers by a short search against the input image.
 
 No ground truth: each trial program is executed in the sandbox, rendered in the input's style
-and scored by ``decoding.rerank.render_compare``, weighted by ``objective`` (by default the
-silhouette IoU, the term that tracks the true IoU best). Greedy coordinate search over groups of
+and scored by ``decoding.rerank.render_compare``, weighted by ``objective`` (``decoding.predict``
+passes the reranker's render-term weights, so refinement climbs the reward that chose the program;
+the silhouette IoU alone when none is given). Greedy coordinate search over groups of
 numbers that move together, GenCAD's degrees of freedom that a render shows:
 
 - ``depth``: each extrusion depth;

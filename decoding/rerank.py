@@ -15,16 +15,17 @@ from PIL import Image
 from cad.sandbox import ExecResult
 from reward.score import RENDER_TERMS, candidate_terms, render_compare, sanity, weighted  # noqa: F401 - re-exported
 
-# The weights scripts/rerank_correlation.py fitted on 40 images of a validation split for the
-# retrieval-conditioned model with 6 samples and 4 retrieved programs ("fitted_weights" in
-# docs/results/rerank_correlation-gpu-edit.json, with each term's correlation with the true IoU;
-# the plain CPU model's fit, docs/results/rerank_correlation.json, was silhouette alone). Refit for
-# a new model; the decoding config overrides them.
-DEFAULT_WEIGHTS = {"logprob": 0.0, "sanity": 0.0, "silhouette": 0.0, "edges": 1.0, "pixel": 1.0}
+# The weights scripts/rerank_correlation.py fitted on 128 images of a validation split for the
+# shipped model (models/img2cad-small) with 1 edit and 16 retrieved programs ("fitted_weights" in
+# docs/results/rerank_correlation-shipped-k16.json, with each term's correlation with the true IoU;
+# edges + pixel before the edge-distance term existed, rerank_correlation-gpu-edit.json). Refit
+# for a new model; the decoding config overrides them.
+DEFAULT_WEIGHTS = {"logprob": 0.0, "sanity": 0.0, "silhouette": 1.0, "edges": 0.0, "edges_coarse": 0.0,
+                   "edge_distance": 1.0, "pixel": 2.0}
 
 
-def parse_weights(text: str) -> dict[str, float]:
-    """A ``--weights`` option: a JSON object of term weights (merged over the config's by the
+def parse_weights(text: str, option: str = "--weights") -> dict[str, float]:
+    """A ``--weights``-like option: a JSON object of term weights (merged over the config's by the
     caller); ``cad.io.InputError`` naming the option when it is not one."""
     import json
 
@@ -34,9 +35,9 @@ def parse_weights(text: str) -> dict[str, float]:
     try:
         weights = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"--weights {text!r}: not JSON ({exc.msg}); e.g. '{example}'") from None
+        raise InputError(f"{option} {text!r}: not JSON ({exc.msg}); e.g. '{example}'") from None
     if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) for v in weights.values()):
-        raise InputError(f"--weights {text!r}: expected a JSON object of numbers, e.g. '{example}'")
+        raise InputError(f"{option} {text!r}: expected a JSON object of numbers, e.g. '{example}'")
     return weights
 
 
@@ -56,8 +57,9 @@ class Candidate:
 
 
 def combined_score(c: Candidate, image: Image.Image | None, weights: dict | None = None) -> float:
-    """The reward's weighted sum of the candidate's terms (``reward.score``); -inf unless executable."""
-    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    """The reward's weighted sum of the candidate's terms (``reward.score``); -inf unless executable.
+    ``weights`` is the whole weighting (a term it does not name weighs 0); None: ``DEFAULT_WEIGHTS``."""
+    w = DEFAULT_WEIGHTS if weights is None else weights
     if c.result is None or not c.result.executable:
         c.scores, c.total = {}, float("-inf")
         return c.total

@@ -37,7 +37,7 @@ def candidates_table(pred: Prediction) -> list[list]:
     for i, c in enumerate(pred.candidates):
         per_token = c.logprob / max(c.tokens, 1)
         rows.append([i + 1, "yes" if c is pred.chosen else "", c.source, c.result.status if c.result else "not executed",
-                     round(per_token, 3), round(c.scores["silhouette"], 3) if "silhouette" in c.scores else None,
+                     round(per_token, 3) if np.isfinite(per_token) else None, round(c.scores["silhouette"], 3) if "silhouette" in c.scores else None,
                      round(c.total, 3) if np.isfinite(c.total) else None])
     return rows
 

@@ -7,8 +7,11 @@ Every candidate is executed in the sandbox; ``candidate_terms`` describes it by
 * ``logprob``, the model's mean token log-probability of it, and ``sanity``, the share of
   structural checks it passes (sketches used, extrusions non-zero, ``solid`` assigned);
 * render-and-compare against the input image (no ground truth needed): ``silhouette`` IoU and
-  ``edges`` IoU of its render in the input's style, and ``pixel``, the cosine similarity of the
-  retrieval index's 64 px embedding of both;
+  ``edges`` IoU of its render in the input's style, ``edges_coarse`` (the edge IoU at 1/8 of the
+  resolution), ``edge_distance`` (1 minus the mean symmetric distance between the two edge
+  drawings, in sixteenths of the image width: a smooth measure where the IoU of thin lines is
+  all or nothing), and ``pixel``, the cosine similarity of the retrieval index's 64 px embedding
+  of both;
 * ``iou``, the exact Best IoU against the ground-truth program, when there is one.
 
 A term is computed only when its weight is non-zero (or it is asked for), and
@@ -30,8 +33,9 @@ from PIL import Image
 from cad.geometry import best_iou
 from cad.sandbox import ExecOptions, ExecResult, Geometry, SandboxPool
 
-TERMS = ("executed", "grammatical", "logprob", "sanity", "silhouette", "edges", "pixel", "iou")
-RENDER_TERMS = ("silhouette", "edges", "pixel")  # the terms that need the candidate rendered
+TERMS = ("executed", "grammatical", "logprob", "sanity", "silhouette", "edges", "edges_coarse", "edge_distance",
+         "pixel", "iou")
+RENDER_TERMS = ("silhouette", "edges", "edges_coarse", "edge_distance", "pixel")  # the terms that need the candidate rendered
 GT_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "iou": 5.0}
 IMAGE_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "silhouette": 5.0}
 DEFAULT_WEIGHTS = GT_WEIGHTS  # the weights ``score`` uses with a reference (IMAGE_WEIGHTS without)
@@ -68,31 +72,58 @@ def _nonzero_number(text: str) -> bool:
         return False
 
 
+def _lines(img: np.ndarray) -> np.ndarray:
+    """The drawn edges of a render: its near-black pixels."""
+    return (np.asarray(img)[..., :3] < 60).all(-1)
+
+
 def _edges(img: np.ndarray) -> np.ndarray:
-    dark = (np.asarray(img)[..., :3] < 60).all(-1)
-    out = dark.copy()
-    out[1:] |= dark[:-1]
-    out[:-1] |= dark[1:]
-    out[:, 1:] |= dark[:, :-1]
-    out[:, :-1] |= dark[:, 1:]
+    """The drawn edges dilated by one pixel."""
+    lines = _lines(img)
+    out = lines.copy()
+    out[1:] |= lines[:-1]
+    out[:-1] |= lines[1:]
+    out[:, 1:] |= lines[:, :-1]
+    out[:, :-1] |= lines[:, 1:]
     return out
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def _coarse(mask: np.ndarray, factor: int = 8) -> np.ndarray:
+    """Cells of ``factor`` x ``factor`` pixels that hold any of ``mask``."""
+    h, w = (mask.shape[0] // factor) * factor, (mask.shape[1] // factor) * factor
+    return mask[:h, :w].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
+
+
+def edge_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - (mean distance from each line pixel of one drawing to the other's nearest, both ways,
+    averaged) / (width / 16), floored at 0; 0 when either drawing has no lines."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not a.any() or not b.any():
+        return 0.0
+    d = (distance_transform_edt(~b)[a].mean() + distance_transform_edt(~a)[b].mean()) / 2.0
+    return float(max(0.0, 1.0 - d / (a.shape[1] / 16.0)))
+
+
 def render_compare(result: ExecResult, image: Image.Image) -> dict:
-    """Silhouette IoU, edge-pixel IoU (edges dilated by one pixel) and pixel-embedding cosine between
-    the candidate's render (``cad.render``, at the input's resolution) and the input image."""
+    """The render terms (module docstring) of the candidate's render (``cad.render``, at the
+    input's resolution) against the input image."""
     from cad.render import Style, render_geometry, silhouette
     from decoding.retrieval import embed
 
     target = np.asarray(image.convert("RGB"))
     ours = render_geometry(result.geometry, Style(size=target.shape[0]))
-    sa, sb = silhouette(target), silhouette(ours)
-    union = (sa | sb).sum()
-    ea, eb = _edges(target), _edges(ours)
-    e_union = (ea | eb).sum()
+    la, lb = _lines(target), _lines(ours)
     pixel = embed([image, Image.fromarray(ours)])
-    return {"silhouette": float((sa & sb).sum() / union) if union else 0.0,
-            "edges": float((ea & eb).sum() / e_union) if e_union else 0.0,
+    return {"silhouette": _iou(silhouette(target), silhouette(ours)),
+            "edges": _iou(_edges(target), _edges(ours)),
+            "edges_coarse": _iou(_coarse(la), _coarse(lb)),
+            "edge_distance": edge_distance(la, lb),
             "pixel": float(pixel[0] @ pixel[1])}
 
 
@@ -108,7 +139,7 @@ def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.I
         from decoding.grammar import validate
 
         terms["grammatical"] = float(validate(code).ok)
-    if logprob is not None:
+    if logprob is not None and np.isfinite(logprob):  # NaN: the model did not score this candidate
         terms["logprob"] = logprob / max(tokens, 1)
     if result.executable and result.geometry is not None:
         if image is not None and need & set(RENDER_TERMS):

@@ -1,5 +1,5 @@
 """Decoding cost: per-image latency of beam 4 against best-of-N + reranking for N in {1, 3, 6, 10}
-(each with ``--k`` retrieved candidates; ``models/img2cad-small/decoding.json`` holds
+(each with ``--k`` retrieved candidates, and N = 1 with each of ``--more-k``; ``models/img2cad-small/decoding.json`` holds
 ``img2cad predict``'s default, N = 1 with 4 retrieved), as ratios measured in one run (with the time spent executing and scoring candidates, which overlaps
 generation); plus grammar-constrained decoding overhead per token for each grammar and the
 repair rate on a corpus of broken programs (truncated and mutated reference rows).
@@ -25,6 +25,7 @@ from cad.sandbox import SandboxPool  # noqa: E402
 from decoding.constrained import GrammarLogitsProcessor  # noqa: E402
 from decoding.grammar import GRAMMARS, repair, validate  # noqa: E402
 from decoding.predict import DecodeConfig, predict  # noqa: E402
+from decoding.rerank import DEFAULT_WEIGHTS, parse_weights  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
 from scripts._common import machine, reference_rows, write_json  # noqa: E402
 from sft.model import load_model  # noqa: E402
@@ -52,6 +53,9 @@ def main() -> None:
     ap.add_argument("--split", default=None)
     ap.add_argument("--limit", type=int, default=8)
     ap.add_argument("--k", type=int, default=2, help="retrieved programs added to the reranked candidates")
+    ap.add_argument("--more-k", default="", help="comma-separated: more retrieved-candidate counts, timed with N = 1 "
+                                                 "(rerank_n1_k<K>)")
+    ap.add_argument("--weights", help="rerank weights as JSON over the defaults (decoding.rerank.DEFAULT_WEIGHTS)")
     ap.add_argument("--batch-size", type=int, default=4, help="images per batch for every configuration")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--out", default="results/bench_decode.json")
@@ -62,11 +66,16 @@ def main() -> None:
     index = RetrievalIndex.load(own) if own.exists() else None
     k = args.k if index is not None else 0
     rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in ds]
+    weights = {**DEFAULT_WEIGHTS, **(parse_weights(args.weights) if args.weights else {})}
+    rerank = {"strategy": "rerank", "repair": True, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+              "weights": weights}
     timings, selection = {}, {}
     with SandboxPool(2) as pool, tempfile.TemporaryDirectory() as tmp:
         runs = [("beam4", DecodeConfig(strategy="beam", max_new_tokens=args.max_new_tokens, batch_size=args.batch_size))]
-        runs += [(f"rerank_n{n}", DecodeConfig(strategy="rerank", n=n, k_retrieval=k, repair=True, max_new_tokens=args.max_new_tokens,
-                                               batch_size=args.batch_size)) for n in (1, 3, 6, 10)]
+        runs += [(f"rerank_n{n}", DecodeConfig(n=n, k_retrieval=k, **rerank)) for n in (1, 3, 6, 10)]
+        if index is not None:
+            runs += [(f"rerank_n1_k{m}", DecodeConfig(n=1, k_retrieval=m, **rerank))
+                     for m in sorted({int(x) for x in args.more_k.split(",") if x} - {k})]
         for name, cfg in runs:
             pool.clear_cache()  # each configuration pays for its own executions
             stats = predict(model, tok, proc, rows, Path(tmp) / f"{name}.jsonl", cfg, pool, index, progress=False)
@@ -95,7 +104,7 @@ def main() -> None:
     write_json(args.out, {
         "benchmark": "decode", "machine": machine(), "device": str(next(model.parameters()).device),
         "images": len(rows), "model": args.model, "retrieval_conditioned": bool(getattr(model.config, "retrieval_layers", 0)),
-        "k_retrieval": k, "batch_size": args.batch_size, "seconds_per_image": timings,
+        "k_retrieval": k, "batch_size": args.batch_size, "rerank_weights": weights, "seconds_per_image": timings,
         "ratio_to_beam4": {k: round(v / base, 2) for k, v in timings.items()},
         "selection_seconds_per_image": selection,
         "grammar": grammar,

@@ -65,7 +65,8 @@ class Variant:
 
 def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_tokens: int = 512,
          dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 48,
-         conditioned: bool = False, grpo: bool = False, weights: dict | None = None) -> list[Variant]:
+         conditioned: bool = False, grpo: bool = False, weights: dict | None = None,
+         refine_objective: dict | None = None) -> list[Variant]:
     """The study's rows and ablations; a configuration shared by several sections runs once. For a
     retrieval-conditioned model every model row edits retrieved programs, and a row of its plain
     mode (no retrieved program) is added."""
@@ -102,7 +103,8 @@ def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_to
                 {"main": f"+ rerank (render-compare, {k} retrieved)", "rerank": "full: render-and-compare, fitted weights"}),
     ]
     if refine:
-        out.append(Variant(f"rerank{n}-k{k}-refine{refine}", "sft", DecodeConfig(**{**asdict(rerank), "refine_evaluations": refine}),
+        out.append(Variant(f"rerank{n}-k{k}-refine{refine}", "sft", DecodeConfig(**{**asdict(rerank), "refine_evaluations": refine,
+                                                                                        "refine_objective": refine_objective}),
                            {"rerank": f"full + refinement ({refine} renders)"}))
     if dpo:
         out += [Variant("dpo-beam4", "dpo", DecodeConfig(strategy="beam", **common), {"main": "DPO, beam 4"}),
@@ -459,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--refine", type=int, default=48, help="renders for the refinement row of the rerank ablation (0: none)")
+    ap.add_argument("--refine-objective", help="the render terms refinement maximises, as JSON weights (default: silhouette)")
     ap.add_argument("--canonical-grid", default="256", help="the model's canonical number grid ('none': 3 decimals)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--examples", type=int, default=16)
@@ -469,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         weights = {**DEFAULT_WEIGHTS, **parse_weights(args.weights)} if args.weights else None
+        objective = parse_weights(args.refine_objective, "--refine-objective") if args.refine_objective else None
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -486,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         if (model_dir / "sft_config.yaml").exists() else False
     variants = plan(args.n, args.k, tuple(int(x) for x in args.ns.split(",")), args.max_new_tokens,
                     dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid), refine=args.refine,
-                    conditioned=conditioned, grpo=bool(args.grpo_model), weights=weights)
+                    conditioned=conditioned, grpo=bool(args.grpo_model), weights=weights,
+                    refine_objective=objective)
     if args.only:
         keep = set(args.only.split(","))
         unknown = keep - {v.key for v in variants}

@@ -6,7 +6,7 @@
 
 For each image of ``--data``: N sampled programs plus the k nearest training programs, executed;
 each executable candidate gets every term of ``reward.score`` that needs no ground truth
-(``logprob``, ``sanity``, ``grammatical``, ``silhouette``, ``edges``, ``pixel``), the reranker's
+(``logprob``, ``sanity``, ``grammatical`` and the render terms ``reward.score.RENDER_TERMS``), the reranker's
 combined score (``decoding.rerank.combined_score`` with the decoding weights, or ``--weights``)
 and its true Best IoU against the ground truth. Reports per term the mean within-image Spearman
 correlation with the true IoU and the mean true IoU of its top-1, the oracle, and the weights (a
@@ -33,12 +33,14 @@ from cad.sandbox import ExecOptions, SandboxPool  # noqa: E402
 from decoding.predict import DecodeConfig, Predictor, parse_grid  # noqa: E402
 from decoding.rerank import parse_weights  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
-from reward.score import candidate_terms, weighted  # noqa: E402
+from reward.score import RENDER_TERMS, candidate_terms, weighted  # noqa: E402
 from scripts._common import write_json  # noqa: E402
 from sft.model import load_model  # noqa: E402
 
-TERMS = ("logprob", "sanity", "grammatical", "silhouette", "edges", "pixel")
-WEIGHTED = ("logprob", "sanity", "silhouette", "edges", "pixel")  # the terms the weight grid covers
+TERMS = ("logprob", "sanity", "grammatical", *RENDER_TERMS)
+# The weight grid: the values each term may take (the other terms weigh 0).
+GRID = {"logprob": (0.0, 0.1, 0.5), "sanity": (0.0, 0.5), "silhouette": (0.0, 1.0), "edges": (0.0, 1.0),
+        "edges_coarse": (0.0, 1.0, 2.0), "edge_distance": (0.0, 1.0, 2.0, 4.0), "pixel": (0.0, 1.0, 2.0)}
 
 
 def collect(predictor: Predictor, pool: SandboxPool, ds) -> list[list[tuple[dict, float, str]]]:
@@ -95,10 +97,9 @@ def fit_weights(images: list[list[tuple[dict, float, str]]]) -> tuple[dict, floa
     """The weights (over a small grid) whose combined top-1 has the highest mean true IoU."""
     if not images:
         return {}, None
-    grid = itertools.product((0.0, 0.1, 0.5, 1.0), (0.0, 0.5), (0.0, 1.0, 2.0), (0.0, 1.0), (0.0, 1.0, 2.0))
     best, best_iou_ = {}, -1.0
-    for values in grid:
-        w = dict(zip(WEIGHTED, values))
+    for values in itertools.product(*GRID.values()):
+        w = dict(zip(GRID, values))
         if not any(w.values()):
             continue
         iou = float(np.mean([max(cands, key=lambda c: weighted(c[0], w))[1] for cands in images]))
@@ -141,7 +142,7 @@ def main() -> None:
                        max_new_tokens=args.max_new_tokens, canonical_grid=parse_grid(args.canonical_grid))
     cfg.weights.update(weights)
     with SandboxPool(2) as pool:
-        predictor = Predictor(model, tok, proc, cfg, pool, index)
+        predictor = Predictor(model, tok, proc, cfg, pool, index, score_retrieved=True)  # logprob is a term here
         sets = {"fit": collect(predictor, pool, fit_ds)}
         for source in args.report:
             sets[source] = collect(predictor, pool, load_gencad(source, limit=args.limit))

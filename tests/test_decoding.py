@@ -229,6 +229,18 @@ def test_refinement_fixes_an_aspect_ratio_only_with_the_axes_group(pool):
     assert "lineTo(1,0.8).lineTo(0,0.8)" in depth_only.code  # the depth group leaves the sketch alone
 
 
+def test_refinement_climbs_the_rerankers_own_render_terms_unless_told_otherwise():
+    weights = {"logprob": 0.5, "sanity": 0.2, "silhouette": 1.0, "edges": 0.0, "edge_distance": 1.0, "pixel": 2.0}
+    cfg = DecodeConfig(strategy="rerank", weights=weights)
+    assert Predictor(None, None, None, cfg).refine_objective == {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    told = DecodeConfig(strategy="rerank", weights=weights, refine_objective={"edges": 1.0})
+    assert Predictor(None, None, None, told).refine_objective == {"edges": 1.0}
+    heuristic = DecodeConfig(strategy="rerank", weights={"logprob": 1.0, "sanity": 0.5})
+    assert Predictor(None, None, None, heuristic).refine_objective == {"silhouette": 1.0}
+    with pytest.raises(ValueError, match="refine_objective"):
+        DecodeConfig(strategy="rerank", refine_objective={"iou": 1.0})  # ground truth is not a render term
+
+
 def test_repair_drops_zero_length_segments_that_break_the_face(pool):
     code = ("import cadquery as cq\nwp_sketch0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
             "loop0=wp_sketch0.moveTo(1.5,0.0).lineTo(1.5,0.0).lineTo(1.5,1.5).lineTo(1.5,1.5).lineTo(0.0,0.0).close()\n"

@@ -161,6 +161,13 @@ def test_predictor_edits_each_neighbour_set_deterministically(reference_rows, tm
     again = Predictor(model, tok, ImageProcessor(64, 1), cfg, index=index).generate(images)
     assert [[c.code for c in cs] for cs in first] == [[c.code for c in cs] for cs in again]
     assert [c.source for c in first[0]] == ["edit:1", "edit:2", "edit:3", "retrieval", "retrieval"]
+    # reranking by weights without a log-probability term does not score the retrieved programs;
+    # best-of-N (which ranks by it) and a reranker that weighs it do
+    assert all(np.isnan(c.logprob) for c in first[0] if c.source == "retrieval")
+    weighed = DecodeConfig(strategy="rerank", n=3, k_retrieval=2, max_new_tokens=12, weights={"logprob": 0.5})
+    for scored in (weighed, DecodeConfig(strategy="bestofn", n=3, k_retrieval=2, max_new_tokens=12)):
+        cands = Predictor(model, tok, ImageProcessor(64, 1), scored, index=index).generate(images)[0]
+        assert all(np.isfinite(c.logprob) and c.logprob < 0 for c in cands if c.source == "retrieval")
     with pytest.raises(ValueError, match="edits retrieved programs"):
         Predictor(model, tok, ImageProcessor(64, 1), DecodeConfig(strategy="beam"))
     plain = Predictor(model, tok, ImageProcessor(64, 1), DecodeConfig(strategy="beam", context_k=0, max_new_tokens=8))

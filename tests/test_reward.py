@@ -53,3 +53,32 @@ def test_sanity_counts_a_malformed_extrude_number_as_a_failed_check():
     good = "import cadquery as cq\nwp_sketch0=cq.Workplane('XY')\nloop0=wp_sketch0.moveTo(1,0).circle(1)\nsolid0=wp_sketch0.add(loop0).extrude(0.5)\nsolid=solid0\n"
     assert sanity(good) == 1.0
     assert sanity(good.replace("extrude(0.5)", "extrude(6-1.59765625)")) == pytest.approx(2 / 3)
+
+
+def test_edge_distance_falls_with_the_gap_between_two_drawings_and_coarse_edges_forgive_a_pixel():
+    import numpy as np
+
+    from reward.score import _coarse, _iou, edge_distance
+
+    def line(x: int) -> np.ndarray:
+        m = np.zeros((64, 64), dtype=bool)
+        m[8:56, x] = True
+        return m
+
+    assert edge_distance(line(10), line(10)) == 1.0
+    assert edge_distance(line(10), line(12)) == pytest.approx(1 - 2 / 4)  # 2 px apart, width / 16 = 4 px
+    assert edge_distance(line(10), line(11)) > edge_distance(line(10), line(12)) > edge_distance(line(10), line(30)) == 0.0
+    assert edge_distance(line(10), np.zeros((64, 64), dtype=bool)) == 0.0
+    assert _iou(line(10), line(11)) == 0.0 and _iou(_coarse(line(10)), _coarse(line(11))) == 1.0
+
+
+def test_render_terms_prefer_the_nearer_of_two_wrong_parts(pool):
+    from reward.score import render_compare
+
+    target = pool.run(BOX.format(3, 1, 0.2), ExecOptions(want_geometry=True))
+    image = Image.fromarray(render_geometry(target.geometry))
+    near, far = (pool.run(BOX.format(3, 1, h), ExecOptions(want_geometry=True)) for h in (0.3, 0.8))
+    a, b, same = render_compare(near, image), render_compare(far, image), render_compare(target, image)
+    assert same["edge_distance"] == 1.0 and same["edges_coarse"] == 1.0
+    assert 1.0 > a["edge_distance"] > b["edge_distance"]
+    assert a["edges_coarse"] > b["edges_coarse"]
