@@ -101,7 +101,7 @@ def predict_main(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     shipped = load_shipped(args.model, device, args.index)
-    cfg = decode_config(shipped, args.strategy, args.n, args.refine, device)
+    cfg = decode_config(shipped, args.strategy, args.n, args.refine, device, args.k)
     if args.refine and cfg.strategy != "rerank":
         raise InputError(f"--refine adjusts the program chosen by rerank, not {cfg.strategy}: add --strategy rerank")
     try:
@@ -143,6 +143,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--strategy", choices=STRATEGIES, help="default: the model folder's decoding.json")
     p.add_argument("--n", type=int_in(1, 256), help="samples per image for bestofn / rerank")
+    p.add_argument("--k", type=int_in(0, 256), metavar="RETRIEVED",
+                   help="nearest training programs added to the candidates (bestofn / rerank; default: the model "
+                        "folder's decoding.json)")
     p.add_argument("--refine", type=int_in(0, 10_000), metavar="RENDERS",
                    help="renders spent adjusting the chosen program's numbers against the image (rerank; 0: none; "
                         "default: the model folder's decoding.json)")

@@ -26,7 +26,7 @@ EXPORT_TIMEOUT = 30.0  # seconds for the chosen program's final run: tessellatio
 
 
 def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None = None, refine: int | None = None,
-                  device: str = "cpu") -> DecodeConfig:
+                  device: str = "cpu", k: int | None = None) -> DecodeConfig:
     """The model folder's default decoding options with the user's choices on top."""
     known = {f.name for f in dataclasses.fields(DecodeConfig)}
     options = {k: v for k, v in shipped.decoding.items() if k in known}
@@ -36,6 +36,8 @@ def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None =
         options["n"] = n
     if refine is not None:  # renders spent refining the chosen program (decoding.refine); 0: none
         options["refine_evaluations"] = refine
+    if k is not None:  # retrieved training programs added to the candidates
+        options["k_retrieval"] = k
     options["device"] = device
     return DecodeConfig(**options)
 

@@ -104,6 +104,10 @@ def test_predict_writes_five_files_per_image_and_is_deterministic(shipped, tmp_p
     assert main(["predict", images[0], "--out", str(tmp_path / "a"), *common, "--strategy", "retrieval"]) == 0
     out = capsys.readouterr().out
     assert "kept" not in out and json.loads((tmp_path / "a" / "00144800_0.json").read_text())["chosen"]["source"] == "retrieval"
+    retrieved = lambda record: sum(c["source"] == "retrieval" for c in record["candidates"])  # noqa: E731
+    assert retrieved(a) == 2  # decoding.json's k_retrieval
+    assert main(["predict", images[0], "--out", str(tmp_path / "c"), *common, "--k", "1"]) == 0
+    assert retrieved(json.loads((tmp_path / "c" / "00144800_0.json").read_text())) == 1
 
 
 def _blank(path, mode="RGB", colour=(255, 255, 255)):
