@@ -19,7 +19,7 @@ from cad.io import InputError, check_output_file, files_fingerprint, fingerprint
 from cad.distributed import combine_stats, is_main_process, merge, part_paths, run_sharded, state
 from cad.sandbox import SandboxPool
 from decoding.predict import STRATEGIES, DecodeConfig, decode_fingerprints, parse_grid, predict, resolve_device
-from decoding.rerank import RENDER_TERMS, parse_weights
+from decoding.rerank import parse_objective, parse_weights
 from decoding.retrieval import RetrievalIndex
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refine", type=int_in(0, 10_000), default=0,
                     help="rerank: renders spent adjusting the chosen program's numbers against the image (decoding.refine)")
     ap.add_argument("--refine-objective", help="the render terms refinement maximises, as JSON weights "
-                    "(default: '{\"silhouette\": 1}')")
+                    "(default: the render terms of the rerank weights)")
     ap.add_argument("--context-scale", type=float_in(0.0, 100.0, lo_open=True), default=None,
                     help="retrieval-conditioned model: rescale the programs it reads to this largest side (1.5: GenCAD's frame)")
     ap.add_argument("--template-bias", type=float_in(0.0, 1000.0), default=None,
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--refine adjusts the program chosen by rerank, not {args.strategy}: add --strategy rerank")
     check_output_file(args.out, args.data)
     weights = parse_weights(args.weights) if args.weights else {}
-    objective = parse_weights(args.refine_objective, "--refine-objective") if args.refine_objective else None
-    if objective is not None and (not objective or set(objective) - set(RENDER_TERMS)):
-        raise InputError(f"--refine-objective {args.refine_objective!r}: weigh one or more of {', '.join(RENDER_TERMS)}")
+    objective = parse_objective(args.refine_objective) if args.refine_objective else None
     ds = load_gencad(args.data, split=args.split, limit=args.limit)
     cfg = DecodeConfig(strategy=args.strategy, num_beams=args.beams, n=args.n, temperature=args.temperature,
                        top_p=args.top_p, grammar=args.grammar, grammar_name=args.grammar_name, repair=args.repair, k_retrieval=args.k_retrieval,

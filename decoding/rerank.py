@@ -41,6 +41,17 @@ def parse_weights(text: str, option: str = "--weights") -> dict[str, float]:
     return weights
 
 
+def parse_objective(text: str) -> dict[str, float]:
+    """A ``--refine-objective`` option: weights of one or more render terms (``RENDER_TERMS``);
+    ``cad.io.InputError`` naming the option otherwise."""
+    from cad.io import InputError
+
+    objective = parse_weights(text, "--refine-objective")
+    if not objective or set(objective) - set(RENDER_TERMS):
+        raise InputError(f"--refine-objective {text!r}: weigh one or more of {', '.join(RENDER_TERMS)}")
+    return objective
+
+
 def needs_render(weights: dict) -> bool:
     return any(weights.get(t) for t in RENDER_TERMS)
 

@@ -46,7 +46,7 @@ from cad.distributed import combine_stats, is_main_process, run_sharded, state
 from cad.io import InputError, done_ids, read_jsonl
 from cad.sandbox import SandboxPool
 from decoding.predict import DECODING_VERSION, DecodeConfig, parse_grid, predict
-from decoding.rerank import DEFAULT_WEIGHTS, parse_weights
+from decoding.rerank import DEFAULT_WEIGHTS, parse_objective, parse_weights
 from reward.evaluate import evaluate_pairs
 from reward.metrics import ERROR_CLASSES, summarise
 
@@ -461,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--refine", type=int, default=48, help="renders for the refinement row of the rerank ablation (0: none)")
-    ap.add_argument("--refine-objective", help="the render terms refinement maximises, as JSON weights (default: silhouette)")
+    ap.add_argument("--refine-objective", help="the render terms refinement maximises, as JSON weights "
+                                                  "(default: the render terms of the rerank weights)")
     ap.add_argument("--canonical-grid", default="256", help="the model's canonical number grid ('none': 3 decimals)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--examples", type=int, default=16)
@@ -472,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         weights = {**DEFAULT_WEIGHTS, **parse_weights(args.weights)} if args.weights else None
-        objective = parse_weights(args.refine_objective, "--refine-objective") if args.refine_objective else None
+        objective = parse_objective(args.refine_objective) if args.refine_objective else None
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -104,3 +104,11 @@ def test_weights_reach_the_rerank_rows_and_bad_weights_exit_2(tmp_path, capsys):
     assert eval_all.config_key(default) != eval_all.config_key([v for v in rows if v.key == "rerank6-k4"][0])
     assert eval_all.main(["--model", str(tmp_path), "--weights", "[1]", "--results", str(tmp_path / "r")]) == 2
     assert "--weights" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_refine_objective_reaches_the_refinement_row_and_a_bad_one_exits_2(tmp_path, capsys):
+    rows = {v.key: v for v in eval_all.plan(n=6, k=4, refine=48, refine_objective={"edge_distance": 1.0})}
+    assert rows["rerank6-k4-refine48"].cfg.refine_objective == {"edge_distance": 1.0}
+    assert rows["rerank6-k4"].cfg.refine_evaluations == 0
+    assert eval_all.main(["--model", str(tmp_path), "--refine-objective", '{"iou": 1}', "--results", str(tmp_path / "r")]) == 2
+    assert "--refine-objective" in capsys.readouterr().err and not (tmp_path / "r").exists()
