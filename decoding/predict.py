@@ -41,7 +41,7 @@ from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
 from decoding.refine import ALL_GROUPS, refine
-from decoding.rerank import DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, combined_score, needs_render
+from decoding.rerank import DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTarget, combined_score, needs_render
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
@@ -306,8 +306,9 @@ class Predictor:
             kept = best.get(c.code)
             if kept is None or (kept.source != "retrieval", kept.logprob) < (c.source != "retrieval", c.logprob):
                 best[c.code] = c
+        target = RenderTarget.of(image) if image is not None and needs_render(cfg.weights) else image
         for c in best.values():
-            combined_score(c, image, cfg.weights)
+            combined_score(c, target, cfg.weights)
         executable = list(best.values())
         chosen = max(executable, key=lambda c: c.total)
         if cfg.refine_evaluations and image is not None:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from cad.programs import sketch_numbers
 from cad.sandbox import ExecOptions, SandboxPool
-from decoding.rerank import render_compare, weighted
+from decoding.rerank import RenderTarget, render_compare, weighted
 
 EXTRUDE = re.compile(r"\.extrude\(\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 FACTORS = (1.25, 0.8, 1.1, 0.91)
@@ -73,9 +73,10 @@ def refine(code: str, image: Image.Image, pool: SandboxPool, max_evaluations: in
     """Greedy coordinate search; returns the input program unchanged when nothing renders closer."""
     opts = ExecOptions(timeout=timeout, want_geometry=True)
     weights = objective or SILHOUETTE
+    target = RenderTarget.of(image)
 
     def scores(programs: list[str]) -> list[float]:
-        return [weighted(render_compare(res, image), weights) if res.executable and res.geometry is not None
+        return [weighted(render_compare(res, target), weights) if res.executable and res.geometry is not None
                 else float("-inf") for res in pool.imap(programs, opts)]
 
     best_code, best = code, scores([code])[0]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from cad.sandbox import ExecResult
-from reward.score import RENDER_TERMS, candidate_terms, render_compare, sanity, weighted  # noqa: F401 - re-exported
+from reward.score import RENDER_TERMS, RenderTarget, candidate_terms, render_compare, sanity, weighted  # noqa: F401 - re-exported
 
 # The weights scripts/rerank_correlation.py fitted on 128 images of a validation split for the
 # shipped model (models/img2cad-small) with 1 edit and 16 retrieved programs ("fitted_weights" in
@@ -67,7 +67,7 @@ class Candidate:
     total: float = float("-inf")
 
 
-def combined_score(c: Candidate, image: Image.Image | None, weights: dict | None = None) -> float:
+def combined_score(c: Candidate, image: Image.Image | RenderTarget | None, weights: dict | None = None) -> float:
     """The reward's weighted sum of the candidate's terms (``reward.score``); -inf unless executable.
     ``weights`` is the whole weighting (a term it does not name weighs 0); None: ``DEFAULT_WEIGHTS``."""
     w = DEFAULT_WEIGHTS if weights is None else weights

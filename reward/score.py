@@ -99,35 +99,65 @@ def _coarse(mask: np.ndarray, factor: int = 8) -> np.ndarray:
     return mask[:h, :w].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
 
 
-def edge_distance(a: np.ndarray, b: np.ndarray) -> float:
+def edge_distance(a: np.ndarray, b: np.ndarray, to_a: np.ndarray | None = None) -> float:
     """1 - (mean distance from each line pixel of one drawing to the other's nearest, both ways,
-    averaged) / (width / 16), floored at 0; 0 when either drawing has no lines."""
+    averaged) / (width / 16), floored at 0; 0 when either drawing has no lines. ``to_a``: the
+    distance of every pixel to ``a``'s nearest line pixel, when already known."""
     from scipy.ndimage import distance_transform_edt
 
     if not a.any() or not b.any():
         return 0.0
-    d = (distance_transform_edt(~b)[a].mean() + distance_transform_edt(~a)[b].mean()) / 2.0
+    to_a = distance_transform_edt(~a) if to_a is None else to_a
+    d = (distance_transform_edt(~b)[a].mean() + to_a[b].mean()) / 2.0
     return float(max(0.0, 1.0 - d / (a.shape[1] / 16.0)))
 
 
-def render_compare(result: ExecResult, image: Image.Image) -> dict:
+@dataclass(frozen=True)
+class RenderTarget:
+    """The input image's side of ``render_compare``, computed once for every candidate (and every
+    refinement trial) compared with it."""
+
+    image: Image.Image
+    pixels: np.ndarray
+    silhouette: np.ndarray
+    edges: np.ndarray
+    lines: np.ndarray
+    coarse: np.ndarray
+    to_lines: np.ndarray  # each pixel's distance to the nearest line pixel
+    embedding: np.ndarray
+
+    @classmethod
+    def of(cls, image: Image.Image | RenderTarget) -> RenderTarget:
+        from scipy.ndimage import distance_transform_edt
+
+        from cad.render import silhouette
+        from decoding.retrieval import embed
+
+        if isinstance(image, cls):
+            return image
+        pixels = np.asarray(image.convert("RGB"))
+        lines = _lines(pixels)
+        return cls(image, pixels, silhouette(pixels), _edges(pixels), lines, _coarse(lines),
+                   distance_transform_edt(~lines), embed([image])[0])
+
+
+def render_compare(result: ExecResult, image: Image.Image | RenderTarget) -> dict:
     """The render terms (module docstring) of the candidate's render (``cad.render``, at the
-    input's resolution) against the input image."""
+    input's resolution) against the input image (or its ``RenderTarget``)."""
     from cad.render import Style, render_geometry, silhouette
     from decoding.retrieval import embed
 
-    target = np.asarray(image.convert("RGB"))
-    ours = render_geometry(result.geometry, Style(size=target.shape[0]))
-    la, lb = _lines(target), _lines(ours)
-    pixel = embed([image, Image.fromarray(ours)])
-    return {"silhouette": _iou(silhouette(target), silhouette(ours)),
-            "edges": _iou(_edges(target), _edges(ours)),
-            "edges_coarse": _iou(_coarse(la), _coarse(lb)),
-            "edge_distance": edge_distance(la, lb),
-            "pixel": float(pixel[0] @ pixel[1])}
+    target = RenderTarget.of(image)
+    ours = render_geometry(result.geometry, Style(size=target.pixels.shape[0]))
+    lines = _lines(ours)
+    return {"silhouette": _iou(target.silhouette, silhouette(ours)),
+            "edges": _iou(target.edges, _edges(ours)),
+            "edges_coarse": _iou(target.coarse, _coarse(lines)),
+            "edge_distance": edge_distance(target.lines, lines, target.to_lines),
+            "pixel": float(target.embedding @ embed([Image.fromarray(ours)])[0])}
 
 
-def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.Image | None = None,
+def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.Image | RenderTarget | None = None,
                     reference: Geometry | None = None, logprob: float | None = None, tokens: int = 1,
                     want: tuple[str, ...] = (), details: dict | None = None) -> dict:
     """The terms of one executed candidate that ``weights`` (non-zero) or ``want`` ask for and the
@@ -175,10 +205,11 @@ def score(candidates: list[str], pool: SandboxPool, reference: str | None = None
     if gt is not None and not gt.executable:
         raise ValueError(f"the reference program does not execute ({gt.status}: {gt.error[:120]})")
     rewards = []
+    target = RenderTarget.of(image) if image is not None else None
     for i, (code, res) in enumerate(zip(candidates, pool.imap(candidates, opts))):
         lp, n_tok = logprobs[i] if logprobs is not None else (None, 1)
         details = {"status": res.status}
-        terms = candidate_terms(code, res, w, image=image, reference=gt.geometry if gt is not None else None,
+        terms = candidate_terms(code, res, w, image=target, reference=gt.geometry if gt is not None else None,
                                 logprob=lp, tokens=n_tok, want=("grammatical",), details=details)
         iou = terms.get("iou", 0.0) if gt is not None else terms.get("silhouette", 0.0)
         if shape == "cadrl":

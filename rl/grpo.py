@@ -61,7 +61,7 @@ from cad.config import ConfigError, recipe_from_argv, to_yaml
 from cad.data import load_gencad, to_image, undecoded
 from cad.io import InputError, read_jsonl, require_model_dir
 from cad.sandbox import ExecOptions, SandboxPool
-from reward.score import candidate_terms
+from reward.score import RenderTarget, candidate_terms
 from sft.model import load_model, per_token_outputs
 from sft.train import peak_memory_mb, resolve_precision
 
@@ -270,12 +270,15 @@ class CadEnvironment:
             references[r] = gt.geometry if gt is not None and gt.executable else None
         w = self.cfg.reward_weights
         out = []
+        targets: dict[int, RenderTarget] = {}  # each row's image prepared once for all its completions
         for r, code in zip(rows, completions):
             has_gt = references[r] is not None
             weights = {"executed": 1.0, "grammatical": 1.0, "iou": float(has_gt),
                        "silhouette": float(not has_gt or self.cfg.render_with_program)}
             weights = {t: v for t, v in weights.items() if v and w.get(t)}
-            t = candidate_terms(code, results[code], weights, image=self.image(r) if weights.get("silhouette") else None,
+            if weights.get("silhouette") and r not in targets:
+                targets[r] = RenderTarget.of(self.image(r))
+            t = candidate_terms(code, results[code], weights, image=targets.get(r) if weights.get("silhouette") else None,
                                 reference=references[r])
             if weights.get("iou"):
                 t.setdefault("iou", 0.0)

@@ -33,7 +33,7 @@ from cad.sandbox import ExecOptions, SandboxPool  # noqa: E402
 from decoding.predict import DecodeConfig, Predictor, parse_grid  # noqa: E402
 from decoding.rerank import parse_weights  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
-from reward.score import RENDER_TERMS, candidate_terms, weighted  # noqa: E402
+from reward.score import RENDER_TERMS, RenderTarget, candidate_terms, weighted  # noqa: E402
 from scripts._common import write_json  # noqa: E402
 from sft.model import load_model  # noqa: E402
 
@@ -49,6 +49,7 @@ def collect(predictor: Predictor, pool: SandboxPool, ds) -> list[list[tuple[dict
     geo = ExecOptions(want_geometry=True)
     for row in tqdm(ds, desc="candidates", unit="img"):
         image = to_image(row["image"]).convert("RGB")
+        target = RenderTarget.of(image)
         cands = predictor.generate([image])[0]
         gt = pool.run(row["cadquery"], geo)
         if not gt.executable:
@@ -57,7 +58,7 @@ def collect(predictor: Predictor, pool: SandboxPool, ds) -> list[list[tuple[dict
         scored = []
         for c, r in zip(cands, results):
             if r.executable:
-                terms = candidate_terms(c.code, r, {}, image=image, logprob=c.logprob, tokens=c.tokens, want=TERMS)
+                terms = candidate_terms(c.code, r, {}, image=target, logprob=c.logprob, tokens=c.tokens, want=TERMS)
                 scored.append((terms, best_iou(r.geometry, gt.geometry).iou, c.source))
         if scored:
             images.append(scored)

@@ -73,7 +73,7 @@ def test_edge_distance_falls_with_the_gap_between_two_drawings_and_coarse_edges_
 
 
 def test_render_terms_prefer_the_nearer_of_two_wrong_parts(pool):
-    from reward.score import render_compare
+    from reward.score import RenderTarget, render_compare
 
     target = pool.run(BOX.format(3, 1, 0.2), ExecOptions(want_geometry=True))
     image = Image.fromarray(render_geometry(target.geometry))
@@ -82,3 +82,6 @@ def test_render_terms_prefer_the_nearer_of_two_wrong_parts(pool):
     assert same["edge_distance"] == 1.0 and same["edges_coarse"] == 1.0
     assert 1.0 > a["edge_distance"] > b["edge_distance"]
     assert a["edges_coarse"] > b["edges_coarse"]
+    # the input's side prepared once (RenderTarget) still gives each term its full value on the same part
+    assert render_compare(target, RenderTarget.of(image)) == same
+    assert same["silhouette"] == same["edges"] == 1.0 and same["pixel"] == pytest.approx(1.0)
