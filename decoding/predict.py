@@ -41,7 +41,8 @@ from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
 from decoding.refine import ALL_GROUPS, refine
-from decoding.rerank import DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTarget, combined_score, needs_render
+from decoding.rerank import (DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTarget, check_objective, combined_score,
+                             needs_render)
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
@@ -90,8 +91,8 @@ class DecodeConfig:
         self.refine_groups = list(self.refine_groups)  # a list, as JSON gives it back (records compare options)
         if not self.refine_groups or set(self.refine_groups) - set(ALL_GROUPS):
             raise ValueError(f"refine_groups {list(self.refine_groups)}: choose one or more of {ALL_GROUPS}")
-        if self.refine_objective is not None and (not self.refine_objective or set(self.refine_objective) - set(RENDER_TERMS)):
-            raise ValueError(f"refine_objective {self.refine_objective}: weights of one or more of {RENDER_TERMS}")
+        if self.refine_objective is not None:
+            check_objective(self.refine_objective)
 
 
 def parse_grid(text: str | int | None) -> int | None:
@@ -109,12 +110,12 @@ class Predictor:
     """Holds the model, tokenizer, processor, sandbox and optional retrieval index."""
 
     def __init__(self, model, tokenizer, processor, cfg: DecodeConfig, pool: SandboxPool | None = None, index=None,
-                 score_retrieved: bool | None = None):
+                 retrieved_logprobs: bool | None = None):
         self.model, self.tok, self.proc, self.cfg = model, tokenizer, processor, cfg
         # the model's log-probability of each retrieved program: what best-of-N ranks by; reranking
         # needs it only when its weights use it (unscored programs keep a NaN log-probability)
-        self.scores_retrieved = (cfg.strategy != "rerank" or bool(cfg.weights.get("logprob"))) \
-            if score_retrieved is None else score_retrieved
+        self.retrieved_logprobs = (cfg.strategy != "rerank" or bool(cfg.weights.get("logprob"))) \
+            if retrieved_logprobs is None else retrieved_logprobs
         self.pool, self.index = pool, index
         self.grammar_processor = None
         if cfg.grammar and model is not None:
@@ -208,7 +209,7 @@ class Predictor:
         if k:
             for i, h in enumerate(hits):
                 out[i].extend(Candidate(code, float("nan"), 1, "retrieval", scores={"similarity": sim}) for code, sim in h[:k])
-            if cfg.strategy != "retrieval" and self.scores_retrieved:
+            if cfg.strategy != "retrieval" and self.retrieved_logprobs:
                 self.score_retrieved(px, out)
         if cfg.repair:
             for cands in out:

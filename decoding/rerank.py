@@ -41,14 +41,22 @@ def parse_weights(text: str, option: str = "--weights") -> dict[str, float]:
     return weights
 
 
+def check_objective(objective: dict) -> None:
+    """A refinement objective weighs one or more render terms (``RENDER_TERMS``); ValueError otherwise."""
+    if not objective or set(objective) - set(RENDER_TERMS):
+        raise ValueError(f"refine_objective {objective}: weigh one or more of {', '.join(RENDER_TERMS)}")
+
+
 def parse_objective(text: str) -> dict[str, float]:
-    """A ``--refine-objective`` option: weights of one or more render terms (``RENDER_TERMS``);
-    ``cad.io.InputError`` naming the option otherwise."""
+    """A ``--refine-objective`` option (``check_objective``); ``cad.io.InputError`` naming the option
+    otherwise."""
     from cad.io import InputError
 
     objective = parse_weights(text, "--refine-objective")
-    if not objective or set(objective) - set(RENDER_TERMS):
-        raise InputError(f"--refine-objective {text!r}: weigh one or more of {', '.join(RENDER_TERMS)}")
+    try:
+        check_objective(objective)
+    except ValueError as exc:
+        raise InputError(f"--refine-objective {text!r}: {exc}") from None
     return objective
 
 

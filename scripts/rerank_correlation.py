@@ -143,7 +143,7 @@ def main() -> None:
                        max_new_tokens=args.max_new_tokens, canonical_grid=parse_grid(args.canonical_grid))
     cfg.weights.update(weights)
     with SandboxPool(2) as pool:
-        predictor = Predictor(model, tok, proc, cfg, pool, index, score_retrieved=True)  # logprob is a term here
+        predictor = Predictor(model, tok, proc, cfg, pool, index, retrieved_logprobs=True)  # logprob is a term here
         sets = {"fit": collect(predictor, pool, fit_ds)}
         for source in args.report:
             sets[source] = collect(predictor, pool, load_gencad(source, limit=args.limit))
