@@ -267,9 +267,7 @@ class Predictor:
         retrieved = [(i, c) for i, cands in enumerate(out) for c in cands if c.source == "retrieval"]
         if not retrieved:
             return
-        seqs = [self.tok(canonical_target(normalize_scale(c.code, self.scale) if self.scale else c.code, self.cfg.canonical_grid),
-                         add_special_tokens=False)["input_ids"]
-                + [self.tok.eos_token_id] for _, c in retrieved]
+        seqs = [self._tokens(normalize_scale(c.code, self.scale) if self.scale else c.code) for _, c in retrieved]
         logprobs = self.model.score_sequences(px[[i for i, _ in retrieved]], seqs).tolist()
         for (_, c), lp, seq in zip(retrieved, logprobs, seqs):
             c.logprob, c.tokens = lp, len(seq)
