@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, to_image  # noqa: E402
 from cad.sandbox import SandboxPool  # noqa: E402
 from decoding.refine import ALL_GROUPS, refine  # noqa: E402
-from decoding.rerank import parse_weights  # noqa: E402
+from decoding.rerank import check_objective, parse_weights  # noqa: E402
 from reward.evaluate import evaluate_pairs  # noqa: E402
 from scripts._common import machine, write_json  # noqa: E402
 
@@ -42,7 +42,13 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], int, dict | None]:
         raise ValueError(f"variant {text!r}: groups must come from {ALL_GROUPS}")
     if not parts[1].isdigit() or int(parts[1]) < 1:
         raise ValueError(f"variant {text!r}: RENDERS must be a positive integer")
-    return name, groups, int(parts[1]), parse_weights(parts[2]) if len(parts) == 3 else None
+    objective = parse_weights(parts[2], "OBJECTIVE_JSON") if len(parts) == 3 else None
+    if objective is not None:
+        try:
+            check_objective(objective)  # the same check as the decoding config's
+        except ValueError as exc:
+            raise ValueError(f"variant {text!r}: {exc}") from None
+    return name, groups, int(parts[1]), objective
 
 
 def main() -> int:

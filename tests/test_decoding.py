@@ -257,6 +257,6 @@ def test_refine_study_variants_parse_or_name_what_is_wrong():
 
     assert parse_variant("a=depth,axes:48") == ("a", ("depth", "axes"), 48, None)
     assert parse_variant('b=radii:8:{"edges": 1}')[3] == {"edges": 1.0}
-    for bad in ("depth:48", "c=twist:48", "d=depth:0", "e=depth"):
+    for bad in ("depth:48", "c=twist:48", "d=depth:0", "e=depth", 'f=depth:8:{"iou": 1}'):
         with pytest.raises(ValueError, match="variant"):
             parse_variant(bad)
