@@ -160,10 +160,42 @@ def drop_zero_segments(line: str) -> tuple[str, int]:
     return "".join(out), dropped
 
 
+_VECTOR2 = re.compile(r"cq\.Vector\(\s*(%s)\s*,\s*(%s)\s*\)" % (NUMBER_RE.pattern, NUMBER_RE.pattern))
+_USE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?!\w)(?!\s*=[^=])")
+_STRING = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'")
+_BUILTIN_NAMES = {"cq", "True", "False", "None"}
+
+
+def complete_vectors(line: str) -> tuple[str, int]:
+    """``cq.Vector(x, y)`` is ``cq.Vector(x, y, 0)`` in CadQuery; write the zero, which the typed
+    GenCAD grammar requires (without it, repair would drop the workplane that the vector places)."""
+    return _VECTOR2.subn(lambda m: f"cq.Vector({m.group(1)},{m.group(2)},0.0)", line)
+
+
+def drop_undefined(lines: list[str]) -> tuple[list[str], list[str]]:
+    """Drop each statement that uses a name no earlier kept statement defines (a dropped
+    definition takes the statements built on it with it), so that repair never leaves a program
+    that stops on a ``NameError``."""
+    kept, fixes, defined = lines[:1], [], set(_BUILTIN_NAMES)
+    for number, line in enumerate(lines[1:], start=2):
+        m = _ASSIGN.match(line)
+        if m is None:  # a comment or blank line
+            kept.append(line)
+            continue
+        missing = sorted({name for name in _USE.findall(_STRING.sub("", line[m.end():])) if name not in defined})
+        if missing:
+            fixes.append(f"dropped line {number}: uses {', '.join(missing)}, not defined")
+            continue
+        defined.add(m.group(1))
+        kept.append(line)
+    return kept, fixes
+
+
 def repair(code: str, grammar: str = "cadquery") -> Repair:
     """Fix frequent defects: missing import, unbalanced brackets, zero-length loop segments, a
-    truncated last statement, a missing final ``solid=`` assignment. Returns the repaired
-    program and the fixes applied (none for a program without these defects)."""
+    two-number ``cq.Vector`` under the typed grammar, a truncated last statement, statements left
+    using a name whose definition was dropped, a missing final ``solid=`` assignment. Returns the
+    repaired program and the fixes applied (none for a program without these defects)."""
     fixes: list[str] = []
     lines = [ln.rstrip() for ln in code.replace("\r\n", "\n").split("\n")]
     while lines and not lines[-1].strip():
@@ -182,6 +214,10 @@ def repair(code: str, grammar: str = "cadquery") -> Repair:
         lines[i], dropped = drop_zero_segments(lines[i])
         if dropped:
             fixes.append(f"dropped {dropped} zero-length segment(s) on line {i + 1}")
+        if grammar == "gencad":
+            lines[i], completed = complete_vectors(lines[i])
+            if completed:
+                fixes.append(f"completed {completed} two-number cq.Vector(s) on line {i + 1}")
     # drop statements that still do not parse, from the end (a truncated tail)
     while len(lines) > 1 and not validate("\n".join(lines), grammar).ok:
         v = validate("\n".join(lines), grammar)
@@ -190,6 +226,8 @@ def repair(code: str, grammar: str = "cadquery") -> Repair:
             bad = len(lines) - 1
         fixes.append(f"dropped unparsable line {bad + 1}")
         del lines[bad]
+    lines, dropped_uses = drop_undefined(lines)
+    fixes += dropped_uses
     assigned = [(m.group(1), line) for line in lines if (m := _ASSIGN.match(line))]
     if not any(name == "solid" for name, _ in assigned):
         bodies = [name for name, line in assigned if _BODY.search(line)]

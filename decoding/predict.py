@@ -46,7 +46,7 @@ from decoding.rerank import (DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTar
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
-DECODING_VERSION = 4  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
+DECODING_VERSION = 5  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
 @dataclass

@@ -252,6 +252,28 @@ def test_repair_drops_zero_length_segments_that_break_the_face(pool):
     assert repair(fixed.code, "gencad").code == fixed.code and not repair(fixed.code, "gencad").fixes
 
 
+def test_repair_keeps_a_two_number_vector_and_never_leaves_a_name_undefined(pool):
+    # two real beam-4 outputs of the stage-3 model on GenCAD rows: a second workplane placed by a
+    # two-number cq.Vector (valid CadQuery, outside the typed grammar), and a broken definition
+    # that later statements use; repair once dropped the first's workplane and kept the users of both
+    plane = "cq.Workplane(cq.Plane(cq.Vector({}),cq.Vector(1.0,0.0,0.0),cq.Vector(0.0,1.0,0.0)))"
+    base = ("import cadquery as cq\nwp_sketch0=" + plane.format("-0.75,-0.75,0.0") + "\n"
+            "loop0=wp_sketch0.moveTo(0.0,0.0).lineTo(1.5,0.0).lineTo(1.5,0.5).lineTo(0.0,0.5).close()\n"
+            "solid0=wp_sketch0.add(loop0).extrude(0.2)\nsolid=solid0\n")
+    second = ("wp_sketch1=" + plane.format("-0.5,-0.5") + "\nloop1=wp_sketch1.moveTo(0.1,0.1).circle(0.1)\n"
+              "solid1=wp_sketch1.add(loop1).extrude(0.6)\nsolid=solid.union(solid1)\n")
+    assert pool.run(base + second).executable
+    fixed = repair(base + second, "gencad")
+    assert fixed.ok and fixed.code.count("\n") == (base + second).count("\n") and "cq.Vector(-0.5,-0.5,0.0)" in fixed.code
+    assert pool.run(fixed.code).executable
+    assert repair(base + second, "cadquery").code == base + second  # the wide grammar takes it as it is
+    broken = base + second.replace("cq.Vector(-0.5,-0.5)", "cq.Vector(-0.5,-0.5,0.0),,1)")
+    assert not pool.run(broken).executable
+    fixed = repair(broken, "gencad")
+    assert fixed.ok and "wp_sketch1" not in fixed.code and "solid1" not in fixed.code
+    assert pool.run(fixed.code).executable and fixed.code.startswith(base)
+
+
 def test_refine_study_variants_parse_or_name_what_is_wrong():
     from scripts.refine_study import parse_variant
 
