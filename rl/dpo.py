@@ -38,6 +38,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from cad.cli import guarded
 from cad.config import recipe_from_argv, to_yaml
 from cad.io import require_model_dir
+from cad.programs import normalize_scale
 from cad.data import to_image
 from sft.data import RetrievalSpec, pack_retrieved
 from sft.model import Img2CadModel, load_model
@@ -119,11 +120,16 @@ dpo_module.add_fused_lm_head = _add_fused_lm_head
 
 
 def tokenize_pairs(pairs: datasets.Dataset, tokenizer, start_id: int, grid: int | None = 256,
-                   max_retrieved: int | None = None) -> datasets.Dataset:
+                   max_retrieved: int | None = None, scale: float | None = None) -> datasets.Dataset:
     """TRL's token columns; with ``max_retrieved`` (a retrieval-conditioned model) also
-    ``retrieved_ids``: the programs the pair's samples were conditioned on, as the model reads them."""
+    ``retrieved_ids``: the programs the pair's samples were conditioned on, as the model reads them.
+    ``scale``: the model's ``program_scale``; every program is rescaled to it, as in SFT (a chosen
+    retrieved training program comes at its own size)."""
     def encode(row):
-        ids = lambda code: tokenizer(canonical_target(code, grid), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+        def ids(code: str) -> list[int]:
+            code = normalize_scale(code, scale) if scale else code
+            return tokenizer(canonical_target(code, grid), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
         out = {"prompt_ids": [start_id], "chosen_ids": ids(row["chosen"]), "rejected_ids": ids(row["rejected"])}
         if max_retrieved is not None:
             out["retrieved_ids"] = [t for code in (row.get("retrieved") or []) for t in ids(code)][:max_retrieved]
@@ -143,7 +149,8 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
         raise ValueError(f"{cfg.pairs}: no preference pairs; run python -m rl.pairs first")
     conditioned = bool(getattr(model.config, "retrieval_layers", 0))
     train = tokenize_pairs(pairs, tokenizer, model.config.decoder_start_token_id, cfg.canonical_grid,
-                           model.config.max_retrieved_length if conditioned else None)
+                           model.config.max_retrieved_length if conditioned else None,
+                           getattr(model.config, "program_scale", None))
     precision = resolve_precision(cfg.precision)
     loss_types = list(cfg.loss_type)
     weights = [1.0] * len(loss_types)

@@ -60,3 +60,21 @@ def test_sample_score_pair_and_dpo_raise_the_margin(tmp_path, reference_rows):
     assert (margin_after - margin_before).mean() > 0  # chosen-over-rejected margin rises on the training pairs
     assert any((tmp_path / "dpo").glob("checkpoint-*"))
     assert list((tmp_path / "dpo").rglob("events.out.tfevents*"))  # TensorBoard logs
+
+
+def test_dpo_reads_pairs_at_the_models_program_scale_as_sft_does(reference_rows):
+    import datasets
+
+    from rl.dpo import tokenize_pairs
+    from sft.data import program_tokens
+
+    codes = [r["cadquery"] for r in reference_rows[:3]]
+    tok = train_tokenizer(codes, vocab_size=400)
+    pairs = datasets.Dataset.from_dict({"chosen": codes[:2], "rejected": codes[1:3], "retrieved": [[codes[2]], [codes[0]]]})
+    scaled = tokenize_pairs(pairs, tok, 0, max_retrieved=4096, scale=1.5)
+    for row, chosen, rejected, retrieved in zip(scaled, codes[:2], codes[1:3], [codes[2], codes[0]]):
+        assert row["chosen_ids"] == program_tokens(tok, chosen, scale=1.5)  # the tokens SFT trained on
+        assert row["rejected_ids"] == program_tokens(tok, rejected, scale=1.5)
+        assert row["retrieved_ids"] == program_tokens(tok, retrieved, scale=1.5)
+    plain = tokenize_pairs(pairs, tok, 0)
+    assert plain[0]["chosen_ids"] == program_tokens(tok, codes[0]) != scaled[0]["chosen_ids"]
