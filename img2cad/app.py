@@ -18,9 +18,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls f
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from img2cad.engine import Engine, Prediction, decode_config  # noqa: E402
+from img2cad.engine import Engine, Prediction  # noqa: E402
 from img2cad.images import InputError, normalise, open_image  # noqa: E402
-from img2cad.shipped import load_shipped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("GENCAD_REFERENCE", ROOT.parent / "shared" / "gencad_reference"))
@@ -147,15 +146,15 @@ def build_app(engine: Engine, examples: list[str] | None = None) -> gr.Blocks:
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-def serve(model: str | Path, index: str | Path | None = None, host: str = "127.0.0.1", port: int = 7860,
-          device: str = "cpu", workers: int = 2) -> int:
-    """Load the model folder and serve the app until interrupted."""
-    shipped = load_shipped(model, device, index)
-    engine = Engine(shipped, decode_config(shipped, device=device), workers=workers)
+def serve(engine: Engine, host: str = "127.0.0.1", port: int = 7860) -> int:
+    """Serve the app on ``engine`` until interrupted; the engine is closed on the way out."""
+    shipped = engine.shipped
     try:
         demo = build_app(engine, reference_images())
         demo.queue(default_concurrency_limit=1)
-        print(f"img2cad: serving model {shipped.name} on http://{host}:{port} (Ctrl-C to stop)", flush=True)
+        cfg = engine.cfg
+        print(f"img2cad: serving model {shipped.name} on http://{host}:{port} ({cfg.strategy}, {cfg.k_retrieval} retrieved, "
+              f"{cfg.refine_evaluations} refinement renders; Ctrl-C to stop)", flush=True)
         demo.launch(server_name=host, server_port=port, show_error=False, quiet=True, ssr_mode=False, theme=THEME,
                     footer_links=[], mcp_server=False, pwa=False, allowed_paths=[str(REFERENCE / "images")])
     except KeyboardInterrupt:

@@ -97,17 +97,9 @@ def predict_main(args: argparse.Namespace) -> int:
     verify(args.model)  # a missing or damaged model folder is named before the slow imports
     from tqdm import tqdm
 
-    from img2cad.engine import Engine, decode_config  # torch and friends: after the cheap checks
-
     device = _device(args.device)
     shipped = load_shipped(args.model, device, args.index)
-    cfg = decode_config(shipped, args.strategy, args.n, args.refine, device, args.k)
-    if args.refine and cfg.strategy != "rerank":
-        raise InputError(f"--refine adjusts the program chosen by rerank, not {cfg.strategy}: add --strategy rerank")
-    try:
-        engine = Engine(shipped, cfg, workers=args.workers)
-    except ValueError as exc:  # e.g. a strategy that needs a retrieval index the folder lacks
-        raise InputError(str(exc)) from None
+    engine = _engine(args, shipped, device)
     out.mkdir(parents=True, exist_ok=True)
     with engine, tqdm(total=len(paths), desc="predict", unit="img", disable=len(paths) < 2, file=sys.stderr) as bar:
         for path, name in zip(paths, names):
@@ -122,10 +114,28 @@ def predict_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine(args: argparse.Namespace, shipped, device: str):
+    """The engine decoding with the model folder's decoding.json and the command line's --strategy,
+    --n, --k and --refine on top."""
+    from img2cad.engine import Engine, decode_config
+
+    cfg = decode_config(shipped, args.strategy, args.n, args.refine, device, args.k)
+    if args.refine and cfg.strategy != "rerank":
+        raise InputError(f"--refine adjusts the program chosen by rerank, not {cfg.strategy}: add --strategy rerank")
+    try:
+        return Engine(shipped, cfg, workers=args.workers)
+    except ValueError as exc:  # e.g. a strategy that needs a retrieval index the folder lacks
+        raise InputError(str(exc)) from None
+
+
 def serve_main(args: argparse.Namespace) -> int:
+    from img2cad.shipped import load_shipped, verify
+
+    verify(args.model)
     from img2cad.app import serve
 
-    return serve(args.model, args.index, host=args.host, port=args.port, device=_device(args.device), workers=args.workers)
+    device = _device(args.device)
+    return serve(_engine(args, load_shipped(args.model, device, args.index), device), host=args.host, port=args.port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -137,18 +147,18 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--index", help="retrieval index file replacing the model folder's index.npz")
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
         p.add_argument("--workers", type=WORKERS, default=2, help="sandbox processes")
+        p.add_argument("--strategy", choices=STRATEGIES, help="default: the model folder's decoding.json")
+        p.add_argument("--n", type=int_in(1, 256), help="samples per image for bestofn / rerank")
+        p.add_argument("--k", type=int_in(0, 256), metavar="RETRIEVED",
+                       help="nearest training programs added to the candidates (bestofn / rerank; default: the model "
+                            "folder's decoding.json)")
+        p.add_argument("--refine", type=int_in(0, 10_000), metavar="RENDERS",
+                       help="renders spent adjusting the chosen program's numbers against the image (rerank; 0: none; "
+                            "default: the model folder's decoding.json)")
 
     p = sub.add_parser("predict", help="write program, STEP, STL, comparison and candidates for each image")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--strategy", choices=STRATEGIES, help="default: the model folder's decoding.json")
-    p.add_argument("--n", type=int_in(1, 256), help="samples per image for bestofn / rerank")
-    p.add_argument("--k", type=int_in(0, 256), metavar="RETRIEVED",
-                   help="nearest training programs added to the candidates (bestofn / rerank; default: the model "
-                        "folder's decoding.json)")
-    p.add_argument("--refine", type=int_in(0, 10_000), metavar="RENDERS",
-                   help="renders spent adjusting the chosen program's numbers against the image (rerank; 0: none; "
-                        "default: the model folder's decoding.json)")
     common(p)
     p.set_defaults(func=predict_main)
 

@@ -110,6 +110,29 @@ def test_predict_writes_five_files_per_image_and_is_deterministic(shipped, tmp_p
     assert retrieved(json.loads((tmp_path / "c" / "00144800_0.json").read_text())) == 1
 
 
+def test_serve_takes_the_decoding_options_predict_takes(shipped, monkeypatch, capsys):
+    import img2cad.app
+
+    served = []
+
+    def fake_serve(engine, host, port):  # everything but Gradio's server (the browser test runs that)
+        served.append((engine.cfg, host, port))
+        engine.close()
+        return 0
+
+    monkeypatch.setattr(img2cad.app, "serve", fake_serve)
+    model = ["--model", str(shipped["model"]), "--device", "cpu", "--workers", "1"]
+    assert main(["serve", *model, "--port", "7999"]) == 0
+    assert (served[-1][0].k_retrieval, served[-1][0].refine_evaluations, served[-1][2]) == (2, 0, 7999)  # decoding.json
+    assert main(["serve", *model, "--k", "1", "--refine", "8", "--n", "3"]) == 0
+    cfg = served[-1][0]
+    assert (cfg.strategy, cfg.k_retrieval, cfg.refine_evaluations, cfg.n) == ("rerank", 1, 8, 3)
+    capsys.readouterr()
+    assert main(["serve", *model, "--strategy", "beam", "--refine", "8"]) == 2
+    _one_error_line(capsys, "--refine", "--strategy rerank")
+    assert len(served) == 2
+
+
 def _blank(path, mode="RGB", colour=(255, 255, 255)):
     Image.new(mode, (300, 200), colour).save(path)
     return path
