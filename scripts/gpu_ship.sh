@@ -7,6 +7,11 @@
 #          cp -r <a run>/tokenizer PACK/tokenizer        # optional: keep that tokenizer
 #   there: scripts/gpu_ship.sh PACK RESULTS [SECONDS] [key=value ...]  # SECONDS: the whole window (default 540)
 #
+# A GPU image with PyTorch, transformers, timm and accelerate but without `datasets` takes it as
+# wheels in .whl/ (no network there; fetched here for its Python, 3.12 on the lent machines):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl datasets==5.2.0 "dill<0.4.2" "multiprocess<0.70.20"
+#
 # CONFIG picks the recipe (default configs/sft_gpu_ship.yaml; configs/sft_gpu_edit.yaml continues
 # its model, named by init_from=, which must travel with the working tree); key=value pairs after
 # SECONDS override the recipe.

@@ -4,7 +4,9 @@ Token-weighted validation loss of the model's programs given the image and the k
 training programs (its folder's retrieval index, as decoding uses them), given the image and no
 retrieved program (the plain mode), and given the image and a perturbed copy of the true program
 (an upper reference: what a near-perfect neighbour is worth). A model that ignores its retrieved
-programs scores the first two alike.
+programs scores the first two alike. Each loss is also split by the kind of token predicted:
+number tokens (those holding a digit) and the rest (the program's structure), as a neighbour
+can help a model with its structure and not with its numbers.
 
     python scripts/retrieval_use.py --model DIR --data data/synth-val --split validation \\
         [--limit 128] [--out docs/results/retrieval_use.json]
@@ -17,15 +19,34 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, undecoded  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
 from sft.config import SFTConfig  # noqa: E402
-from sft.data import RetrievalSpec, attach_edits, attach_neighbours, build_examples, program_tokens  # noqa: E402
+from sft.data import Examples, RetrievalSpec, attach_edits, attach_neighbours, build_examples, collate, program_tokens  # noqa: E402
 from sft.model import load_model  # noqa: E402
-from sft.train import validation_loss  # noqa: E402
+
+
+@torch.no_grad()
+def loss_by_kind(model, ex: Examples, is_number: torch.Tensor, pad_id: int, batch_size: int, device) -> dict[str, list]:
+    """[token-weighted mean loss, token count] over all predicted tokens, over number tokens and over the rest."""
+    model.eval()
+    sums = {kind: [0.0, 0] for kind in ("all", "numbers", "structure")}
+    for start in range(0, len(ex), batch_size):
+        batch = {k: v.to(device) for k, v in collate(ex, list(range(start, min(start + batch_size, len(ex)))), pad_id).items()}
+        labels = batch["labels"][:, 1:]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                ignore_index=-100, reduction="none").view_as(labels)
+        valid = labels != -100
+        number = valid & is_number.to(device)[labels.clamp(min=0)]
+        for kind, mask in (("all", valid), ("numbers", number), ("structure", valid & ~number)):
+            sums[kind][0] += float(nll[mask].sum())
+            sums[kind][1] += int(mask.sum())
+    return {kind: [s / max(n, 1), n] for kind, (s, n) in sums.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,16 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     recipe = SFTConfig()  # the edit examples of the training recipes
     attach_edits(ex, tok, variants=1, sigma=recipe.retrieval_edit_sigma, share=recipe.retrieval_edit_share, seed=0)
 
-    def loss(neighbours) -> float:
-        return validation_loss(model, dataclasses.replace(ex, neighbours=neighbours), tok.pad_token_id, args.batch, accelerator)
+    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+    is_number = torch.tensor([any(ch.isdigit() for ch in t) for t in vocab])
 
-    report = {
-        "model": args.model, "data": args.data, "split": args.split, "rows": len(ex), "k": k,
-        "loss_with_retrieved": loss(ex.neighbours),
-        "loss_without_retrieved": loss([[] for _ in range(len(ex))]),
-        "loss_with_perturbed_own_program": loss([e[:1] for e in ex.edits]),
-    }
-    report = {key: round(v, 6) if isinstance(v, float) else v for key, v in report.items()}
+    def loss(neighbours) -> dict[str, float]:
+        return loss_by_kind(model, dataclasses.replace(ex, neighbours=neighbours), is_number, tok.pad_token_id,
+                            args.batch, accelerator.device)
+
+    report = {"model": args.model, "data": args.data, "split": args.split, "rows": len(ex), "k": k}
+    for name, neighbours in (("with_retrieved", ex.neighbours), ("without_retrieved", [[] for _ in range(len(ex))]),
+                             ("with_perturbed_own_program", [e[:1] for e in ex.edits])):
+        by_kind = loss(neighbours)
+        report[f"loss_{name}"] = round(by_kind["all"][0], 6)
+        report[f"loss_{name}_numbers"] = round(by_kind["numbers"][0], 6)
+        report[f"loss_{name}_structure"] = round(by_kind["structure"][0], 6)
+    report["tokens_numbers"], report["tokens_structure"] = by_kind["numbers"][1], by_kind["structure"][1]
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -250,8 +250,14 @@ def test_retrieval_use_scores_the_three_contexts(tmp_path, reference_rows):
                                "--batch", "3", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["rows"] == 4 and report["k"] == 2
-    losses = [report[k] for k in ("loss_with_retrieved", "loss_without_retrieved", "loss_with_perturbed_own_program")]
+    names = ("with_retrieved", "without_retrieved", "with_perturbed_own_program")
+    losses = [report[f"loss_{k}"] for k in names]
     assert all(np.isfinite(losses)) and len(set(losses)) == 3  # three different contexts reach the model
+    n_num, n_str = report["tokens_numbers"], report["tokens_structure"]
+    assert n_num > 0 and n_str > 0
+    for k in names:  # the split by token kind covers every predicted token once
+        mixed = (n_num * report[f"loss_{k}_numbers"] + n_str * report[f"loss_{k}_structure"]) / (n_num + n_str)
+        assert mixed == pytest.approx(report[f"loss_{k}"], rel=1e-4)
 
 
 def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_numbers(reference_rows):
