@@ -17,16 +17,17 @@
 # SECONDS override the recipe.
 # Steps: install the wheels in .whl/ (packages the machine lacks) when present (SKIP_WHEELS=1: not); unpack the renders
 # (16 processes); measure the study's baseline-size training throughput (scripts/bench_train.py)
-# while SFT prepares its data on the CPU; train with max_minutes set to what is left of the window
-# after PREP_S seconds of preparation (the run is also interrupted at the window's end, and then
-# its last checkpoint is what comes back); write to RESULTS: the final model in fp16 (split into
+# while SFT prepares its data on the CPU; train until END_S seconds (default 50) before the window's
+# end (stop_by: SFT fits its time budget and cosine schedule to the time left once its preparation is
+# done, however long that took; the run is also interrupted at the window's end, and then its last
+# checkpoint is what comes back); write to RESULTS: the final model in fp16 (split into
 # parts of at most 15 MiB), its small files and TensorBoard events (small.tar), the logs and the
 # benchmark JSON (SKIP_BENCH=1: no benchmark). Reassemble with: cat RESULTS/model.fp16.safetensors.part-* > model.safetensors
 set -uo pipefail
 PACK=${1:?pack folder}
 RESULTS=${2:?results folder}
 WINDOW=${3:-540}
-PREP_S=${PREP_S:-130}
+END_S=${END_S:-50}
 PY=${PYTHON:-python3}
 CONFIG=${CONFIG:-configs/sft_gpu_ship.yaml}
 T0=$(date +%s)
@@ -55,10 +56,10 @@ if [[ ${SKIP_BENCH:-0} != 1 ]]; then
     --out "$RESULTS/bench_train_gpu_baseline.json" train_mode=full pretrained=false > "$RESULTS/bench_train.log" 2>&1 &
   BENCH=$!
 fi
-MINUTES=$(awk -v s="$(left)" -v p="$PREP_S" 'BEGIN { m = (s - p - 45) / 60; if (m < 0.5) m = 0.5; printf "%.2f", m }')
-echo "[gpu_ship] training budget $MINUTES min; window left $(left) s"
+STOP_BY=$((T0 + WINDOW - END_S))
+echo "[gpu_ship] training ends by $(date -d @$STOP_BY +%T) ($((STOP_BY - $(date +%s))) s from now, preparation included)"
 timeout -s INT $(( $(left) - 25 )) $PY -m sft --config "$CONFIG" --resume train_data=$DATA/train \
-  val_data=$DATA/val output_dir=$RUN max_minutes="$MINUTES" "${@:4}"
+  val_data=$DATA/val output_dir=$RUN max_minutes=null stop_by=$STOP_BY "${@:4}"
 echo "[gpu_ship] sft exit $? at $(( $(date +%s) - T0 )) s"
 [[ -n $BENCH ]] && wait $BENCH
 # what comes back: the final model, else the last checkpoint's weights with the run's config

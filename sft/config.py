@@ -64,6 +64,9 @@ class SFTConfig:
     # schedule follows whichever of steps and time is further along; the steps reached are in
     # training_metrics.json (rerun with that max_steps and no budget for a run that repeats exactly)
     max_minutes: float | None = None
+    # a Unix time (seconds) by which training ends (null: none): the time budget shrinks to what is
+    # left of it when training starts, so a fixed window holds however long preparation took
+    stop_by: float | None = None
     grad_clip: float = 1.0
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it), no, bf16, fp16
     num_workers: int = 0  # processes that prepare batches ahead of the training step (0: the training process)

@@ -74,6 +74,12 @@ class Progress:
     def __init__(self, max_steps: int, warmup_steps: int, max_minutes: float | None):
         self.max_steps, self.warmup, self.budget_s = max_steps, warmup_steps, (max_minutes or 0) * 60
         self.seconds = 0.0
+        self.by_deadline = False  # the budget is the time left to a deadline (``limit``)
+
+    def limit(self, seconds: float) -> None:
+        """Cap the time budget at ``seconds`` of training (a budget where there was none)."""
+        self.by_deadline = self.by_deadline or not self.budget_s or seconds < self.budget_s
+        self.budget_s = min(self.budget_s, seconds) if self.budget_s else seconds
 
     def sync(self, accelerator: Accelerator, seconds: float) -> None:
         if self.budget_s:
@@ -328,6 +334,11 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     samples_seen = 0
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="sft", unit="step", disable=not accelerator.is_main_process)
     model.train()
+    if cfg.stop_by is not None:  # this run's share of the budget ends at stop_by (the same on every process)
+        left = torch.tensor([cfg.stop_by - time.time()], dtype=torch.float64, device=accelerator.device)
+        left = float(accelerator.reduce(left, "min")[0]) if accelerator.num_processes > 1 else float(left[0])
+        progress.limit(state["train_seconds"] + max(left, 1e-3))
+        log.info("stop_by: %.0f s of training left in this run", max(left, 0.0))
     progress.sync(accelerator, state["train_seconds"])
     while not progress.done(state["step"]):
         got, micro_batches = next(batches)
@@ -395,7 +406,8 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
     accelerator.wait_for_everyone()
     metrics.update({
         "steps": state["step"], "stopped_by": ("max_steps" if state["step"] >= cfg.max_steps else
-                                               "max_minutes" if progress.done(state["step"]) else "early_stopping"),
+                                               ("stop_by" if progress.by_deadline else "max_minutes")
+                                               if progress.done(state["step"]) else "early_stopping"),
         "train_seconds": round(state["train_seconds"], 1),
         "samples_per_s_this_run": round(samples_seen / max(state["train_seconds"], 1e-9), 2),
         "trainable_parameters": n_trainable, "train_rows": len(train_ex), "val_rows": len(val_ex),

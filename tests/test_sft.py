@@ -203,6 +203,28 @@ def test_a_time_budget_decays_the_rate_with_time_and_stops_training(tmp_path, ti
     assert (tmp_path / "out" / "final" / "model.safetensors").exists()
 
 
+def test_stop_by_fits_the_time_budget_to_a_deadline_whatever_preparation_took(tmp_path, tiny_data):
+    import time
+
+    from sft.train import Progress, train
+
+    p = Progress(max_steps=1000, warmup_steps=0, max_minutes=1.0)
+    p.limit(30.0)  # a deadline nearer than the budget shortens it ...
+    p.seconds = 15.0
+    assert p.fraction(10) == pytest.approx(0.5) and not p.done(10) and p.by_deadline
+    p.limit(120.0)  # ... a later one leaves it
+    p.seconds = 30.0
+    assert p.done(11)
+    unbudgeted = Progress(max_steps=1000, warmup_steps=0, max_minutes=None)
+    unbudgeted.limit(20.0)
+    unbudgeted.seconds = 20.0
+    assert unbudgeted.done(5)
+    # a deadline already past when training starts: one step, then the model is saved
+    metrics = train(_cfg(tmp_path, tiny_data, max_steps=10_000, stop_by=time.time(), warmup_steps=0))
+    assert metrics["steps"] == 1 and metrics["stopped_by"] == "stop_by"
+    assert (tmp_path / "out" / "final" / "model.safetensors").exists()
+
+
 def test_program_scale_rescales_targets_and_is_recorded_in_the_model_config(tiny_data):
     from cad.data import load_gencad
     from cad.programs import bounding_size
