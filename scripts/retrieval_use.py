@@ -10,6 +10,9 @@ can help a model with its structure and not with its numbers.
 
     python scripts/retrieval_use.py --model DIR --data data/synth-val --split validation \\
         [--limit 128] [--out docs/results/retrieval_use.json]
+
+DIR is an sft run's model folder (its index: retrieval_index.npz) or a shipped model folder
+(models/img2cad-small, whose index is index.npz).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from accelerate import Accelerator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, undecoded  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
+from img2cad.shipped import INDEX  # noqa: E402
 from sft.config import SFTConfig  # noqa: E402
 from sft.data import Examples, RetrievalSpec, attach_edits, attach_neighbours, build_examples, collate, program_tokens  # noqa: E402
 from sft.model import load_model  # noqa: E402
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     k = int(model.config.retrieval_k)
     if not model.config.retrieval_layers:
         raise SystemExit(f"error: {args.model}: a plain model (retrieval_layers 0) reads no retrieved program")
-    index = RetrievalIndex.load(Path(args.model) / "retrieval_index.npz")
+    own = Path(args.model) / "retrieval_index.npz"  # an sft run's folder; a shipped model's holds index.npz
+    index = RetrievalIndex.load(own if own.exists() else Path(args.model) / INDEX)
     ds = load_gencad(args.data, split=args.split, allow_test=False)
     ds = ds.select(range(min(args.limit, len(ds))))
     scale = getattr(model.config, "program_scale", None)
