@@ -6,7 +6,9 @@ retrieved program (the plain mode), and given the image and a perturbed copy of 
 (an upper reference: what a near-perfect neighbour is worth). A model that ignores its retrieved
 programs scores the first two alike. Each loss is also split by the kind of token predicted:
 number tokens (those holding a digit) and the rest (the program's structure), as a neighbour
-can help a model with its structure and not with its numbers.
+can help a model with its structure and not with its numbers; and, in each context, over the
+number tokens that the perturbed copy holds (its exact numbers and the ones it shares): a model
+that copies pays much less for those given the copy than given nothing.
 
     python scripts/retrieval_use.py --model DIR --data data/synth-val --split validation \\
         [--limit 128] [--out docs/results/retrieval_use.json]
@@ -35,19 +37,24 @@ from sft.model import load_model  # noqa: E402
 
 
 @torch.no_grad()
-def loss_by_kind(model, ex: Examples, is_number: torch.Tensor, pad_id: int, batch_size: int, device) -> dict[str, list]:
-    """[token-weighted mean loss, token count] over all predicted tokens, over number tokens and over the rest."""
+def loss_by_kind(model, ex: Examples, is_number: torch.Tensor, pad_id: int, batch_size: int, device,
+                 copies: list[list[int]]) -> dict[str, list]:
+    """[token-weighted mean loss, token count] over all predicted tokens, over number tokens, over
+    the rest, and over the number tokens that row's ``copies[i]`` (a token list) holds."""
     model.eval()
-    sums = {kind: [0.0, 0] for kind in ("all", "numbers", "structure")}
+    sums = {kind: [0.0, 0] for kind in ("all", "numbers", "structure", "numbers_the_copy_holds")}
     for start in range(0, len(ex), batch_size):
-        batch = {k: v.to(device) for k, v in collate(ex, list(range(start, min(start + batch_size, len(ex)))), pad_id).items()}
+        rows = list(range(start, min(start + batch_size, len(ex))))
+        batch = {k: v.to(device) for k, v in collate(ex, rows, pad_id).items()}
         labels = batch["labels"][:, 1:]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                                 ignore_index=-100, reduction="none").view_as(labels)
         valid = labels != -100
         number = valid & is_number.to(device)[labels.clamp(min=0)]
-        for kind, mask in (("all", valid), ("numbers", number), ("structure", valid & ~number)):
+        held = torch.stack([torch.isin(labels[j], torch.tensor(copies[i], device=device)) for j, i in enumerate(rows)])
+        for kind, mask in (("all", valid), ("numbers", number), ("structure", valid & ~number),
+                           ("numbers_the_copy_holds", number & held)):
             sums[kind][0] += float(nll[mask].sum())
             sums[kind][1] += int(mask.sum())
     return {kind: [s / max(n, 1), n] for kind, (s, n) in sums.items()}
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def loss(neighbours) -> dict[str, float]:
         return loss_by_kind(model, dataclasses.replace(ex, neighbours=neighbours), is_number, tok.pad_token_id,
-                            args.batch, accelerator.device)
+                            args.batch, accelerator.device, [e[0] for e in ex.edits])
 
     report = {"model": args.model, "data": args.data, "split": args.split, "rows": len(ex), "k": k}
     for name, neighbours in (("with_retrieved", ex.neighbours), ("without_retrieved", [[] for _ in range(len(ex))]),
@@ -95,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         report[f"loss_{name}"] = round(by_kind["all"][0], 6)
         report[f"loss_{name}_numbers"] = round(by_kind["numbers"][0], 6)
         report[f"loss_{name}_structure"] = round(by_kind["structure"][0], 6)
+        report[f"loss_{name}_numbers_the_copy_holds"] = round(by_kind["numbers_the_copy_holds"][0], 6)
     report["tokens_numbers"], report["tokens_structure"] = by_kind["numbers"][1], by_kind["structure"][1]
+    report["tokens_numbers_the_copy_holds"] = by_kind["numbers_the_copy_holds"][1]
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

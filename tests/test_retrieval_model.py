@@ -258,6 +258,9 @@ def test_retrieval_use_scores_the_three_contexts(tmp_path, reference_rows):
     for k in names:  # the split by token kind covers every predicted token once
         mixed = (n_num * report[f"loss_{k}_numbers"] + n_str * report[f"loss_{k}_structure"]) / (n_num + n_str)
         assert mixed == pytest.approx(report[f"loss_{k}"], rel=1e-4)
+    # the numbers the perturbed copy holds: the same tokens, scored in every context
+    assert 0 < report["tokens_numbers_the_copy_holds"] <= n_num
+    assert all(np.isfinite(report[f"loss_{k}_numbers_the_copy_holds"]) for k in names)
 
 
 def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_numbers(reference_rows):
