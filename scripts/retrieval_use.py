@@ -46,11 +46,8 @@ def loss_by_kind(model, ex: Examples, is_number: torch.Tensor, pad_id: int, batc
     for start in range(0, len(ex), batch_size):
         rows = list(range(start, min(start + batch_size, len(ex))))
         batch = {k: v.to(device) for k, v in collate(ex, rows, pad_id).items()}
-        labels = batch["labels"][:, 1:]
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                                ignore_index=-100, reduction="none").view_as(labels)
-        valid = labels != -100
+        out = model(**batch, fused_lm_head=True)  # per-token log-probs of the labels (sft.model.per_token_outputs)
+        labels, nll, valid = batch["labels"][:, 1:], -out.log_probs, out.label_mask
         number = valid & is_number.to(device)[labels.clamp(min=0)]
         held = torch.stack([torch.isin(labels[j], torch.tensor(copies[i], device=device)) for j, i in enumerate(rows)])
         for kind, mask in (("all", valid), ("numbers", number), ("structure", valid & ~number),
