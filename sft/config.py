@@ -44,6 +44,9 @@ class SFTConfig:
     retrieval_embedding: str = "blur64"  # decoding.retrieval.EMBEDDINGS
     retrieval_dims: int = 128
     max_retrieved_length: int = 512  # tokens of all retrieved programs together
+    # pointer-generator copy head over the retrieved tokens (sft/model.py CopyHead); init_from may be
+    # a model without one (the head then starts from its initialisation)
+    copy_head: bool = False
     tokenizer: str = "number_bpe"  # or a CodeT5 name/path (falls back to number_bpe offline)
     tokenizer_vocab_size: int = 1000
 

@@ -18,6 +18,13 @@ ViT tokens and those states, concatenated:
     retrieved program tokens -> T5 encoder -/
 
 The retrieved tokens share the decoder's embedding, so copying a neighbour's number is a lookup.
+
+Copy head (``config.copy_head``, pointer-generator): the decoder's last hidden state attends over the
+retrieved programs' token states, and a gate mixes that pointer distribution, scattered onto the
+retrieved token ids, with the vocabulary distribution. The returned "logits" are then the mixture's
+log-probabilities (``log_softmax`` leaves them unchanged), so losses, beam search, sampling, logits
+processors and DPO read them as they read logits. A model that only reads its neighbours must learn
+to reproduce a number digit by digit; with the copy head it points at it.
 The plain model (``retrieval_layers == 0``) keeps no T5 encoder parameter at all, so every
 trainable parameter receives a gradient (what DDP requires).
 
@@ -40,6 +47,7 @@ from dataclasses import dataclass
 import timm
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers import PretrainedConfig, PreTrainedModel, T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
@@ -54,7 +62,7 @@ class Img2CadConfig(PretrainedConfig):
                  pretrained_decoder: str = "Salesforce/codet5-small", vocab_size: int = 32100,
                  pad_token_id: int = 0, eos_token_id: int = 1, decoder_start_token_id: int = 0,
                  retrieval_layers: int = 0, retrieval_k: int = 1, max_retrieved_length: int = 512,
-                 program_scale: float | None = None, **kwargs):
+                 program_scale: float | None = None, copy_head: bool = False, **kwargs):
         self.encoder_name = encoder_name
         self.image_size = image_size
         self.in_chans = in_chans
@@ -69,6 +77,7 @@ class Img2CadConfig(PretrainedConfig):
         self.retrieval_k = retrieval_k  # retrieved programs per example in training (decoding's default)
         self.max_retrieved_length = max_retrieved_length
         self.program_scale = program_scale  # programs written and read at this largest side (None: as given)
+        self.copy_head = copy_head  # pointer over the retrieved tokens mixed into the next-token distribution
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id,
                          decoder_start_token_id=decoder_start_token_id, **kwargs)
 
@@ -83,6 +92,81 @@ class Img2CadConfig(PretrainedConfig):
                         is_encoder_decoder=True, tie_word_embeddings=True, **self.decoder)
 
 
+class CopyHead(nn.Module):
+    """Pointer-generator mixing: ``p = g * softmax(logits) + (1 - g) * sum_j a_j [id_j]`` where ``a``
+    attends from the decoder state over the retrieved token states and ``g`` is a learned gate."""
+
+    def __init__(self, d_model: int, gate_bias: float = 2.0):
+        super().__init__()
+        self.query = nn.Linear(d_model, d_model, bias=False)
+        self.key = nn.Linear(d_model, d_model, bias=False)
+        self.gate = nn.Linear(2 * d_model, 1)
+        self.gate_bias = gate_bias
+        for layer in self.children():
+            self.reset_layer(layer)
+
+    def reset_layer(self, layer: nn.Linear) -> None:
+        """Starts close to the model without it: the gate gives the vocabulary p = sigmoid(2) = 0.88.
+        transformers' init functions leave loaded weights alone."""
+        if layer is self.gate:
+            init.zeros_(layer.weight)
+            init.constant_(layer.bias, self.gate_bias)
+        else:
+            init.normal_(layer.weight, std=layer.in_features ** -0.5)
+
+    def forward(self, logits: torch.Tensor, hidden: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                memory_ids: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (B, T, V) of the mixture, in float32. ``hidden`` (B, T, d) are decoder
+        states, ``memory`` (B, R, d) the retrieved tokens' encoder states, ``memory_ids`` their ids."""
+        hidden, memory = hidden.float(), memory.float()
+        scores = self.query(hidden.to(self.query.weight.dtype)).float() @ \
+            self.key(memory.to(self.key.weight.dtype)).float().transpose(1, 2) / hidden.size(-1) ** 0.5
+        scores = scores.masked_fill(~memory_mask.bool()[:, None, :], float("-inf"))
+        attn = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with nothing retrieved copies nothing
+        gate = self.gate(torch.cat([hidden, attn @ memory], dim=-1).to(self.gate.weight.dtype)).float()
+        copy = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+        copy.scatter_add_(-1, memory_ids[:, None, :].expand(-1, hidden.size(1), -1), attn)
+        log_copy = torch.where(copy > 0, copy.clamp_min(1e-30).log(), torch.full_like(copy, float("-inf")))
+        return torch.logaddexp(nn.functional.logsigmoid(gate) + torch.log_softmax(logits.float(), dim=-1),
+                               nn.functional.logsigmoid(-gate) + log_copy)
+
+
+@dataclass
+class RetrievalEncoderOutput(BaseModelOutput):
+    """Encoder states whose last ``retrieved_ids.size(1)`` positions are the retrieved programs'
+    tokens (carried inside ``encoder_outputs`` so that ``generate`` expands them per beam)."""
+
+    retrieved_ids: torch.Tensor | None = None
+    retrieved_mask: torch.Tensor | None = None
+
+
+class PointerT5(T5ForConditionalGeneration):
+    """T5 whose logits become copy-head log-probabilities when ``copy_head`` is set and the encoder
+    output carries retrieved token ids; otherwise exactly ``T5ForConditionalGeneration``."""
+
+    def __init__(self, config: T5Config, copy_head: bool = False):
+        super().__init__(config)
+        self.copy_head = CopyHead(config.d_model) if copy_head else None
+
+    def _init_weights(self, module: nn.Module) -> None:
+        head = getattr(self, "copy_head", None)  # None inside T5's own __init__
+        if head is not None and any(module is layer for layer in head.children()):  # also when loading a model without one
+            head.reset_layer(module)
+        elif not isinstance(module, CopyHead):
+            super()._init_weights(module)
+
+    def forward(self, *args, encoder_outputs=None, output_hidden_states: bool | None = None, **kwargs):
+        ids = getattr(encoder_outputs, "retrieved_ids", None)
+        if self.copy_head is None or ids is None:
+            return super().forward(*args, encoder_outputs=encoder_outputs, output_hidden_states=output_hidden_states, **kwargs)
+        out = super().forward(*args, encoder_outputs=encoder_outputs, output_hidden_states=True, **kwargs)
+        memory = encoder_outputs.last_hidden_state[:, -ids.size(1):]
+        out.logits = self.copy_head(out.logits, out.decoder_hidden_states[-1], memory, encoder_outputs.retrieved_mask, ids)
+        if not output_hidden_states:
+            out.decoder_hidden_states = out.encoder_hidden_states = None
+        return out
+
+
 class Img2CadModel(PreTrainedModel):
     config_class = Img2CadConfig
     main_input_name = "pixel_values"
@@ -95,7 +179,9 @@ class Img2CadModel(PreTrainedModel):
                                          img_size=config.image_size, in_chans=config.in_chans, **config.encoder_kwargs)
         d_model = config.decoder["d_model"]
         self.proj = nn.Linear(self.encoder.num_features, d_model)
-        self.t5 = T5ForConditionalGeneration(config.t5_config())
+        if config.copy_head and not config.retrieval_layers:
+            raise ValueError("copy_head needs retrieval_layers > 0: a plain model reads nothing to copy")
+        self.t5 = PointerT5(config.t5_config(), copy_head=config.copy_head)
         if config.retrieval_layers:
             self.t5.encoder.block = self.t5.encoder.block[: config.retrieval_layers]
         else:  # the plain model never runs the T5 encoder: the ViT replaces it
@@ -103,7 +189,6 @@ class Img2CadModel(PreTrainedModel):
             self.t5.encoder.final_layer_norm = nn.Identity()
         self.post_init()
         self.generation_config = self.t5.generation_config  # trainers (TRL) read the pad token here
-
     # ---- encoding ---------------------------------------------------------------------------
     @property
     def retrieval_conditioned(self) -> bool:
@@ -124,7 +209,9 @@ class Img2CadModel(PreTrainedModel):
             retrieved_attention_mask = torch.ones_like(retrieved_ids)
         ret = self.t5.encoder(input_ids=retrieved_ids, attention_mask=retrieved_attention_mask, return_dict=True)
         states = torch.cat([vis, ret.last_hidden_state.to(vis.dtype)], dim=1)
-        return BaseModelOutput(last_hidden_state=states), torch.cat([mask, retrieved_attention_mask.long()], dim=1)
+        out = RetrievalEncoderOutput(last_hidden_state=states, retrieved_ids=retrieved_ids,
+                                     retrieved_mask=retrieved_attention_mask.long())
+        return out, torch.cat([mask, retrieved_attention_mask.long()], dim=1)
 
     # ---- causal-LM-shaped forward -----------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

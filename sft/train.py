@@ -49,7 +49,7 @@ def model_config(cfg: SFTConfig, tokenizer) -> Img2CadConfig:
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
         retrieval_layers=cfg.retrieval_layers, retrieval_k=cfg.retrieval_k, max_retrieved_length=cfg.max_retrieved_length,
-        program_scale=cfg.program_scale,
+        program_scale=cfg.program_scale, copy_head=cfg.copy_head,
     )
 
 
@@ -114,8 +114,13 @@ def init_weights(model: Img2CadModel, path: str) -> None:
     differ += [f"decoder.{k}" for k, v in mine.decoder.items() if k != "dropout_rate" and theirs.decoder.get(k, v) != v]
     try:
         if not differ:
-            model.load_state_dict(source.state_dict())
-    except RuntimeError as exc:  # parameter names or shapes
+            # a copy head may be added to a model trained without one: only its weights are missing
+            missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+            new_head = mine.copy_head and not theirs.copy_head
+            missing = [k for k in missing if not (new_head and k.startswith("t5.copy_head."))]
+            if missing or unexpected:
+                differ.append(f"parameters missing {missing[:3]} or unexpected {unexpected[:3]}")
+    except RuntimeError as exc:  # shapes
         differ.append(str(exc).splitlines()[0])
     if differ:
         raise ConfigError(f"init_from={path}: its architecture differs from this recipe's in {', '.join(differ)}; "

@@ -302,3 +302,52 @@ def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_num
         from decoding.template import number_token_mask
 
         number_token_mask(type("T", (), {"get_vocab": lambda self: {"a": 0}, "__len__": lambda self: 1})())
+
+
+def test_copy_head_with_its_gate_shut_writes_only_retrieved_tokens_and_generation_matches_scoring():
+    model = _model(copy_head=True).eval()
+    px = torch.rand(2, 1, 64, 64)
+    ret = torch.tensor([[5, 6, 7, 1, 0], [9, 9, 8, 40, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    ids = torch.randint(3, 60, (2, 6))
+    logp = model(ids, pixel_values=px, retrieved_ids=ret, retrieved_attention_mask=mask).logits
+    assert torch.allclose(logp.logsumexp(-1), torch.zeros(2, 6), atol=1e-4)  # a distribution, read as logits
+    assert torch.allclose(logp, model(ids, pixel_values=px, retrieved_ids=torch.cat([ret, torch.zeros_like(ret)], 1),
+                                      retrieved_attention_mask=torch.cat([mask, torch.zeros_like(mask)], 1)).logits,
+                          atol=1e-5)  # padding is never copied
+    with torch.no_grad():
+        model.t5.copy_head.gate.bias.fill_(-30.0)  # the pointer alone
+    shut = model(ids, pixel_values=px, retrieved_ids=ret, retrieved_attention_mask=mask).logits.exp()
+    for row, allowed in enumerate(({5, 6, 7, 1}, {9, 8, 40, 1})):
+        outside = [t for t in range(60) if t not in allowed]
+        assert shut[row][:, outside].max() < 1e-6 and shut[row][:, sorted(allowed)].sum(-1).min() > 0.999
+    with torch.no_grad():
+        model.t5.copy_head.gate.bias.fill_(0.0)
+    # beams expand the retrieved ids with the encoder states: each row's best beam scores as the
+    # model scores that sequence in that row's context
+    from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
+    no_pad = LogitsProcessorList([SuppressTokensLogitsProcessor([0])])  # an untrained model may write padding
+    gen = model.generate_programs(px, max_new_tokens=5, num_beams=3, retrieved_ids=ret, retrieved_attention_mask=mask,
+                                  logits_processor=no_pad)
+    seqs = [[t for t in s.tolist() if t != 0] for s in gen.sequences]
+    scored = model.score_sequences(px, seqs, retrieved_ids=ret, retrieved_attention_mask=mask)
+    assert torch.allclose(gen.logprobs, scored, atol=1e-3)
+
+
+def test_copy_head_learns_and_is_added_to_a_model_trained_without_one(tmp_path):
+    src = _model()
+    src.save_pretrained(tmp_path / "plain")
+    model = _model(copy_head=True)
+    from sft.train import init_weights
+    init_weights(model, str(tmp_path / "plain"))
+    theirs = src.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items() if not k.startswith("t5.copy_head."))
+    assert model.t5.copy_head.gate.bias.item() == 2.0  # starts by trusting the vocabulary (p = 0.88)
+    ids = torch.randint(3, 60, (2, 6))
+    out = model(ids, pixel_values=torch.rand(2, 1, 64, 64), labels=ids, retrieved_ids=ids)
+    out.loss.backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    reloaded = Img2CadModel.from_pretrained(str(tmp_path / "plain"), copy_head=True)
+    assert reloaded.t5.copy_head.gate.bias.item() == 2.0 and reloaded.t5.copy_head.query.weight.std() < 0.2
+    with pytest.raises(ValueError, match="copy_head needs retrieval_layers"):
+        _model(layers=0, copy_head=True)
