@@ -51,7 +51,8 @@ def model_card(name: str, config: dict, training: dict, recipe: dict, decoding: 
         "## Model", "",
         f"- encoder `{config.get('encoder_name')}` ({config.get('image_size')} px, {config.get('in_chans')} channel(s), "
         f"{config.get('encoder_kwargs')}), T5 decoder d_model {dec.get('d_model')}, {dec.get('num_decoder_layers')} layers, "
-        f"{dec.get('num_heads')} heads; retrieval layers {config.get('retrieval_layers', 0)}; vocabulary {config.get('vocab_size')}",
+        f"{dec.get('num_heads')} heads; retrieval layers {config.get('retrieval_layers', 0)}"
+        f"{'; copy head' if config.get('copy_head') else ''}; vocabulary {config.get('vocab_size')}",
         f"- parameters: {params if params is not None else '-'}; weights stored in fp16 (loaded as float32 on the CPU)",
         f"- exported from `{source}`", "",
         "## Training", "",

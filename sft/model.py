@@ -122,14 +122,12 @@ class CopyHead(nn.Module):
         scores = self.query(hidden.to(self.query.weight.dtype)).float() @ \
             self.key(memory.to(self.key.weight.dtype)).float().transpose(1, 2) / hidden.size(-1) ** 0.5
         scores = scores.masked_fill(~memory_mask.bool()[:, None, :], float("-inf"))
-        attn = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with nothing retrieved copies nothing
-        gate = self.gate(torch.cat([hidden, attn @ memory], dim=-1).to(self.gate.weight.dtype)).float()
+        attn = torch.softmax(scores, dim=-1)  # encode() gives every row at least a </s> to attend to
+        gate = torch.sigmoid(self.gate(torch.cat([hidden, attn @ memory], dim=-1).to(self.gate.weight.dtype)).float())
         copy = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
-        copy.scatter_add_(-1, memory_ids[:, None, :].expand(-1, hidden.size(1), -1), attn)
-        log_copy = torch.where(copy > 0, copy.clamp_min(1e-30).log(), torch.full_like(copy, float("-inf")))
-        return torch.logaddexp(nn.functional.logsigmoid(gate) + torch.log_softmax(logits.float(), dim=-1),
-                               nn.functional.logsigmoid(-gate) + log_copy)
-
+        copy = copy.scatter_add(-1, memory_ids[:, None, :].expand(-1, hidden.size(1), -1), attn * (1 - gate))
+        probs = gate * torch.softmax(logits.float(), dim=-1) + copy
+        return probs.clamp_min(1e-30).log()  # the floor keeps gradients finite where a probability underflows
 
 @dataclass
 class RetrievalEncoderOutput(BaseModelOutput):
