@@ -18,6 +18,8 @@ ViT tokens and those states, concatenated:
     retrieved program tokens -> T5 encoder -/
 
 The retrieved tokens share the decoder's embedding, so copying a neighbour's number is a lookup.
+The plain model (``retrieval_layers == 0``) keeps no T5 encoder parameter at all, so every
+trainable parameter receives a gradient (what DDP requires).
 
 Copy head (``config.copy_head``, pointer-generator): the decoder's last hidden state attends over the
 retrieved programs' token states, and a gate mixes that pointer distribution, scattered onto the
@@ -25,8 +27,6 @@ retrieved token ids, with the vocabulary distribution. The returned "logits" are
 log-probabilities (``log_softmax`` leaves them unchanged), so losses, beam search, sampling, logits
 processors and DPO read them as they read logits. A model that only reads its neighbours must learn
 to reproduce a number digit by digit; with the copy head it points at it.
-The plain model (``retrieval_layers == 0``) keeps no T5 encoder parameter at all, so every
-trainable parameter receives a gradient (what DDP requires).
 
 Two interfaces:
 * causal-LM shaped, ``forward(input_ids, attention_mask, pixel_values, labels=None)``: ``input_ids``
@@ -118,16 +118,16 @@ class CopyHead(nn.Module):
                 memory_ids: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, T, V) of the mixture, in float32. ``hidden`` (B, T, d) are decoder
         states, ``memory`` (B, R, d) the retrieved tokens' encoder states, ``memory_ids`` their ids."""
-        hidden, memory = hidden.float(), memory.float()
-        scores = self.query(hidden.to(self.query.weight.dtype)).float() @ \
-            self.key(memory.to(self.key.weight.dtype)).float().transpose(1, 2) / hidden.size(-1) ** 0.5
-        scores = scores.masked_fill(~memory_mask.bool()[:, None, :], float("-inf"))
+        query, key = self.query(hidden).float(), self.key(memory).float()
+        scores = (query @ key.transpose(1, 2) / query.size(-1) ** 0.5).masked_fill(~memory_mask.bool()[:, None, :], float("-inf"))
         attn = torch.softmax(scores, dim=-1)  # encode() gives every row at least a </s> to attend to
-        gate = torch.sigmoid(self.gate(torch.cat([hidden, attn @ memory], dim=-1).to(self.gate.weight.dtype)).float())
+        context = (attn @ memory.float()).to(hidden.dtype)
+        gate = torch.sigmoid(self.gate(torch.cat([hidden, context], dim=-1)).float())
         copy = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
         copy = copy.scatter_add(-1, memory_ids[:, None, :].expand(-1, hidden.size(1), -1), attn * (1 - gate))
         probs = gate * torch.softmax(logits.float(), dim=-1) + copy
         return probs.clamp_min(1e-30).log()  # the floor keeps gradients finite where a probability underflows
+
 
 @dataclass
 class RetrievalEncoderOutput(BaseModelOutput):
@@ -135,7 +135,6 @@ class RetrievalEncoderOutput(BaseModelOutput):
     tokens (carried inside ``encoder_outputs`` so that ``generate`` expands them per beam)."""
 
     retrieved_ids: torch.Tensor | None = None
-    retrieved_mask: torch.Tensor | None = None
 
 
 class PointerT5(T5ForConditionalGeneration):
@@ -153,13 +152,16 @@ class PointerT5(T5ForConditionalGeneration):
         elif not isinstance(module, CopyHead):
             super()._init_weights(module)
 
-    def forward(self, *args, encoder_outputs=None, output_hidden_states: bool | None = None, **kwargs):
+    def forward(self, *args, encoder_outputs=None, attention_mask=None, output_hidden_states: bool | None = None, **kwargs):
         ids = getattr(encoder_outputs, "retrieved_ids", None)
         if self.copy_head is None or ids is None:
-            return super().forward(*args, encoder_outputs=encoder_outputs, output_hidden_states=output_hidden_states, **kwargs)
-        out = super().forward(*args, encoder_outputs=encoder_outputs, output_hidden_states=True, **kwargs)
+            return super().forward(*args, encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+                                   output_hidden_states=output_hidden_states, **kwargs)
+        out = super().forward(*args, encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+                              output_hidden_states=True, **kwargs)
         memory = encoder_outputs.last_hidden_state[:, -ids.size(1):]
-        out.logits = self.copy_head(out.logits, out.decoder_hidden_states[-1], memory, encoder_outputs.retrieved_mask, ids)
+        mask = torch.ones_like(ids) if attention_mask is None else attention_mask[:, -ids.size(1):]
+        out.logits = self.copy_head(out.logits, out.decoder_hidden_states[-1], memory, mask, ids)
         if not output_hidden_states:
             out.decoder_hidden_states = out.encoder_hidden_states = None
         return out
@@ -187,6 +189,7 @@ class Img2CadModel(PreTrainedModel):
             self.t5.encoder.final_layer_norm = nn.Identity()
         self.post_init()
         self.generation_config = self.t5.generation_config  # trainers (TRL) read the pad token here
+
     # ---- encoding ---------------------------------------------------------------------------
     @property
     def retrieval_conditioned(self) -> bool:
@@ -207,8 +210,7 @@ class Img2CadModel(PreTrainedModel):
             retrieved_attention_mask = torch.ones_like(retrieved_ids)
         ret = self.t5.encoder(input_ids=retrieved_ids, attention_mask=retrieved_attention_mask, return_dict=True)
         states = torch.cat([vis, ret.last_hidden_state.to(vis.dtype)], dim=1)
-        out = RetrievalEncoderOutput(last_hidden_state=states, retrieved_ids=retrieved_ids,
-                                     retrieved_mask=retrieved_attention_mask.long())
+        out = RetrievalEncoderOutput(last_hidden_state=states, retrieved_ids=retrieved_ids)
         return out, torch.cat([mask, retrieved_attention_mask.long()], dim=1)
 
     # ---- causal-LM-shaped forward -----------------------------------------------------------
