@@ -16,7 +16,9 @@ lowers the loss on such an example, the edit the model is asked to make at infer
 """
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,30 +67,46 @@ def target_text(code: str, canonical: bool, scale: float | None = None) -> str:
     return canonical_target(code) if canonical else code
 
 
+def _prepare_row(row: tuple, processor: ImageProcessor, canonical: bool, scale: float | None) -> tuple:
+    """(id, image array or None, target text or the reason the row is skipped) of one undecoded row."""
+    rid, code, image = row
+    if not code.strip():
+        return rid, None, "empty program"
+    try:
+        arr = processor.to_array(to_image(image))
+    except Exception as exc:  # noqa: BLE001 - any unreadable image is reported and skipped
+        return rid, None, f"unreadable image: {type(exc).__name__}: {exc}"
+    return rid, arr, target_text(code, canonical, scale)
+
+
 def build_examples(ds, processor: ImageProcessor, tokenizer, max_length: int, canonical: bool,
-                   start_token_id: int, desc: str = "prepare", scale: float | None = None) -> Examples:
-    ids, images, tokens, codes, skipped, truncated = [], [], [], [], [], 0
-    ds = undecoded(ds)
-    for row in tqdm(ds, desc=desc, unit="row", leave=False):
-        rid = str(row.get("deepcad_id"))
-        code = row.get("cadquery") or ""
-        if not code.strip():
-            skipped.append({"id": rid, "reason": "empty program"})
-            continue
-        try:
-            arr = processor.to_array(to_image(row["image"]))
-        except Exception as exc:  # noqa: BLE001 - any unreadable image is reported and skipped
-            skipped.append({"id": rid, "reason": f"unreadable image: {type(exc).__name__}: {exc}"})
-            continue
-        text = target_text(code, canonical, scale)
-        tok = [start_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                   start_token_id: int, desc: str = "prepare", scale: float | None = None,
+                   workers: int = 0) -> Examples:
+    """Decode the images and rewrite the programs of ``ds`` (in ``workers`` forked processes when
+    above 1, in order), then tokenize all programs in one batch."""
+    rows = ((str(r.get("deepcad_id")), r.get("cadquery") or "", r.get("image")) for r in undecoded(ds))
+    prepare = functools.partial(_prepare_row, processor=processor, canonical=canonical, scale=scale)
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    ids, images, codes, skipped = [], [], [], []
+    try:
+        results = pool.imap(prepare, rows, chunksize=64) if pool else map(prepare, rows)
+        for rid, arr, text in tqdm(results, total=len(ds), desc=desc, unit="row", leave=False):
+            if arr is None:
+                skipped.append({"id": rid, "reason": text})
+                continue
+            ids.append(rid)
+            images.append(arr)
+            codes.append(text)
+    finally:
+        if pool:
+            pool.terminate()
+    tokens, truncated = [], 0
+    for body in (tokenizer(codes, add_special_tokens=False)["input_ids"] if codes else []):
+        tok = [start_token_id] + body + [tokenizer.eos_token_id]
         if len(tok) > max_length:
             tok = tok[: max_length - 1] + [tokenizer.eos_token_id]
             truncated += 1
-        ids.append(rid)
-        images.append(arr)
         tokens.append(tok)
-        codes.append(text)
     for s in skipped:
         log.warning("skipped row %s: %s", s["id"], s["reason"])
     if truncated:
@@ -200,7 +218,10 @@ def add_retrieval(train_ds, val_ds, train_ex: Examples, val_ex: Examples, tokeni
         index = RetrievalIndex.from_rows(train_ds, embedding, dims, meta)
         if index_path is not None:
             index.save(index_path)
-    bank = [program_tokens(tokenizer, code, canonical, scale) for code in tqdm(index.programs, desc="retrieved tokens", leave=False)]
+    # the bank holds the training programs as the model reads them: the texts build_examples made, by id
+    text_of = dict(zip(train_ex.ids, train_ex.codes))
+    texts = [text_of.get(rid) or target_text(code, canonical, scale) for rid, code in zip(index.ids, index.programs)]
+    bank = [t + [tokenizer.eos_token_id] for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     spec = RetrievalSpec(k, none_prob, tokenizer.eos_token_id, tokenizer.pad_token_id, max_length)
     row_of = {rid: i for i, rid in enumerate(index.ids)}
     neighbours = index.training_neighbours(pool)

@@ -276,9 +276,9 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         refuse_random_init(cfg, Img2CadModel(mcfg).load_pretrained_parts(), [mcfg.encoder_name, mcfg.pretrained_decoder])
     start = mcfg.decoder_start_token_id
     train_ex = build_examples(train_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "train rows",
-                              cfg.program_scale)
+                              cfg.program_scale, cfg.num_workers)
     val_ex = build_examples(val_ds, processor, tokenizer, cfg.max_target_length, cfg.canonical, start, "val rows",
-                            cfg.program_scale)
+                            cfg.program_scale, cfg.num_workers)
     if len(train_ex) == 0:
         raise ValueError(f"{cfg.train_data}: no usable training rows (skipped: {train_ex.skipped[:3]})")
     if cfg.retrieval_layers:

@@ -177,6 +177,32 @@ def test_bad_rows_are_reported_and_skipped(tiny_data):
     assert "empty program" in ex.skipped[0]["reason"] and "unreadable image" in ex.skipped[1]["reason"]
 
 
+def test_examples_prepared_in_worker_processes_equal_those_prepared_in_one_and_the_bank_reads_them(tiny_data):
+    import datasets
+
+    from cad.data import FEATURES, load_gencad
+    from sft.data import add_retrieval, build_examples, program_tokens
+
+    ds = load_gencad(tiny_data)
+    rows = ds.to_dict()
+    rows["cadquery"][3] = ""
+    rows["image"][5] = {"bytes": b"not a png", "path": None}
+    ds = datasets.Dataset.from_dict(rows, features=FEATURES)
+    tok = train_tokenizer(rows["cadquery"], vocab_size=300)
+    one = build_examples(ds, ImageProcessor(32, 1), tok, 40, True, tok.pad_token_id, scale=1.5)
+    many = build_examples(ds, ImageProcessor(32, 1), tok, 40, True, tok.pad_token_id, scale=1.5, workers=3)
+    assert len(one) == 14 and one.truncated > 0
+    assert one.ids == many.ids and one.codes == many.codes and one.tokens == many.tokens
+    assert np.array_equal(one.images, many.images) and one.truncated == many.truncated
+    reasons = lambda ex: [(s["id"], s["reason"].split(":")[0]) for s in ex.skipped]  # noqa: E731
+    assert reasons(one) == reasons(many) == [(rows["deepcad_id"][3], "empty program"), (rows["deepcad_id"][5], "unreadable image")]
+    empty = build_examples(ds.select([]), ImageProcessor(32, 1), tok, 40, True, tok.pad_token_id)
+    clean = load_gencad(tiny_data)  # the index reads every image
+    add_retrieval(clean, clean.select([]), one, empty, tok, True, 2, 3, 0.0, 512, "blur64", 16, scale=1.5)
+    whole = {tuple(program_tokens(tok, c, True, 1.5)) for c in clean["cadquery"]}
+    assert all(len(one.neighbours[i]) == 3 and {tuple(t) for t in one.neighbours[i]} <= whole for i in range(len(one)))
+
+
 def test_schedule_without_a_budget_is_the_usual_cosine():
     from transformers import get_cosine_schedule_with_warmup
 
