@@ -126,14 +126,25 @@ def attach_neighbours(ex: Examples, neighbour_rows: np.ndarray, bank: list[list[
     ex.retrieval = spec
 
 
-def attach_edits(ex: Examples, tokenizer, variants: int, sigma: float, share: float, seed: int) -> None:
-    """Give every example ``variants`` perturbed copies of its own (trained-on) program, as token
-    lists; seeded by ``seed`` and the row's position, so the same data gives the same copies."""
+def _perturbed_copies(item: tuple, variants: int, sigma: float, share: float, seed: int) -> list[str]:
     from cad.programs import perturb
     from sft.tokenizer import NUMBER_DECIMALS
 
-    texts = [perturb(code, np.random.default_rng([seed, i, v]), sigma, NUMBER_DECIMALS, share)
-             for i, code in enumerate(ex.codes) for v in range(variants)]
+    i, code = item
+    return [perturb(code, np.random.default_rng([seed, i, v]), sigma, NUMBER_DECIMALS, share) for v in range(variants)]
+
+
+def attach_edits(ex: Examples, tokenizer, variants: int, sigma: float, share: float, seed: int, workers: int = 0) -> None:
+    """Give every example ``variants`` perturbed copies of its own (trained-on) program, as token
+    lists; seeded by ``seed`` and the row's position, so the same data gives the same copies
+    (in ``workers`` forked processes when above 1)."""
+    copies = functools.partial(_perturbed_copies, variants=variants, sigma=sigma, share=share, seed=seed)
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            per_row = pool.map(copies, enumerate(ex.codes), chunksize=256)
+    else:
+        per_row = list(map(copies, enumerate(ex.codes)))
+    texts = [t for row in per_row for t in row]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     flat = [t + [tokenizer.eos_token_id] for t in ids]
     ex.edits = [flat[i * variants:(i + 1) * variants] for i in range(len(ex))]

@@ -289,7 +289,7 @@ def train(cfg: SFTConfig, resume: bool = False, interrupt_after: int | None = No
         if cfg.retrieval_edit_prob > 0:
             train_ex.retrieval = dataclasses.replace(train_ex.retrieval, edit_prob=cfg.retrieval_edit_prob)
             attach_edits(train_ex, tokenizer, cfg.retrieval_edit_variants, cfg.retrieval_edit_sigma,
-                         cfg.retrieval_edit_share, cfg.seed)
+                         cfg.retrieval_edit_share, cfg.seed, cfg.num_workers)
 
     model = build_model(mcfg)
     if cfg.init_from:

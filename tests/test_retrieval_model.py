@@ -100,8 +100,8 @@ def test_edit_examples_put_a_perturbed_copy_of_the_target_among_the_retrieved(re
     attach_neighbours(ex, np.array([[0, 1, 2], [2, 1, 0]]), bank, RetrievalSpec(2, 0.0, tok.eos_token_id, 0, 4096, 1.0))
     attach_edits(ex, tok, variants=2, sigma=0.2, share=1.0, seed=0)
     again = Examples(ids=ex.ids, images=ex.images, tokens=ex.tokens, codes=codes)
-    attach_edits(again, tok, variants=2, sigma=0.2, share=1.0, seed=0)
-    assert again.edits == ex.edits  # seeded
+    attach_edits(again, tok, variants=2, sigma=0.2, share=1.0, seed=0, workers=2)
+    assert again.edits == ex.edits  # seeded, in worker processes too
     for i in range(2):
         texts = [tok.decode(e, skip_special_tokens=True) for e in ex.edits[i]]
         assert texts[0] != texts[1] and all(t != codes[i] for t in texts)
