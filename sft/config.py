@@ -72,7 +72,9 @@ class SFTConfig:
     stop_by: float | None = None
     grad_clip: float = 1.0
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it), no, bf16, fp16
-    num_workers: int = 0  # processes that prepare the data (above 1) and batches ahead of the training step (0: the training process)
+    # processes that prepare the data (when above 1: images, programs, edit copies) and the batches
+    # ahead of the training step (0: the training process does both)
+    num_workers: int = 0
     seed: int = 0
 
     # logging, evaluation, checkpoints
