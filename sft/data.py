@@ -67,6 +67,22 @@ def target_text(code: str, canonical: bool, scale: float | None = None) -> str:
     return canonical_target(code) if canonical else code
 
 
+def _map_in_order(fn, items, workers: int, chunksize: int):
+    """``fn`` over ``items``, in order: in ``workers`` forked processes when above 1, else here."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(fn, items, chunksize=chunksize)
+
+
+def token_lists(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids followed by EOS, tokenized in one batch."""
+    if not texts:
+        return []
+    return [t + [tokenizer.eos_token_id] for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def _prepare_row(row: tuple, processor: ImageProcessor, canonical: bool, scale: float | None) -> tuple:
     """(id, image array or None, target text or the reason the row is skipped) of one undecoded row."""
     rid, code, image = row
@@ -86,23 +102,17 @@ def build_examples(ds, processor: ImageProcessor, tokenizer, max_length: int, ca
     above 1, in order), then tokenize all programs in one batch."""
     rows = ((str(r.get("deepcad_id")), r.get("cadquery") or "", r.get("image")) for r in undecoded(ds))
     prepare = functools.partial(_prepare_row, processor=processor, canonical=canonical, scale=scale)
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     ids, images, codes, skipped = [], [], [], []
-    try:
-        results = pool.imap(prepare, rows, chunksize=64) if pool else map(prepare, rows)
-        for rid, arr, text in tqdm(results, total=len(ds), desc=desc, unit="row", leave=False):
-            if arr is None:
-                skipped.append({"id": rid, "reason": text})
-                continue
-            ids.append(rid)
-            images.append(arr)
-            codes.append(text)
-    finally:
-        if pool:
-            pool.terminate()
+    for rid, arr, text in tqdm(_map_in_order(prepare, rows, workers, 64), total=len(ds), desc=desc, unit="row", leave=False):
+        if arr is None:
+            skipped.append({"id": rid, "reason": text})
+            continue
+        ids.append(rid)
+        images.append(arr)
+        codes.append(text)
     tokens, truncated = [], 0
-    for body in (tokenizer(codes, add_special_tokens=False)["input_ids"] if codes else []):
-        tok = [start_token_id] + body + [tokenizer.eos_token_id]
+    for body in token_lists(tokenizer, codes):
+        tok = [start_token_id] + body
         if len(tok) > max_length:
             tok = tok[: max_length - 1] + [tokenizer.eos_token_id]
             truncated += 1
@@ -117,7 +127,7 @@ def build_examples(ds, processor: ImageProcessor, tokenizer, max_length: int, ca
 
 def program_tokens(tokenizer, code: str, canonical: bool = True, scale: float | None = None) -> list[int]:
     """A program as the model reads it among retrieved programs: its target tokens and EOS."""
-    return tokenizer(target_text(code, canonical, scale), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return token_lists(tokenizer, [target_text(code, canonical, scale)])[0]
 
 
 def attach_neighbours(ex: Examples, neighbour_rows: np.ndarray, bank: list[list[int]], spec: RetrievalSpec) -> None:
@@ -139,14 +149,7 @@ def attach_edits(ex: Examples, tokenizer, variants: int, sigma: float, share: fl
     lists; seeded by ``seed`` and the row's position, so the same data gives the same copies
     (in ``workers`` forked processes when above 1)."""
     copies = functools.partial(_perturbed_copies, variants=variants, sigma=sigma, share=share, seed=seed)
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            per_row = pool.map(copies, enumerate(ex.codes), chunksize=256)
-    else:
-        per_row = list(map(copies, enumerate(ex.codes)))
-    texts = [t for row in per_row for t in row]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    flat = [t + [tokenizer.eos_token_id] for t in ids]
+    flat = token_lists(tokenizer, [t for row in _map_in_order(copies, enumerate(ex.codes), workers, 256) for t in row])
     ex.edits = [flat[i * variants:(i + 1) * variants] for i in range(len(ex))]
 
 
@@ -232,7 +235,7 @@ def add_retrieval(train_ds, val_ds, train_ex: Examples, val_ex: Examples, tokeni
     # the bank holds the training programs as the model reads them: the texts build_examples made, by id
     text_of = dict(zip(train_ex.ids, train_ex.codes))
     texts = [text_of.get(rid) or target_text(code, canonical, scale) for rid, code in zip(index.ids, index.programs)]
-    bank = [t + [tokenizer.eos_token_id] for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    bank = token_lists(tokenizer, texts)
     spec = RetrievalSpec(k, none_prob, tokenizer.eos_token_id, tokenizer.pad_token_id, max_length)
     row_of = {rid: i for i, rid in enumerate(index.ids)}
     neighbours = index.training_neighbours(pool)
