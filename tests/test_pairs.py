@@ -74,6 +74,14 @@ def test_sampling_step_writes_k_candidates_per_image(tmp_path, reference_rows):
     assert main(["--model", str(tmp_path / "m"), "--data", str(data), "--k", "3", "--out", str(out), "--sample-only"]) == 0
     lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [len(x["candidates"]) for x in lines] == [3, 3]
+    # --beam adds the beam program to the same samples; the rows made without it are redone, not served
+    args = ["--model", str(tmp_path / "m"), "--data", str(data), "--k", "3", "--out", str(out), "--sample-only", "--max-new-tokens", "24"]
+    assert main(args) == 0
+    plain = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert main([*args, "--beam", "2"]) == 0
+    beamed = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [[c["source"] for c in x["candidates"]] for x in beamed] == [["sample"] * 3 + ["beam"]] * 2
+    assert [x["candidates"][:3] for x in beamed] == [x["candidates"] for x in plain]
 
 
 def test_pairing_rules():
@@ -86,3 +94,43 @@ def test_pairing_rules():
     pairs = make_pairs(["a", "b", "c", "d"], [r(5, True, 0.8), r(-1, False, 0), r(2, True, 0.3), r(4.8, True, 0.78)], 0.5)
     assert pairs[0] == (0, 1)  # the non-executable rejected comes first
     assert (0, 2) in pairs and (0, 3) not in pairs  # 4.8 is within the margin of 5
+
+
+def test_pairing_options_choose_among_sources_reject_the_beam_first_and_can_skip_failures():
+    from reward.score import Reward
+    from rl.pairs import make_pairs
+
+    r = lambda total, ex, iou: Reward(total, ex, True, iou)  # noqa: E731
+    codes = ["retr", "s1", "beam", "fail", "s2"]
+    rewards = [r(6, True, 0.9), r(5, True, 0.7), r(4, True, 0.5), r(-1, False, 0), r(2, True, 0.2)]
+    sources = ["retrieval", "sample", "beam", "sample", "sample"]
+    assert make_pairs(codes, rewards, 0.5, sources=sources)[0] == (0, 3)  # any source may be chosen
+    pairs = make_pairs(codes, rewards, 0.5, sources=sources, chosen_from={"sample", "beam"})
+    assert pairs == [(1, 3), (1, 2)]  # the best of the model's own; the beam program before the worse s2
+    assert make_pairs(codes, rewards, 0.5, sources=sources, chosen_from={"sample", "beam"}, executed_only=True) == [(1, 2), (1, 4)]
+    assert make_pairs(codes, rewards, 0.5, sources=sources, chosen_from={"reference"}) == []  # no allowed candidate
+
+
+def test_scoring_is_redone_when_the_pairing_options_change(tmp_path, reference_rows):
+    from tests.conftest import REFERENCE
+
+    rows = reference_rows[:2]
+    rng = np.random.default_rng(0)
+    samples = tmp_path / "samples.jsonl"
+    with samples.open("w") as f:
+        for r in rows:
+            cands = [(r["cadquery"], "retrieval"), (perturb(r["cadquery"], rng, 0.05), "sample"),
+                     ("import cadquery as cq\nsolid = cq.Workplane('XY').box(3, 0.2, 0.2)\n", "sample"),
+                     ("import cadquery as cq\nsolid = cq.Workplane(\n", "sample")]
+            f.write(json.dumps({"id": r["deepcad_id"], "candidates": [{"code": c, "logprob": -1.0, "source": s} for c, s in cands]}) + "\n")
+    args = ["--data", str(REFERENCE / "samples.jsonl"), "--samples", str(samples), "--out", str(tmp_path / "p"), "--margin", "0.5"]
+    assert main(args) == 0
+    first = datasets.load_from_disk(str(tmp_path / "p" / "pairs"))
+    assert "retrieval" in first["chosen_source"]
+    assert main([*args, "--chosen-from", "sample", "--executed-only"]) == 0
+    second = datasets.load_from_disk(str(tmp_path / "p" / "pairs"))
+    assert len(second) and set(second["chosen_source"]) == {"sample"} and all(second["rejected_executed"])
+    assert len((tmp_path / "p" / "scored.jsonl").read_text().splitlines()) == len(rows)  # one row per id, the new one
+    # a smaller limit builds its dataset from its own ids only
+    assert main([*args, "--chosen-from", "sample", "--executed-only", "--limit", "1"]) == 0
+    assert set(datasets.load_from_disk(str(tmp_path / "p" / "pairs"))["id"]) <= {rows[0]["deepcad_id"]}
