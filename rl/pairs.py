@@ -7,20 +7,22 @@ Two separable steps, so sampling can run on a GPU machine and scoring here:
    resumable; ``--beam B`` adds the model's beam-B program (source ``beam``, the output that
    beam-search evaluation scores), so a pair can reject exactly what the model writes today;
 2. score and pair (``--samples FILE`` starts here): every candidate gets ``reward.score`` against
-   the ground-truth program; chosen is the best (``--chosen-from`` limits it to some sources, e.g.
-   the model's own programs rather than retrieved training programs); rejected are clearly worse
-   (reward margin at least ``--margin``): a non-executable one first when there is one (unless
-   ``--executed-only``, which keeps only pairs of two executing programs, so the pairs teach
-   geometry rather than validity), then the beam program, then the rest, worst first; images whose
-   candidates are all near-perfect or all failing are skipped (``--include-reference`` scores the
-   ground truth with the samples, so a weak model's failing samples still pair against it). Scored ids go to
-   ``OUT/scored.jsonl`` as they finish (resumable); the pairs are saved as a ``datasets``
-   dataset in ``OUT/pairs`` with the image (``image_ref`` path or id, and ``image_bytes`` when the
-   source embeds it), both programs, both rewards and both sources.
+   the ground-truth program; each image's rewards go to ``OUT/scored.jsonl`` as it finishes
+   (resumable). Pairing then reads them: chosen is the best (``--chosen-from`` limits it to some
+   sources, e.g. the model's own programs rather than retrieved training programs); rejected are
+   clearly worse (reward margin at least ``--margin``): a non-executable one first when there is
+   one (unless ``--executed-only``, which keeps only pairs of two executing programs, so the pairs
+   teach geometry rather than validity), then the beam program, then the rest, worst first; images
+   whose candidates are all near-perfect or all failing are skipped (``--include-reference``
+   scores the ground truth with the samples, so a weak model's failing samples still pair against
+   it). The pairs are saved as a ``datasets`` dataset in ``OUT/pairs`` with the image
+   (``image_ref`` path or id, and ``image_bytes`` when the source embeds it), both programs, both
+   rewards and both sources.
 
 Both files resume only rows made from the same inputs and options (``cad.io`` fingerprints: the
-model's files, the sampling options and the image; the candidates, the ground truth and the
-pairing options): a changed option redoes its rows instead of serving stale ones.
+model's files, the sampling options and the image; the candidates and the ground truth), so a
+changed option redoes its rows instead of serving stale ones. Pairing options (``--margin``,
+``--chosen-from``, ``--executed-only``) re-pair the scored rows without executing anything again.
 
 Under ``accelerate launch`` the processes share both steps' rows (``cad.distributed``) and merge
 one ``samples.jsonl`` and one ``scored.jsonl`` in input order.
@@ -46,7 +48,7 @@ from cad.distributed import is_main_process, run_sharded, state
 from cad.io import FP_KEY, files_fingerprint, fingerprint, prune_stale, require_model_dir
 from cad.programs import NUMBER_RE
 from cad.sandbox import SandboxPool
-from reward.score import score
+from reward.score import Reward, score
 
 
 def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int = 8, max_new_tokens: int = 512,
@@ -145,13 +147,14 @@ def make_pairs(candidates: list[str], rewards: list, margin: float, perfect: flo
 def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float, workers: int = 2,
                    include_reference: bool = False, chosen_from: set[str] | None = None,
                    executed_only: bool = False) -> dict:
-    """Score every sampled image against its ground truth and pair (the processes share the images,
-    each with its own sandbox pool); the main process builds the dataset."""
+    """Score every sampled image's candidates against its ground truth (the processes share the
+    images, each with its own sandbox pool), keeping every candidate's reward in ``scored.jsonl``;
+    the main process then pairs them with the pairing options and builds the dataset, so another
+    margin or pairing option re-pairs without executing anything again."""
     scored_path = out / "scored.jsonl"
     lines = [item for item in (json.loads(x) for x in samples.read_text().splitlines() if x.strip()) if item["id"] in gt]
-    options = fingerprint("pairs-score", margin, include_reference, sorted(chosen_from) if chosen_from else None, executed_only)
-    fps = {str(item["id"]): fingerprint(options, item["candidates"], item.get("retrieved", []), gt[item["id"]]["cadquery"])
-           for item in lines}
+    fps = {str(item["id"]): fingerprint("pairs-score", include_reference, item["candidates"], item.get("retrieved", []),
+                                        gt[item["id"]]["cadquery"]) for item in lines}
     if is_main_process():
         prune_stale(scored_path, fps)
     state().wait_for_everyone()
@@ -164,30 +167,29 @@ def score_and_pair(samples: Path, gt: dict[str, dict], out: Path, margin: float,
                 if include_reference:  # the ground truth as a candidate: a chosen program even when no sample runs
                     codes.append(gt[item["id"]]["cadquery"])
                     sources.append("reference")
-                fp = {FP_KEY: fps[str(item["id"])]}
+                row = {"id": item["id"], "retrieved": item.get("retrieved", []), FP_KEY: fps[str(item["id"])]}
                 try:
                     rewards = score(codes, pool, reference=gt[item["id"]]["cadquery"])
                 except ValueError as exc:  # the ground truth itself fails (e.g. a timeout): no pair, and why
-                    f.write(json.dumps({"id": item["id"], "retrieved": item.get("retrieved", []), "pairs": [],
-                                        "error": str(exc), **fp}) + "\n")
+                    f.write(json.dumps({**row, "candidates": [], "error": str(exc)}) + "\n")
                     print(f"warning: {item['id']}: {exc}", file=sys.stderr)
                     continue
-                pairs = make_pairs(codes, rewards, margin, sources=sources, chosen_from=chosen_from,
-                                   executed_only=executed_only)
-                f.write(json.dumps({"id": item["id"], "retrieved": item.get("retrieved", []), "pairs": [
-                    {"chosen": codes[a], "rejected": codes[b], "chosen_reward": rewards[a].total,
-                     "rejected_reward": rewards[b].total, "chosen_iou": rewards[a].iou, "rejected_iou": rewards[b].iou,
-                     "rejected_executed": rewards[b].executed, "chosen_source": sources[a], "rejected_source": sources[b]}
-                    for a, b in pairs], **fp}) + "\n")
+                f.write(json.dumps({**row, "candidates": [
+                    {"code": c, "source": src, "total": r.total, "executed": r.executed, "grammatical": r.grammatical,
+                     "iou": r.iou} for c, src, r in zip(codes, sources, rewards)]}) + "\n")
                 f.flush()
 
     run_sharded(lines, scored_path, 1, work, fingerprints=fps)
-    return build_dataset(scored_path, gt, out / "pairs", fps) if is_main_process() else {}
+    if not is_main_process():
+        return {}
+    return build_dataset(scored_path, gt, out / "pairs", fps, margin, chosen_from, executed_only)
 
 
-def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path, fingerprints: dict[str, str] | None = None) -> dict:
-    """The pairs of ``scored_path``'s rows as a ``datasets`` dataset at ``target``, with their
-    statistics; with ``fingerprints``, only the rows of those ids made with them (this run's)."""
+def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path, fingerprints: dict[str, str] | None = None,
+                  margin: float = 1.0, chosen_from: set[str] | None = None, executed_only: bool = False) -> dict:
+    """Pair the scored candidates of ``scored_path`` (``make_pairs`` with these options) into a
+    ``datasets`` dataset at ``target``, and return its statistics; with ``fingerprints``, only the
+    rows of those ids scored from the same candidates (this run's)."""
     import datasets
 
     rows = {k: [] for k in ("id", "image_ref", "image_bytes", "retrieved", "chosen", "rejected", "chosen_reward",
@@ -197,17 +199,22 @@ def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path, fingerpr
     for line in scored_path.read_text().splitlines():
         item = json.loads(line)
         if item["id"] not in gt or (fingerprints is not None and item.get(FP_KEY) != fingerprints.get(str(item["id"]))):
-            continue  # another run's row (another limit or options): not this dataset's
+            continue  # another run's row (another limit or other candidates): not this dataset's
         images += 1
-        for p in item["pairs"]:
+        cands = item["candidates"]
+        rewards = [Reward(c["total"], c["executed"], c["grammatical"], c["iou"]) for c in cands]
+        codes, sources = [c["code"] for c in cands], [c["source"] for c in cands]
+        for a, b in make_pairs(codes, rewards, margin, sources=sources, chosen_from=chosen_from, executed_only=executed_only):
             rows["id"].append(item["id"])
             rows["image_ref"].append(gt[item["id"]]["image_ref"])
             rows["image_bytes"].append(gt[item["id"]].get("image_bytes"))
             rows["retrieved"].append(item.get("retrieved", []))
-            for key in ("chosen", "rejected", "chosen_reward", "rejected_reward", "chosen_iou", "rejected_iou", "rejected_executed"):
-                rows[key].append(p[key])
-            for key in ("chosen_source", "rejected_source"):
-                rows[key].append(p.get(key, "sample"))
+            for key, i in (("chosen", a), ("rejected", b)):
+                rows[key].append(codes[i])
+                rows[f"{key}_reward"].append(rewards[i].total)
+                rows[f"{key}_iou"].append(rewards[i].iou)
+                rows[f"{key}_source"].append(sources[i])
+            rows["rejected_executed"].append(rewards[b].executed)
     n = len(rows["id"])
     if target.exists():
         shutil.rmtree(target)

@@ -120,10 +120,11 @@ def pairs(tmp_path_factory, data):
     rng = np.random.default_rng(0)
     with (out / "scored.jsonl").open("w") as f:
         for r in list(ds)[:16]:
-            f.write(json.dumps({"id": r["deepcad_id"], "pairs": [{
-                "chosen": r["cadquery"], "rejected": perturb(r["cadquery"], rng, 0.3), "chosen_reward": 10.0,
-                "rejected_reward": 1.0, "chosen_iou": 1.0, "rejected_iou": 0.2, "rejected_executed": True}]}) + "\n")
-    assert build_dataset(out / "scored.jsonl", ground_truth(ds, str(data)), out / "pairs")["pairs"] == 16
+            f.write(json.dumps({"id": r["deepcad_id"], "candidates": [
+                {"code": r["cadquery"], "source": "reference", "total": 10.0, "executed": True, "grammatical": True, "iou": 1.0},
+                {"code": perturb(r["cadquery"], rng, 0.3), "source": "sample", "total": 1.0, "executed": True,
+                 "grammatical": True, "iou": 0.2}]}) + "\n")
+    assert build_dataset(out / "scored.jsonl", ground_truth(ds, str(data)), out / "pairs", margin=0.5)["pairs"] == 16
     return out / "pairs"
 
 

@@ -111,26 +111,38 @@ def test_pairing_options_choose_among_sources_reject_the_beam_first_and_can_skip
     assert make_pairs(codes, rewards, 0.5, sources=sources, chosen_from={"reference"}) == []  # no allowed candidate
 
 
-def test_scoring_is_redone_when_the_pairing_options_change(tmp_path, reference_rows):
+def test_pairing_options_re_pair_stored_rewards_and_changed_candidates_are_scored_again(tmp_path, reference_rows):
     from tests.conftest import REFERENCE
 
     rows = reference_rows[:2]
     rng = np.random.default_rng(0)
     samples = tmp_path / "samples.jsonl"
-    with samples.open("w") as f:
-        for r in rows:
-            cands = [(r["cadquery"], "retrieval"), (perturb(r["cadquery"], rng, 0.05), "sample"),
-                     ("import cadquery as cq\nsolid = cq.Workplane('XY').box(3, 0.2, 0.2)\n", "sample"),
-                     ("import cadquery as cq\nsolid = cq.Workplane(\n", "sample")]
-            f.write(json.dumps({"id": r["deepcad_id"], "candidates": [{"code": c, "logprob": -1.0, "source": s} for c, s in cands]}) + "\n")
+
+    def write(extra: str = "") -> None:
+        with samples.open("w") as f:
+            for r in rows:
+                cands = [(r["cadquery"], "retrieval"), (perturb(r["cadquery"], rng, 0.05), "sample"),
+                         ("import cadquery as cq\nsolid = cq.Workplane('XY').box(3, 0.2, 0.2)\n" + extra, "sample"),
+                         ("import cadquery as cq\nsolid = cq.Workplane(\n", "sample")]
+                f.write(json.dumps({"id": r["deepcad_id"], "candidates": [{"code": c, "logprob": -1.0, "source": s}
+                                                                           for c, s in cands]}) + "\n")
+
+    write()
+    scored = tmp_path / "p" / "scored.jsonl"
     args = ["--data", str(REFERENCE / "samples.jsonl"), "--samples", str(samples), "--out", str(tmp_path / "p"), "--margin", "0.5"]
     assert main(args) == 0
     first = datasets.load_from_disk(str(tmp_path / "p" / "pairs"))
-    assert "retrieval" in first["chosen_source"]
+    assert "retrieval" in first["chosen_source"] and not all(first["rejected_executed"])
+    stored = scored.read_text()
+    assert all(len(json.loads(x)["candidates"]) == 4 for x in stored.splitlines())  # every candidate's reward is kept
     assert main([*args, "--chosen-from", "sample", "--executed-only"]) == 0
     second = datasets.load_from_disk(str(tmp_path / "p" / "pairs"))
     assert len(second) and set(second["chosen_source"]) == {"sample"} and all(second["rejected_executed"])
-    assert len((tmp_path / "p" / "scored.jsonl").read_text().splitlines()) == len(rows)  # one row per id, the new one
+    assert scored.read_text() == stored  # re-paired from the stored rewards: nothing scored again
     # a smaller limit builds its dataset from its own ids only
     assert main([*args, "--chosen-from", "sample", "--executed-only", "--limit", "1"]) == 0
-    assert set(datasets.load_from_disk(str(tmp_path / "p" / "pairs"))["id"]) <= {rows[0]["deepcad_id"]}
+    assert set(datasets.load_from_disk(str(tmp_path / "p" / "pairs"))["id"]) == {rows[0]["deepcad_id"]}
+    # other candidates for the same ids: their stored rewards are stale and are scored again
+    write(extra="# changed\n")
+    assert main(args) == 0
+    assert all("# changed" in json.loads(x)["candidates"][2]["code"] for x in scored.read_text().splitlines())
