@@ -14,7 +14,8 @@ best-of-N for N in {1, 3, 6, 10}; reranking none / heuristic / full / full + ref
 * ``table.md`` / ``.csv`` / ``.json``: VSR, Executable %, Best IoU (exact, and voxel as the study
   measured it), training time and memory of the model, inference seconds and peak memory;
 * ``ablations.md`` / ``.json``; ``errors.md`` / ``.json`` (error classes per configuration, their
-  change against beam 4, the most frequent messages);
+  change against beam 4, the most frequent messages); ``paired.md`` / ``.json`` (each configuration
+  against beam 4 id by id: Best IoU on the ids both execute, and with failures counted as 0);
 * ``plots/``: Best IoU histograms, VSR and IoU against N, a grid of examples (input image,
   rendered prediction, rendered ground truth);
 * ``report.md``, which ties them together.
@@ -37,6 +38,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -332,6 +334,34 @@ def main_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def paired_with_beam(records: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Each main configuration against beam 4 of the same data, id by id: Best IoU on the ids where
+    both execute (the table's Best IoU averages each over its own executing ids, so a configuration
+    that makes more programs run can lower it while raising every shared id), the mean IoU with
+    failures counted as 0, and the ids only one of them executes."""
+    head = ["data", "configuration", "ids both execute", "beam 4 IoU on them", "its IoU on them", "beam 4 IoU (fail = 0)",
+            "its IoU (fail = 0)", "only it executes", "only beam 4 executes"]
+    body, out = [], []
+    for r in section(records, "main"):
+        beam = next((b for b in records if b["data"] == r["data"] and b["key"] == "beam4"), None)
+        if beam is None or r is beam or r["key"] == "beam4":
+            continue
+        mine = {str(x["id"]): x["iou"] for x in r["rows"]}
+        theirs = {str(x["id"]): x["iou"] for x in beam["rows"]}
+        ids = sorted(set(mine) & set(theirs))
+        both = [i for i in ids if mine[i] is not None and theirs[i] is not None]
+        mean = lambda vals: float(np.mean(vals)) if vals else None  # noqa: E731
+        row = {"data": r["data"], "configuration": r["label"], "ids": len(ids), "both": len(both),
+               "beam_iou_both": mean([theirs[i] for i in both]), "iou_both": mean([mine[i] for i in both]),
+               "beam_iou_zero": mean([theirs[i] or 0.0 for i in ids]), "iou_zero": mean([mine[i] or 0.0 for i in ids]),
+               "only_it": sum(mine[i] is not None and theirs[i] is None for i in ids),
+               "only_beam": sum(mine[i] is None and theirs[i] is not None for i in ids)}
+        out.append(row)
+        body.append([row["data"], row["configuration"], str(row["both"]), _f(row["beam_iou_both"]), _f(row["iou_both"]),
+                     _f(row["beam_iou_zero"]), _f(row["iou_zero"]), str(row["only_it"]), str(row["only_beam"])])
+    return head, body, out
+
+
 def markdown(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(row) + " |" for row in body]) + "\n"
@@ -402,6 +432,10 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
                         ("rerank", "Reranking: none / heuristic / full")))
     (out / "ablations.md").write_text(abl_md)
     (out / "ablations.json").write_text(json.dumps({k: [r for r in slim if k in r["labels"]] for k in ("grammar", "bestofn", "rerank")}, indent=2))
+    phead, pbody, paired = paired_with_beam(records)
+    paired_md = markdown(phead, pbody)
+    (out / "paired.md").write_text(paired_md)
+    (out / "paired.json").write_text(json.dumps(paired, indent=2))
     err_md, err = error_analysis(records)
     (out / "errors.md").write_text(err_md)
     (out / "errors.json").write_text(json.dumps(err, indent=2))
@@ -422,6 +456,8 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
         "x beam 4 its ratio to beam 4 measured in this run; decoding peak memory is the GPU allocator's peak, or "
         "on CPU the process's peak resident set while that configuration decoded.", "",
         "## Main table", "", table_md,
+        "## Paired with beam 4", "", "Best IoU on the ids where both this configuration and beam 4 execute, and with "
+        "failures counted as 0 (`paired.json`).", "", paired_md,
         "## Ablations", "", abl_md,
         "## Error analysis", "", "Rates per test image; change is relative to beam 4.", "", err_md,
         "## Plots", "", figs, "",

@@ -46,7 +46,7 @@ def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, m
             "--limit", "3", "--n", "2", "--k", "1", "--ns", "1,2", "--refine", "4", "--max-new-tokens", "16", "--examples", "3", "--quiet"]
     assert eval_all.main(args) == 0
     out = tmp_path / "t"
-    for name in ("table.md", "table.csv", "table.json", "ablations.md", "ablations.json", "errors.md", "errors.json",
+    for name in ("table.md", "table.csv", "table.json", "ablations.md", "ablations.json", "errors.md", "errors.json", "paired.json",
                  "report.md", "plots/iou_hist-real.png", "plots/bestofn.png", "plots/examples-real.png"):
         assert (out / name).stat().st_size > 0, name
     with (out / "table.csv").open() as f:
@@ -112,3 +112,17 @@ def test_refine_objective_reaches_the_refinement_row_and_a_bad_one_exits_2(tmp_p
     assert rows["rerank6-k4"].cfg.refine_evaluations == 0
     assert eval_all.main(["--model", str(tmp_path), "--refine-objective", '{"iou": 1}', "--results", str(tmp_path / "r")]) == 2
     assert "--refine-objective" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_paired_table_compares_each_configuration_with_beam_4_on_the_ids_both_execute():
+    def record(key, label, ious):
+        return {"data": "d", "key": key, "labels": {"main": label}, "rows": [{"id": i, "iou": v} for i, v in ious.items()]}
+
+    beam = record("beam4", "SFT, beam 4", {"a": 0.6, "b": 0.8, "c": None, "d": 0.5})
+    dpo = record("dpo-beam4", "DPO, beam 4", {"a": 0.7, "b": 0.8, "c": 0.1, "d": None})
+    head, body, rows = eval_all.paired_with_beam([beam, dpo])
+    assert len(body) == len(rows) == 1 and len(head) == len(body[0])  # beam 4 is not paired with itself
+    row = rows[0]
+    assert (row["both"], row["only_it"], row["only_beam"]) == (2, 1, 1)
+    assert row["beam_iou_both"] == pytest.approx(0.7) and row["iou_both"] == pytest.approx(0.75)
+    assert row["beam_iou_zero"] == pytest.approx(1.9 / 4) and row["iou_zero"] == pytest.approx(1.6 / 4)
