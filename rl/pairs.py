@@ -130,6 +130,8 @@ def make_pairs(candidates: list[str], rewards: list, margin: float, perfect: flo
     if not allowed:
         return []
     best = max(allowed, key=lambda i: (totals[i], -i))
+    if not rewards[best].executed:
+        return []  # every allowed candidate fails: no program to prefer
     pairs = []
     failing = [i for i, r in enumerate(rewards) if not r.executed and totals[best] - totals[i] >= margin]
     if failing and not executed_only:

@@ -109,6 +109,9 @@ def test_pairing_options_choose_among_sources_reject_the_beam_first_and_can_skip
     assert pairs == [(1, 3), (1, 2)]  # the best of the model's own; the beam program before the worse s2
     assert make_pairs(codes, rewards, 0.5, sources=sources, chosen_from={"sample", "beam"}, executed_only=True) == [(1, 2), (1, 4)]
     assert make_pairs(codes, rewards, 0.5, sources=sources, chosen_from={"reference"}) == []  # no allowed candidate
+    # the model's own programs all fail: no pair prefers one failing program to another
+    only = [r(6, True, 0.9), r(0.5, False, 0), r(0, False, 0)]
+    assert make_pairs(["retr", "s1", "s2"], only, 0.5, sources=["retrieval", "sample", "sample"], chosen_from={"sample"}) == []
 
 
 def test_pairing_options_re_pair_stored_rewards_and_changed_candidates_are_scored_again(tmp_path, reference_rows):
