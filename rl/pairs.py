@@ -60,16 +60,10 @@ def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int 
     as ``retrieved``, the context DPO scores the pair in) and those ``k_retrieved`` programs are
     candidates too. ``beam`` > 0 adds the beam-search program (in the same context) as a candidate."""
     from cad.data import to_image
-    from decoding.predict import DecodeConfig, Predictor, _image_key
+    from decoding.predict import DecodeConfig, Predictor, decode_fingerprints
     from sft.model import load_model
 
     path = out / "samples.jsonl"
-    run = fingerprint("pairs-sample", files_fingerprint(model_dir), k, batch_size, max_new_tokens, temperature, top_p,
-                      seed, k_retrieved, beam)
-    fps = {str(r["id"]): fingerprint(run, _image_key(r["image"])) for r in rows}
-    if is_main_process():
-        prune_stale(path, fps)  # rows another model, option or image made go
-    state().wait_for_everyone()
     model, tok, proc = load_model(model_dir, state().device)
     index = None
     if getattr(model.config, "retrieval_layers", 0):  # samples given the k nearest training programs, which join them
@@ -81,6 +75,11 @@ def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int 
     predictor = Predictor(model, tok, proc, cfg, index=index)  # generation only: no sandbox needed here
     beamer = Predictor(model, tok, proc, DecodeConfig(strategy="beam", num_beams=beam, max_new_tokens=max_new_tokens),
                        index=index) if beam else None
+    # the decoding options and image of each row, plus the model's files and what this step adds
+    fps = decode_fingerprints(rows, cfg, fingerprint("pairs-sample", files_fingerprint(model_dir), batch_size, seed, beam))
+    if is_main_process():
+        prune_stale(path, fps)  # rows another model, option or image made go
+    state().wait_for_everyone()
     unreadable: list[str] = []
 
     def work(todo: list[dict], part: Path) -> None:

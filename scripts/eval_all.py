@@ -342,15 +342,15 @@ def paired_with_beam(records: list[dict]) -> tuple[list[str], list[list[str]], l
     head = ["data", "configuration", "ids both execute", "beam 4 IoU on them", "its IoU on them", "beam 4 IoU (fail = 0)",
             "its IoU (fail = 0)", "only it executes", "only beam 4 executes"]
     body, out = [], []
+    mean = lambda vals: float(np.mean(vals)) if vals else None  # noqa: E731
     for r in section(records, "main"):
         beam = next((b for b in records if b["data"] == r["data"] and b["key"] == "beam4"), None)
-        if beam is None or r is beam or r["key"] == "beam4":
+        if beam is None or r["key"] == "beam4":
             continue
         mine = {str(x["id"]): x["iou"] for x in r["rows"]}
         theirs = {str(x["id"]): x["iou"] for x in beam["rows"]}
         ids = sorted(set(mine) & set(theirs))
         both = [i for i in ids if mine[i] is not None and theirs[i] is not None]
-        mean = lambda vals: float(np.mean(vals)) if vals else None  # noqa: E731
         row = {"data": r["data"], "configuration": r["label"], "ids": len(ids), "both": len(both),
                "beam_iou_both": mean([theirs[i] for i in both]), "iou_both": mean([mine[i] for i in both]),
                "beam_iou_zero": mean([theirs[i] or 0.0 for i in ids]), "iou_zero": mean([mine[i] or 0.0 for i in ids]),
