@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="retrieval-conditioned model: rescale the programs it reads to this largest side (1.5: GenCAD's frame)")
     ap.add_argument("--template-bias", type=float_in(0.0, 1000.0), default=None,
                     help="retrieval-conditioned model: keep the nearest program's text, rewrite its numbers (decoding.template)")
+    ap.add_argument("--context-k", type=int_in(0, 64), default=None,
+                    help="retrieval-conditioned model: retrieved programs it edits (default: as trained; 0: its plain mode)")
+    ap.add_argument("--copy-bias", type=float_in(-100.0, 100.0), default=0.0,
+                    help="copy-head model: shift its copy gate towards copying retrieved tokens (> 0) while decoding")
     ap.add_argument("--workers", type=WORKERS, default=2, help="sandbox workers")
     ap.add_argument("--batch-size", type=int_in(1, 4096), default=16)
     ap.add_argument("--max-new-tokens", type=int_in(1, 8192), default=512)
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                        top_p=args.top_p, grammar=args.grammar, grammar_name=args.grammar_name, repair=args.repair, k_retrieval=args.k_retrieval,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device,
                        seed=args.seed, canonical_grid=args.canonical_grid, refine_evaluations=args.refine,
-                       refine_objective=objective, template_bias=args.template_bias, context_scale=args.context_scale)
+                       refine_objective=objective, template_bias=args.template_bias, context_scale=args.context_scale,
+                       copy_bias=args.copy_bias, context_k=args.context_k)
     cfg.weights.update(weights)
     index = None
     if not args.index and not args.retrieval_data and args.model and (Path(args.model) / "retrieval_index.npz").exists():

@@ -46,7 +46,7 @@ from decoding.rerank import (DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTar
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
-DECODING_VERSION = 5  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
+DECODING_VERSION = 6  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
 @dataclass
@@ -76,6 +76,8 @@ class DecodeConfig:
     # largest side is this (cad.programs.normalize_scale); None: the model's program_scale (as trained)
     template_bias: float | None = None  # retrieval-conditioned model: keep the nearest program's text and rewrite
     # only its numbers, the template's own number raised by this much (decoding.template); None: write freely
+    copy_bias: float = 0.0  # copy-head model: added to the copy gate's logit while decoding edits (> 0: copy the
+    # retrieved programs' tokens more than as trained; sft.model.CopyHead)
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
     # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 
@@ -126,6 +128,8 @@ class Predictor:
             raise ValueError("retrieval needs an index: pass --index or --retrieval-data" + (
                 " (this model edits retrieved programs; its folder's retrieval_index.npz is the index it was trained with)"
                 if self.conditioned else ""))
+        if cfg.copy_bias and not (model is not None and getattr(model.config, "copy_head", False)):
+            raise ValueError(f"copy_bias {cfg.copy_bias} needs a retrieval-conditioned model with a copy head (copy_head: true)")
         self.select_seconds = 0.0  # execution and scoring of candidates, summed over images
         self._token_cache: dict[int, tuple[str, list[int]]] = {}
         self._numbers: torch.Tensor | None = None  # template decoding: which token ids are numbers
@@ -149,10 +153,15 @@ class Predictor:
         """The model edits retrieved programs (``sft/model.py``, retrieval-conditioned mode)."""
         return self.model is not None and bool(getattr(self.model.config, "retrieval_layers", 0))
 
+    @property
+    def context_k(self) -> int:
+        """How many retrieved programs each edit reads: the config's ``context_k``, else as trained."""
+        return int(getattr(self.model.config, "retrieval_k", 1)) if self.cfg.context_k is None else self.cfg.context_k
+
     def neighbour_sets(self, hits: list[list[tuple[str, float]]], count: int) -> list[list[list[str]]]:
         """Per image, ``count`` sets of retrieved programs to condition on: set j holds the
         model's k neighbours starting at the j-th nearest (wrapping around a short list)."""
-        k = int(getattr(self.model.config, "retrieval_k", 1)) if self.cfg.context_k is None else self.cfg.context_k
+        k = self.context_k
         if k <= 0:
             return [[[] for _ in range(count)] for _ in hits]
         sets = []
@@ -187,7 +196,7 @@ class Predictor:
         sampling = cfg.strategy in ("bestofn", "rerank")
         k = 1 if cfg.strategy == "retrieval" else cfg.k_retrieval
         edits = self.conditioned and cfg.context_k != 0
-        need = max(k, cfg.n if sampling and edits else 0, 1 if edits else 0)
+        need = max(k, cfg.n if sampling and edits else 0, self.context_k if edits else 0)  # every set holds context_k programs
         hits = self.index.query(images, need, exclude_ids=ids) if need else None
         if cfg.strategy != "retrieval":
             px = self.proc(images).to(next(self.model.parameters()).device)
@@ -244,7 +253,7 @@ class Predictor:
             procs = procs or LogitsProcessorList()
             procs.append(self.template_processor(rows, kwargs.get("num_return_sequences", kwargs.get("num_beams", 1))))
         gen = self.model.generate_programs(px.repeat_interleave(count, 0), max_new_tokens=cfg.max_new_tokens,
-                                           logits_processor=procs, **kwargs, **retrieved)
+                                           logits_processor=procs, copy_bias=cfg.copy_bias, **kwargs, **retrieved)
         texts = self.tok.batch_decode(gen.sequences, skip_special_tokens=True)
         per_image = len(texts) // len(px)
         for r, (text, lp, seq) in enumerate(zip(texts, gen.logprobs.tolist(), gen.sequences)):

@@ -68,11 +68,12 @@ class Variant:
 def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_tokens: int = 512,
          dpo: bool = False, batch_size: int = 16, canonical_grid: int | None = 256, refine: int = 48,
          conditioned: bool = False, grpo: bool = False, weights: dict | None = None,
-         refine_objective: dict | None = None) -> list[Variant]:
+         refine_objective: dict | None = None, copy_bias: float = 0.0) -> list[Variant]:
     """The study's rows and ablations; a configuration shared by several sections runs once. For a
     retrieval-conditioned model every model row edits retrieved programs, and a row of its plain
-    mode (no retrieved program) is added."""
-    common = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "canonical_grid": canonical_grid}
+    mode (no retrieved program) is added. ``copy_bias`` applies to every row of a copy-head model."""
+    common = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "canonical_grid": canonical_grid,
+              "copy_bias": copy_bias}
     g = {"grammar": True, "repair": True, **common}
     rerank = DecodeConfig(strategy="rerank", n=n, k_retrieval=k, **g, **({"weights": dict(weights)} if weights else {}))
     out = [
@@ -447,7 +448,9 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
         f"- test data: {', '.join(f'`{k}` ({v})' for k, v in meta['data'].items())}; retrieval index: `{meta['retrieval_data']}`",
         f"- device: {meta['device']}; best-of-N uses N={meta['n']} samples (temperature {meta['temperature']}, "
         f"top-p {meta['top_p']}) and reranking adds the {meta['k']} nearest training programs"
-        + (f" (weights {json.dumps(meta['rerank_weights'])})." if meta.get("rerank_weights") else "."),
+        + (f" (weights {json.dumps(meta['rerank_weights'])})." if meta.get("rerank_weights") else ".")
+        + (f" Model rows decode with copy bias {meta['copy_bias']} (the copy gate shifted towards copying)."
+           if meta.get("copy_bias") else ""),
         f"- written {meta['date']} by `{meta['command']}`", "",
         "Definitions (`reward/metrics.py`): VSR = runs and leaves a solid; Executable % = a valid closed solid; "
         "Best IoU = mean over ids where prediction and ground truth both execute, exact (mesh booleans, best of the "
@@ -505,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no per-configuration progress bars")
     ap.add_argument("--weights", help="rerank weights as JSON (default: decoding.rerank.DEFAULT_WEIGHTS); fit them on "
                                       "a validation split with scripts/rerank_correlation.py")
+    ap.add_argument("--copy-bias", type=float, default=0.0,
+                    help="copy-head model: shift its copy gate towards copying retrieved tokens while decoding (fit on validation)")
     ap.add_argument("--only", help="comma-separated configuration keys to run (default: all of the plan)")
     args = ap.parse_args(argv)
     try:
@@ -528,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = plan(args.n, args.k, tuple(int(x) for x in args.ns.split(",")), args.max_new_tokens,
                     dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid), refine=args.refine,
                     conditioned=conditioned, grpo=bool(args.grpo_model), weights=weights,
-                    refine_objective=objective)
+                    refine_objective=objective, copy_bias=args.copy_bias)
     if args.only:
         keep = set(args.only.split(","))
         unknown = keep - {v.key for v in variants}
@@ -559,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         plots = plot_all(records, out / "plots", harness, data, examples=args.examples)
     meta = {"run": run, "model": args.model, "dpo_model": args.dpo_model, "grpo_model": args.grpo_model, "data": {k: str(v or "hub") for k, v in data.items()},
             "retrieval_data": retrieval, "device": "cuda" if torch.cuda.is_available() else "cpu", "n": args.n, "k": args.k, "rerank_weights": weights or dict(DecodeConfig().weights),
-            "temperature": DecodeConfig().temperature, "top_p": DecodeConfig().top_p, "limit": args.limit,
+            "temperature": DecodeConfig().temperature, "top_p": DecodeConfig().top_p, "limit": args.limit, "copy_bias": args.copy_bias,
             "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python -m scripts.eval_all", *(argv or sys.argv[1:])])}
     plots_rel = {k: [str(Path(p).relative_to(out)) for p in v] for k, v in plots.items()}
     table = write_reports(records, out, meta, plots_rel)

@@ -102,6 +102,7 @@ class CopyHead(nn.Module):
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.gate = nn.Linear(2 * d_model, 1)
         self.gate_bias = gate_bias
+        self.copy_bias = 0.0  # decoding only: subtracted from the gate's logit (> 0 copies more); not a weight
         for layer in self.children():
             self.reset_layer(layer)
 
@@ -122,7 +123,7 @@ class CopyHead(nn.Module):
         scores = (query @ key.transpose(1, 2) / query.size(-1) ** 0.5).masked_fill(~memory_mask.bool()[:, None, :], float("-inf"))
         attn = torch.softmax(scores, dim=-1)  # encode() gives every row at least a </s> to attend to
         context = (attn @ memory.float()).to(hidden.dtype)
-        gate = torch.sigmoid(self.gate(torch.cat([hidden, context], dim=-1)).float())
+        gate = torch.sigmoid(self.gate(torch.cat([hidden, context], dim=-1)).float() - self.copy_bias)
         copy = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
         copy = copy.scatter_add(-1, memory_ids[:, None, :].expand(-1, hidden.size(1), -1), attn * (1 - gate))
         probs = gate * torch.softmax(logits.float(), dim=-1) + copy
@@ -245,8 +246,24 @@ class Img2CadModel(PreTrainedModel):
     def generate_programs(self, pixel_values: torch.Tensor, max_new_tokens: int = 256, num_beams: int = 1,
                           do_sample: bool = False, num_return_sequences: int = 1, temperature: float = 1.0,
                           top_p: float = 1.0, logits_processor=None, retrieved_ids: torch.Tensor | None = None,
-                          retrieved_attention_mask: torch.Tensor | None = None) -> "Generated":
-        """Decode programs; returns token ids (without the start token) and sequence log-probs."""
+                          retrieved_attention_mask: torch.Tensor | None = None, copy_bias: float = 0.0) -> "Generated":
+        """Decode programs; returns token ids (without the start token) and sequence log-probs.
+        ``copy_bias`` (copy-head models) shifts the copy gate's logit towards copying retrieved
+        tokens while decoding; the log-probs are then those of the shifted mixture."""
+        head = self.t5.copy_head
+        if copy_bias and head is None:
+            raise ValueError("copy_bias needs a model with a copy head (copy_head: true)")
+        if head is not None:
+            head.copy_bias = float(copy_bias)
+        try:
+            return self._generate(pixel_values, max_new_tokens, num_beams, do_sample, num_return_sequences, temperature,
+                                  top_p, logits_processor, retrieved_ids, retrieved_attention_mask)
+        finally:
+            if head is not None:
+                head.copy_bias = 0.0
+
+    def _generate(self, pixel_values, max_new_tokens, num_beams, do_sample, num_return_sequences, temperature, top_p,
+                  logits_processor, retrieved_ids, retrieved_attention_mask) -> "Generated":
         enc, enc_mask = self.encode(pixel_values, retrieved_ids, retrieved_attention_mask)
         out = self.t5.generate(
             encoder_outputs=enc, attention_mask=enc_mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,

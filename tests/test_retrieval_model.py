@@ -172,6 +172,15 @@ def test_predictor_edits_each_neighbour_set_deterministically(reference_rows, tm
         Predictor(model, tok, ImageProcessor(64, 1), DecodeConfig(strategy="beam"))
     plain = Predictor(model, tok, ImageProcessor(64, 1), DecodeConfig(strategy="beam", context_k=0, max_new_tokens=8))
     assert len(plain.generate(images)[0]) == 1  # the plain mode needs no index
+    # beam search reads as many retrieved programs as the model was trained with (or context_k), the nearest first
+    model.config.retrieval_k = 2
+    nearest = [[c for c, _ in h] for h in index.query(images, 2)]
+    for context_k, want in ((None, nearest), (1, [h[:1] for h in nearest])):
+        beam = Predictor(model, tok, ImageProcessor(64, 1), DecodeConfig(strategy="beam", num_beams=2, max_new_tokens=8,
+                                                                          context_k=context_k), index=index)
+        assert beam.scale is None  # the programs as indexed (a model without program_scale)
+        beam.generate(images)
+        assert beam.contexts == want
 
 
 
@@ -332,6 +341,27 @@ def test_copy_head_with_its_gate_shut_writes_only_retrieved_tokens_and_generatio
     seqs = [[t for t in s.tolist() if t != 0] for s in gen.sequences]
     scored = model.score_sequences(px, seqs, retrieved_ids=ret, retrieved_attention_mask=mask)
     assert torch.allclose(gen.logprobs, scored, atol=1e-3)
+
+
+def test_copy_bias_shifts_decoding_towards_retrieved_tokens_and_leaves_the_model_as_trained():
+    model = _model(copy_head=True).eval()
+    px = torch.rand(2, 1, 64, 64)
+    ret = torch.tensor([[5, 6, 7, 1, 0], [9, 9, 8, 40, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    ids = torch.randint(3, 60, (2, 6))
+    before = model(ids, pixel_values=px, retrieved_ids=ret, retrieved_attention_mask=mask).logits
+    from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
+    no_pad = LogitsProcessorList([SuppressTokensLogitsProcessor([0])])  # an untrained model may write padding
+    kw = {"max_new_tokens": 6, "retrieved_ids": ret, "retrieved_attention_mask": mask, "logits_processor": no_pad}
+    free = model.generate_programs(px, **kw, copy_bias=-40.0)
+    copied = model.generate_programs(px, **kw, copy_bias=40.0)
+    for row, allowed in enumerate(({5, 6, 7, 1}, {9, 8, 40, 1})):  # the pointer alone: only the row's own tokens
+        assert set(copied.sequences[row].tolist()) - {0} <= allowed
+    assert any(set(s.tolist()) - {0, 5, 6, 7, 8, 9, 40, 1} for s in free.sequences)  # the vocabulary alone
+    assert model.t5.copy_head.copy_bias == 0.0  # decoding only: training and scoring see the model as trained
+    assert torch.equal(before, model(ids, pixel_values=px, retrieved_ids=ret, retrieved_attention_mask=mask).logits)
+    with pytest.raises(ValueError, match="copy head"):
+        _model().eval().generate_programs(px, max_new_tokens=2, retrieved_ids=ret, copy_bias=1.0)
 
 
 def test_copy_head_learns_and_is_added_to_a_model_trained_without_one(tmp_path):
