@@ -99,6 +99,8 @@ def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int 
                 if beamer is not None and images:  # after sampling, so the samples are those of a run without it
                     for cs, extra in zip(cands, beamer.generate(images, [str(r["id"]) for r in chunk])):
                         cs.extend(extra)
+                    if index is not None and beamer.contexts != contexts:
+                        raise RuntimeError("the beam program was decoded in another retrieved context than the samples")
                 for r, cs, ctx in zip(chunk, cands, contexts):
                     f.write(json.dumps({"id": r["id"], "retrieved": ctx, "candidates": [
                         {"code": c.code, "logprob": round(c.logprob, 4), "source": c.source} for c in cs],

@@ -208,18 +208,19 @@ def test_conditioned_pairs_keep_their_context_and_dpo_raises_the_margin_in_it(tm
     from tests.conftest import REFERENCE
 
     rows = reference_rows[:4]
-    sft = _conditioned_model_folder(tmp_path / "sft", train_tokenizer([r["cadquery"] for r in rows], vocab_size=300))
+    sft = _conditioned_model_folder(tmp_path / "sft", train_tokenizer([r["cadquery"] for r in rows], vocab_size=300),
+                                    retrieval_k=2)
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({**r, "image": str(REFERENCE / r["image"])}) + "\n" for r in rows))
     assert pairs_main(["--model", str(sft), "--data", str(data), "--k", "2", "--out", str(tmp_path / "s"), "--sample-only",
-                       "--max-new-tokens", "16"]) == 0
+                       "--max-new-tokens", "16", "--beam", "2"]) == 0  # the beam program is decoded in the samples' context
     sampled = [json.loads(x) for x in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
-    assert all(len(s["retrieved"]) == 1 for s in sampled)  # the context the samples were drawn in
+    assert all(len(s["retrieved"]) == 2 for s in sampled)  # the context the samples were drawn in: retrieval_k programs
     own = {r["deepcad_id"]: canonical_target(r["cadquery"]) for r in rows}  # the index holds these rows:
     for s in sampled:  # a training image is never given, nor offered, its own program
         assert own[s["id"]] not in s["retrieved"]
         assert own[s["id"]] not in [canonical_target(c["code"]) for c in s["candidates"] if c["source"] == "retrieval"]
-    assert all([c["source"] for c in s["candidates"]] == ["sample", "sample", "retrieval", "retrieval"] for s in sampled)
+    assert all([c["source"] for c in s["candidates"]] == ["sample", "sample", "retrieval", "retrieval", "beam"] for s in sampled)
     rng = np.random.default_rng(0)
     context = {s["id"]: s["retrieved"] for s in sampled}
     samples = tmp_path / "samples.jsonl"
