@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.strategy != "retrieval":
         from sft.model import load_model
 
+        config = json.loads((Path(args.model) / "config.json").read_text())  # checked before loading the weights
+        if cfg.copy_bias and not config.get("copy_head"):
+            raise InputError(f"--copy-bias needs a model with a copy head; {args.model} has none (leave --copy-bias out)")
+        if config.get("retrieval_layers") and cfg.context_k != 0 and index is None:
+            raise InputError(f"{args.model} edits retrieved programs: pass --index FILE or --retrieval-data DIR "
+                             "(the training data), or --context-k 0 for its plain mode")
+
         # "auto" is this process's own accelerator when several processes run (accelerate launch)
         model, tokenizer, processor = load_model(args.model, state().device if args.device == "auto" else resolve_device(args.device))
     rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in undecoded(ds)]

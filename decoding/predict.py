@@ -76,8 +76,8 @@ class DecodeConfig:
     # largest side is this (cad.programs.normalize_scale); None: the model's program_scale (as trained)
     template_bias: float | None = None  # retrieval-conditioned model: keep the nearest program's text and rewrite
     # only its numbers, the template's own number raised by this much (decoding.template); None: write freely
-    copy_bias: float = 0.0  # copy-head model: added to the copy gate's logit while decoding edits (> 0: copy the
-    # retrieved programs' tokens more than as trained; sft.model.CopyHead)
+    copy_bias: float = 0.0  # copy-head model: subtracted from the copy gate's vocabulary logit while decoding edits
+    # (> 0: copy the retrieved programs' tokens more than as trained; sft.model.CopyHead)
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
     # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 

@@ -129,6 +129,7 @@ def test_decoding_refuses_bad_input_in_one_line(tmp_path, images, model_dir, cap
                 ["--limit", "-1"], ["--max-new-tokens", "0"], ["--canonical-grid", "x"]):
         refuses(main, ["--model", str(model_dir), *base, *bad], capsys, bad[0])
     refuses(main, ["--model", str(model_dir), *base, "--weights", "{silhouette: 2"], capsys, "--weights")
+    refuses(main, ["--model", str(model_dir), *base, "--copy-bias", "1"], capsys, "--copy-bias")  # no copy head
     for objective in ('{"iou": 1}', "{}", "[1]"):
         refuses(main, ["--model", str(model_dir), *base, "--refine-objective", objective], capsys, "--refine-objective")
     assert data.read_bytes() == before and not (tmp_path / "o.jsonl").exists()
