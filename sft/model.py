@@ -42,6 +42,7 @@ random initialisation and says so in one log line.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import timm
@@ -242,6 +243,22 @@ class Img2CadModel(PreTrainedModel):
         return CausalLMOutput(loss=loss, logits=logits)
 
     # ---- generation -------------------------------------------------------------------------
+    @contextmanager
+    def copy_biased(self, bias: float):
+        """Inside the block, the copy gate's logit is lowered by ``bias`` (decoding only); after it,
+        the head is as trained."""
+        head = self.t5.copy_head
+        if bias and head is None:
+            raise ValueError("copy_bias needs a model with a copy head (copy_head: true)")
+        if head is None:
+            yield
+            return
+        head.copy_bias = float(bias)
+        try:
+            yield
+        finally:
+            head.copy_bias = 0.0
+
     @torch.no_grad()
     def generate_programs(self, pixel_values: torch.Tensor, max_new_tokens: int = 256, num_beams: int = 1,
                           do_sample: bool = False, num_return_sequences: int = 1, temperature: float = 1.0,
@@ -250,29 +267,16 @@ class Img2CadModel(PreTrainedModel):
         """Decode programs; returns token ids (without the start token) and sequence log-probs.
         ``copy_bias`` (copy-head models) shifts the copy gate's logit towards copying retrieved
         tokens while decoding; the log-probs are then those of the shifted mixture."""
-        head = self.t5.copy_head
-        if copy_bias and head is None:
-            raise ValueError("copy_bias needs a model with a copy head (copy_head: true)")
-        if head is not None:
-            head.copy_bias = float(copy_bias)
-        try:
-            return self._generate(pixel_values, max_new_tokens, num_beams, do_sample, num_return_sequences, temperature,
-                                  top_p, logits_processor, retrieved_ids, retrieved_attention_mask)
-        finally:
-            if head is not None:
-                head.copy_bias = 0.0
-
-    def _generate(self, pixel_values, max_new_tokens, num_beams, do_sample, num_return_sequences, temperature, top_p,
-                  logits_processor, retrieved_ids, retrieved_attention_mask) -> "Generated":
-        enc, enc_mask = self.encode(pixel_values, retrieved_ids, retrieved_attention_mask)
-        out = self.t5.generate(
-            encoder_outputs=enc, attention_mask=enc_mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
-            num_return_sequences=num_return_sequences, temperature=temperature if do_sample else None,
-            top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
-            output_scores=True, return_dict_in_generate=True, logits_processor=logits_processor,
-            decoder_start_token_id=self.config.decoder_start_token_id, eos_token_id=self.config.eos_token_id,
-            pad_token_id=self.config.pad_token_id,
-        )
+        with self.copy_biased(copy_bias):
+            enc, enc_mask = self.encode(pixel_values, retrieved_ids, retrieved_attention_mask)
+            out = self.t5.generate(
+                encoder_outputs=enc, attention_mask=enc_mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                do_sample=do_sample, num_return_sequences=num_return_sequences, temperature=temperature if do_sample else None,
+                top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
+                output_scores=True, return_dict_in_generate=True, logits_processor=logits_processor,
+                decoder_start_token_id=self.config.decoder_start_token_id, eos_token_id=self.config.eos_token_id,
+                pad_token_id=self.config.pad_token_id,
+            )
         seqs = out.sequences
         if num_beams > 1 and getattr(out, "sequences_scores", None) is not None:
             lengths = (seqs[:, 1:] != self.config.pad_token_id).sum(1).clamp(min=1)

@@ -314,12 +314,26 @@ def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_num
         number_token_mask(type("T", (), {"get_vocab": lambda self: {"a": 0}, "__len__": lambda self: 1})())
 
 
-def test_copy_head_with_its_gate_shut_writes_only_retrieved_tokens_and_generation_matches_scoring():
+COPYABLE = ({5, 6, 7, 1}, {9, 8, 40, 1})  # the tokens each row of _copy_head_case may copy (no padding)
+
+
+def _copy_head_case():
+    """A tiny copy-head model, two images, their retrieved ids (row 0 padded) and decoder inputs."""
     model = _model(copy_head=True).eval()
     px = torch.rand(2, 1, 64, 64)
     ret = torch.tensor([[5, 6, 7, 1, 0], [9, 9, 8, 40, 1]])
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
-    ids = torch.randint(3, 60, (2, 6))
+    return model, px, ret, mask, torch.randint(3, 60, (2, 6))
+
+
+def _no_padding():
+    from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
+
+    return LogitsProcessorList([SuppressTokensLogitsProcessor([0])])  # an untrained model may write padding
+
+
+def test_copy_head_with_its_gate_shut_writes_only_retrieved_tokens_and_generation_matches_scoring():
+    model, px, ret, mask, ids = _copy_head_case()
     logp = model(ids, pixel_values=px, retrieved_ids=ret, retrieved_attention_mask=mask).logits
     assert torch.allclose(logp.logsumexp(-1), torch.zeros(2, 6), atol=1e-4)  # a distribution, read as logits
     assert torch.allclose(logp, model(ids, pixel_values=px, retrieved_ids=torch.cat([ret, torch.zeros_like(ret)], 1),
@@ -328,15 +342,14 @@ def test_copy_head_with_its_gate_shut_writes_only_retrieved_tokens_and_generatio
     with torch.no_grad():
         model.t5.copy_head.gate.bias.fill_(-30.0)  # the pointer alone
     shut = model(ids, pixel_values=px, retrieved_ids=ret, retrieved_attention_mask=mask).logits.exp()
-    for row, allowed in enumerate(({5, 6, 7, 1}, {9, 8, 40, 1})):
+    for row, allowed in enumerate(COPYABLE):
         outside = [t for t in range(60) if t not in allowed]
         assert shut[row][:, outside].max() < 1e-6 and shut[row][:, sorted(allowed)].sum(-1).min() > 0.999
     with torch.no_grad():
         model.t5.copy_head.gate.bias.fill_(0.0)
     # beams expand the retrieved ids with the encoder states: each row's best beam scores as the
     # model scores that sequence in that row's context
-    from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
-    no_pad = LogitsProcessorList([SuppressTokensLogitsProcessor([0])])  # an untrained model may write padding
+    no_pad = _no_padding()
     gen = model.generate_programs(px, max_new_tokens=5, num_beams=3, retrieved_ids=ret, retrieved_attention_mask=mask,
                                   logits_processor=no_pad)
     seqs = [[t for t in s.tolist() if t != 0] for s in gen.sequences]
@@ -345,20 +358,15 @@ def test_copy_head_with_its_gate_shut_writes_only_retrieved_tokens_and_generatio
 
 
 def test_copy_bias_shifts_decoding_towards_retrieved_tokens_and_leaves_the_model_as_trained():
-    model = _model(copy_head=True).eval()
-    px = torch.rand(2, 1, 64, 64)
-    ret = torch.tensor([[5, 6, 7, 1, 0], [9, 9, 8, 40, 1]])
-    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
-    ids = torch.randint(3, 60, (2, 6))
+    model, px, ret, mask, ids = _copy_head_case()
     before = model(ids, pixel_values=px, retrieved_ids=ret, retrieved_attention_mask=mask).logits
-    from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
-    no_pad = LogitsProcessorList([SuppressTokensLogitsProcessor([0])])  # an untrained model may write padding
+    no_pad = _no_padding()
     kw = {"max_new_tokens": 6, "retrieved_ids": ret, "retrieved_attention_mask": mask, "logits_processor": no_pad}
     free = model.generate_programs(px, **kw, copy_bias=-40.0)
     copied = model.generate_programs(px, **kw, copy_bias=40.0)
-    for row, allowed in enumerate(({5, 6, 7, 1}, {9, 8, 40, 1})):  # the pointer alone: only the row's own tokens
+    for row, allowed in enumerate(COPYABLE):  # the pointer alone: only the row's own tokens
         assert set(copied.sequences[row].tolist()) - {0} <= allowed
-    assert any(set(s.tolist()) - {0, 5, 6, 7, 8, 9, 40, 1} for s in free.sequences)  # the vocabulary alone
+    assert any(set(s.tolist()) - {0}.union(*COPYABLE) for s in free.sequences)  # the vocabulary alone
     assert model.t5.copy_head.copy_bias == 0.0  # decoding only: training and scoring see the model as trained
     assert torch.equal(before, model(ids, pixel_values=px, retrieved_ids=ret, retrieved_attention_mask=mask).logits)
     with pytest.raises(ValueError, match="copy head"):
