@@ -16,6 +16,8 @@ best-of-N for N in {1, 3, 6, 10}; reranking none / heuristic / full / full + ref
 * ``ablations.md`` / ``.json``; ``errors.md`` / ``.json`` (error classes per configuration, their
   change against beam 4, the most frequent messages); ``paired.md`` / ``.json`` (each configuration
   against beam 4 id by id: Best IoU on the ids both execute, and with failures counted as 0);
+  ``lookup_bands.md`` / ``.json`` (each configuration against the lookup id by id, in bands of the
+  lookup's Best IoU);
 * ``plots/``: Best IoU histograms, VSR and IoU against N, a grid of examples (input image,
   rendered prediction, rendered ground truth);
 * ``report.md``, which ties them together.
@@ -363,6 +365,36 @@ def paired_with_beam(records: list[dict]) -> tuple[list[str], list[list[str]], l
     return head, body, out
 
 
+LOOKUP_BANDS = (0.0, 0.5, 0.8, 0.95)  # lower edges of the bands of the lookup's per-id Best IoU
+
+
+def against_lookup(records: list[dict], tie: float = 0.01) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Each main configuration against the retrieval lookup of the same data, id by id, in bands
+    of the lookup's Best IoU: where a configuration loses to the program it could have copied.
+    Failures count as 0; better / worse means more than ``tie`` apart."""
+    head = ["data", "configuration", "lookup IoU band", "ids", "lookup IoU", "its IoU (fail = 0)", "better", "worse"]
+    body, out = [], []
+    edges = [*LOOKUP_BANDS, float("inf")]
+    for r in section(records, "main"):
+        base = next((b for b in records if b["data"] == r["data"] and b["key"] == "retrieval"), None)
+        if base is None or r["key"] == "retrieval":
+            continue
+        lookup = {str(x["id"]): x["iou"] or 0.0 for x in base["rows"]}
+        mine = {str(x["id"]): x["iou"] or 0.0 for x in r["rows"]}
+        ids = sorted(set(lookup) & set(mine))
+        for lo, hi in zip(edges, edges[1:]):
+            band = [i for i in ids if lo <= lookup[i] < hi]
+            if not band:
+                continue
+            row = {"data": r["data"], "configuration": r["label"], "band": [lo, min(hi, 1.0)], "ids": len(band),
+                   "lookup_iou": float(np.mean([lookup[i] for i in band])), "iou_zero": float(np.mean([mine[i] for i in band])),
+                   "better": sum(mine[i] > lookup[i] + tie for i in band), "worse": sum(mine[i] < lookup[i] - tie for i in band)}
+            out.append(row)
+            body.append([row["data"], row["configuration"], f"{lo:.2f}-{min(hi, 1.0):.2f}", str(row["ids"]),
+                         _f(row["lookup_iou"]), _f(row["iou_zero"]), str(row["better"]), str(row["worse"])])
+    return head, body, out
+
+
 def markdown(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(row) + " |" for row in body]) + "\n"
@@ -437,6 +469,10 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
     paired_md = markdown(phead, pbody)
     (out / "paired.md").write_text(paired_md)
     (out / "paired.json").write_text(json.dumps(paired, indent=2))
+    lhead, lbody, bands = against_lookup(records)
+    bands_md = markdown(lhead, lbody)
+    (out / "lookup_bands.md").write_text(bands_md)
+    (out / "lookup_bands.json").write_text(json.dumps(bands, indent=2))
     err_md, err = error_analysis(records)
     (out / "errors.md").write_text(err_md)
     (out / "errors.json").write_text(json.dumps(err, indent=2))
@@ -461,6 +497,9 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
         "## Main table", "", table_md,
         "## Paired with beam 4", "", "Best IoU on the ids where both this configuration and beam 4 execute, and with "
         "failures counted as 0 (`paired.json`).", "", paired_md,
+        "## Against the lookup", "", "Each configuration against the nearest training program it could have copied, "
+        "id by id, in bands of that program's Best IoU; failures count as 0, better / worse means more than 0.01 "
+        "apart (`lookup_bands.json`).", "", bands_md,
         "## Ablations", "", abl_md,
         "## Error analysis", "", "Rates per test image; change is relative to beam 4.", "", err_md,
         "## Plots", "", figs, "",

@@ -40,13 +40,29 @@ def test_plan_covers_the_study_and_runs_shared_configurations_once():
     assert [v for v in variants if v.key == "bestof6"][0].labels.keys() == {"bestofn", "main"}
 
 
+def test_lookup_bands_compare_each_configuration_with_the_program_it_could_have_copied():
+    def record(key, label, ious):
+        return {"data": "d", "key": key, "labels": {"main": label}, "rows": [{"id": i, "iou": v} for i, v in ious.items()]}
+
+    lookup = record("retrieval", "retrieval", {"a": 0.3, "b": 0.4, "c": 0.97, "d": 0.99, "e": 0.85})
+    beam = record("beam4", "SFT, beam 4", {"a": 0.6, "b": 0.405, "c": None, "d": 0.5, "e": 0.85})
+    head, body, rows = eval_all.against_lookup([lookup, beam])
+    assert len(body) == len(rows) == 3 and len(head) == len(body[0])  # the lookup is not compared with itself
+    low, mid, top = rows
+    assert (low["band"], low["ids"], low["better"], low["worse"]) == ([0.0, 0.5], 2, 1, 0)  # 0.405 is a tie
+    assert low["lookup_iou"] == pytest.approx(0.35) and low["iou_zero"] == pytest.approx(0.5025)
+    assert (mid["band"], mid["ids"], mid["better"], mid["worse"]) == ([0.8, 0.95], 1, 0, 0)
+    assert (top["band"], top["ids"], top["better"], top["worse"]) == ([0.95, 1.0], 2, 0, 2)  # a failure counts as 0
+    assert top["iou_zero"] == pytest.approx(0.25)
+
+
 def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, model_dir, monkeypatch):
     args = ["--model", str(model_dir), "--data", f"real={REFERENCE / 'samples.jsonl'}",
             "--retrieval-data", str(REFERENCE / "samples.jsonl"), "--results", str(tmp_path), "--run", "t",
             "--limit", "3", "--n", "2", "--k", "1", "--ns", "1,2", "--refine", "4", "--max-new-tokens", "16", "--examples", "3", "--quiet"]
     assert eval_all.main(args) == 0
     out = tmp_path / "t"
-    for name in ("table.md", "table.csv", "table.json", "ablations.md", "ablations.json", "errors.md", "errors.json", "paired.json",
+    for name in ("table.md", "table.csv", "table.json", "ablations.md", "ablations.json", "errors.md", "errors.json", "paired.json", "lookup_bands.json",
                  "report.md", "plots/iou_hist-real.png", "plots/bestofn.png", "plots/examples-real.png"):
         assert (out / name).stat().st_size > 0, name
     with (out / "table.csv").open() as f:
@@ -59,7 +75,9 @@ def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, m
     records = json.loads((out / "table.json").read_text())["records"]
     assert {r["key"] for r in records} == {"retrieval", "beam4", "grammar", "bestof2", "rerank2-k1"}
     report = (out / "report.md").read_text()
-    assert "## Ablations" in report and "plots/examples-real.png" in report
+    assert "## Ablations" in report and "## Against the lookup" in report and "plots/examples-real.png" in report
+    assert {r["configuration"] for r in json.loads((out / "lookup_bands.json").read_text())} == {
+        r["configuration"] for r in rows[1:]}  # every model row, in one band or more
 
     before = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.jsonl")}
     monkeypatch.setattr(eval_all, "predict", lambda *a, **k: pytest.fail("cached configuration decoded again"))
