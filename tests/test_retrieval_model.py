@@ -273,6 +273,31 @@ def test_retrieval_use_scores_the_three_contexts(tmp_path, reference_rows):
     assert all(np.isfinite(report[f"loss_{k}_numbers_the_copy_holds"]) for k in names)
 
 
+def test_beam_vs_neighbour_scores_both_programs_in_the_context_beam_search_read(tmp_path, reference_rows):
+    from scripts import beam_vs_neighbour
+    from tests.conftest import REFERENCE
+
+    tok = train_tokenizer([canonical_target(r["cadquery"]) for r in reference_rows], vocab_size=400)
+    folder = _conditioned_model_folder(tmp_path / "m", tok, retrieval_k=2)
+    # the index holds the reference rows themselves, so each image's nearest program is its own:
+    # a "beam program" equal to it must score exactly as the neighbour, another one differently
+    rows = reference_rows[:3]
+    pred = tmp_path / "beam.jsonl"
+    codes = [rows[0]["cadquery"], rows[2]["cadquery"], rows[1]["cadquery"]]
+    pred.write_text("".join(json.dumps({"id": r["deepcad_id"], "code": c}) + "\n" for r, c in zip(rows, codes)))
+    out = tmp_path / "bvn.json"
+    assert beam_vs_neighbour.main(["--model", str(folder), "--data", str(REFERENCE / "samples.jsonl"), "--limit", "3",
+                                   "--pred", str(pred), "--batch-size", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    same, other, _ = report["rows"]
+    assert same["beam_logprob"] == pytest.approx(same["neighbour_logprob"], abs=1e-3) and same["beam_tokens"] == same["neighbour_tokens"]
+    assert other["beam_logprob"] != pytest.approx(other["neighbour_logprob"], abs=1e-3)
+    assert all(np.isfinite([r["beam_logprob"], r["neighbour_logprob"]]).all() and r["beam_logprob"] < 0 for r in report["rows"])
+    summary = report["summary"]["all"]
+    assert summary["ids"] == 3 and summary["neighbour_higher_by_sum"] == sum(
+        r["neighbour_logprob"] > r["beam_logprob"] for r in report["rows"])
+
+
 def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_numbers(reference_rows):
     from tests.conftest import REFERENCE
     from cad.programs import NUMBER_RE, bounding_size
