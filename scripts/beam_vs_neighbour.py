@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, to_image, undecoded  # noqa: E402
-from cad.io import read_jsonl  # noqa: E402
+from cad.cli import guarded  # noqa: E402
+from cad.io import read_jsonl, require_model_dir  # noqa: E402
 from cad.programs import normalize_scale  # noqa: E402
 from decoding.predict import DecodeConfig, Predictor  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
@@ -42,6 +43,7 @@ def per_id_iou(path: str | None) -> dict[str, float]:
     return {str(r["id"]): r["iou"] or 0.0 for r in json.loads(Path(path).read_text())["rows"]}
 
 
+@guarded()
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    require_model_dir(args.model)
+    beam = {str(r["id"]): r["code"] for _, r, _ in read_jsonl(args.pred) if r and "code" in r}
 
     model, tok, proc = load_model(args.model, torch.device("cpu"))
     model.eval()
     index = RetrievalIndex.load(Path(args.model) / "retrieval_index.npz")
     predictor = Predictor(model, tok, proc, DecodeConfig(strategy="beam"), index=index)
-    beam = {str(r["id"]): r["code"] for _, r, _ in read_jsonl(args.pred) if r and "code" in r}
     rows = [r for r in undecoded(load_gencad(args.data, split=args.split, limit=args.limit)) if str(r["deepcad_id"]) in beam]
 
     def tokens(code: str) -> list[int]:
