@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in undecoded(load_gencad(args.data, split=args.split, limit=args.limit)) if str(r["deepcad_id"]) in beam]
 
     def tokens(code: str) -> list[int]:
-        return program_tokens(tok, canonical_target(code, 256), False)
+        return program_tokens(tok, canonical_target(code, predictor.cfg.canonical_grid), False)  # as decoding tokenizes
 
     out = []
     for start in tqdm(range(0, len(rows), args.batch_size), desc="score", unit="batch"):
