@@ -160,13 +160,16 @@ class Predictor:
 
     def neighbour_sets(self, hits: list[list[tuple[str, float]]], count: int) -> list[list[list[str]]]:
         """Per image, ``count`` sets of retrieved programs to condition on: set j holds the
-        model's k neighbours starting at the j-th nearest (wrapping around a short list)."""
+        model's k neighbours starting at the j-th nearest (wrapping around a short list), rescaled
+        to the model's program scale when it has one (``cad.programs.normalize_scale``)."""
         k = self.context_k
         if k <= 0:
             return [[[] for _ in range(count)] for _ in hits]
         sets = []
         for h in hits:
-            codes = [c for c, _ in h] or [""]
+            codes = [c for c, _ in h][: count + k - 1] or [""]  # the ones the sets below read
+            if self.scale:
+                codes = [normalize_scale(c, self.scale) if c else c for c in codes]
             sets.append([[codes[(j + i) % len(codes)] for i in range(min(k, len(codes)))] for j in range(count)])
         return sets
 
@@ -236,8 +239,6 @@ class Predictor:
         per_set = sampling and cfg.edit_mode == "neighbours"
         count = cfg.n if per_set else 1
         sets = self.neighbour_sets(hits, count)
-        if self.scale:  # the programs the model reads, rescaled to one size (cad.programs.normalize_scale)
-            sets = [[[normalize_scale(c, self.scale) if c else c for c in s] for s in per] for per in sets]
         self.contexts = [per[0] for per in sets]  # what each image's first (or only) candidate set edited
         rows = [s for per in sets for s in per]
         retrieved = self.retrieved_inputs(rows, px.device)

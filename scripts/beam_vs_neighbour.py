@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, to_image, undecoded  # noqa: E402
 from cad.cli import guarded  # noqa: E402
 from cad.io import read_jsonl, require_model_dir  # noqa: E402
-from cad.programs import normalize_scale  # noqa: E402
 from decoding.predict import DecodeConfig, Predictor  # noqa: E402
 from decoding.retrieval import RetrievalIndex  # noqa: E402
 from sft.data import program_tokens  # noqa: E402
@@ -73,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for start in tqdm(range(0, len(rows), args.batch_size), desc="score", unit="batch"):
         chunk = rows[start:start + args.batch_size]
         images = [to_image(r["image"]).convert("RGB") for r in chunk]
-        sets = predictor.neighbour_sets(index.query(images, predictor.context_k), 1)
-        contexts = [[normalize_scale(c, predictor.scale) if predictor.scale else c for c in per[0]] for per in sets]
+        contexts = [per[0] for per in predictor.neighbour_sets(index.query(images, predictor.context_k), 1)]
         retrieved = predictor.retrieved_inputs(contexts, torch.device("cpu"))
         px = proc(images)
         beam_toks = [tokens(beam[str(r["deepcad_id"])]) for r in chunk]

@@ -337,6 +337,16 @@ def main_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def against_row(records: list[dict], key: str):
+    """Each main configuration other than ``key``, with the ``key`` row of the same data: yields
+    (record, its Best IoU per id, the ``key`` row's Best IoU per id), None where a program failed."""
+    for r in section(records, "main"):
+        base = next((b for b in records if b["data"] == r["data"] and b["key"] == key), None)
+        if base is None or r["key"] == key:
+            continue
+        yield r, {str(x["id"]): x["iou"] for x in r["rows"]}, {str(x["id"]): x["iou"] for x in base["rows"]}
+
+
 def paired_with_beam(records: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
     """Each main configuration against beam 4 of the same data, id by id: Best IoU on the ids where
     both execute (the table's Best IoU averages each over its own executing ids, so a configuration
@@ -346,12 +356,7 @@ def paired_with_beam(records: list[dict]) -> tuple[list[str], list[list[str]], l
             "its IoU (fail = 0)", "only it executes", "only beam 4 executes"]
     body, out = [], []
     mean = lambda vals: float(np.mean(vals)) if vals else None  # noqa: E731
-    for r in section(records, "main"):
-        beam = next((b for b in records if b["data"] == r["data"] and b["key"] == "beam4"), None)
-        if beam is None or r["key"] == "beam4":
-            continue
-        mine = {str(x["id"]): x["iou"] for x in r["rows"]}
-        theirs = {str(x["id"]): x["iou"] for x in beam["rows"]}
+    for r, mine, theirs in against_row(records, "beam4"):
         ids = sorted(set(mine) & set(theirs))
         both = [i for i in ids if mine[i] is not None and theirs[i] is not None]
         row = {"data": r["data"], "configuration": r["label"], "ids": len(ids), "both": len(both),
@@ -375,12 +380,9 @@ def against_lookup(records: list[dict], tie: float = 0.01) -> tuple[list[str], l
     head = ["data", "configuration", "lookup IoU band", "ids", "lookup IoU", "its IoU (fail = 0)", "better", "worse"]
     body, out = [], []
     edges = [*LOOKUP_BANDS, float("inf")]
-    for r in section(records, "main"):
-        base = next((b for b in records if b["data"] == r["data"] and b["key"] == "retrieval"), None)
-        if base is None or r["key"] == "retrieval":
-            continue
-        lookup = {str(x["id"]): x["iou"] or 0.0 for x in base["rows"]}
-        mine = {str(x["id"]): x["iou"] or 0.0 for x in r["rows"]}
+    for r, mine, lookup in against_row(records, "retrieval"):
+        mine = {i: v or 0.0 for i, v in mine.items()}
+        lookup = {i: v or 0.0 for i, v in lookup.items()}
         ids = sorted(set(lookup) & set(mine))
         for lo, hi in zip(edges, edges[1:]):
             band = [i for i in ids if lo <= lookup[i] < hi]
