@@ -18,7 +18,8 @@ from cad.data import load_gencad, undecoded
 from cad.io import InputError, check_output_file, files_fingerprint, fingerprint, prune_stale, require_model_dir
 from cad.distributed import combine_stats, is_main_process, merge, part_paths, run_sharded, state
 from cad.sandbox import SandboxPool
-from decoding.predict import STRATEGIES, DecodeConfig, decode_fingerprints, parse_grid, predict, resolve_device
+from decoding.predict import (STRATEGIES, DecodeConfig, decode_fingerprints, model_option_problem, parse_grid, predict,
+                              resolve_device)
 from decoding.rerank import parse_objective, parse_weights
 from decoding.retrieval import RetrievalIndex
 
@@ -107,11 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         from sft.model import load_model
 
         config = json.loads((Path(args.model) / "config.json").read_text())  # checked before loading the weights
-        if cfg.copy_bias and not config.get("copy_head"):
-            raise InputError(f"--copy-bias needs a model with a copy head; {args.model} has none (leave --copy-bias out)")
-        if config.get("retrieval_layers") and cfg.context_k != 0 and index is None:
-            raise InputError(f"{args.model} edits retrieved programs: pass --index FILE or --retrieval-data DIR "
-                             "(the training data), or --context-k 0 for its plain mode")
+        problem = model_option_problem(cfg, config, index is not None)
+        if problem:
+            raise InputError(f"{args.model}: {problem}")
 
         # "auto" is this process's own accelerator when several processes run (accelerate launch)
         model, tokenizer, processor = load_model(args.model, state().device if args.device == "auto" else resolve_device(args.device))

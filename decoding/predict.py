@@ -108,6 +108,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def model_option_problem(cfg: DecodeConfig, model_config: dict | None, has_index: bool) -> str | None:
+    """Why ``cfg`` cannot decode with a model of this ``config.json`` (None: no model), or None;
+    the decoding CLI asks before it loads the weights, ``Predictor`` when it is built."""
+    conditioned = bool(model_config and model_config.get("retrieval_layers"))
+    if (cfg.strategy == "retrieval" or cfg.k_retrieval or (conditioned and cfg.context_k != 0)) and not has_index:
+        return "retrieval needs an index: pass --index FILE or --retrieval-data DIR (the training data)" + (
+            "; this model edits retrieved programs (its folder's retrieval_index.npz is the index it was trained "
+            "with), or pass --context-k 0 for its plain mode" if conditioned else "")
+    if cfg.copy_bias and not (model_config and model_config.get("copy_head")):
+        return (f"copy_bias (--copy-bias) {cfg.copy_bias} needs a retrieval-conditioned model with a copy head "
+                "(copy_head: true); leave it out for this model")
+    return None
+
+
 class Predictor:
     """Holds the model, tokenizer, processor, sandbox and optional retrieval index."""
 
@@ -124,12 +138,9 @@ class Predictor:
             from decoding.constrained import GrammarLogitsProcessor
 
             self.grammar_processor = GrammarLogitsProcessor(tokenizer, GRAMMARS[cfg.grammar_name])
-        if (cfg.strategy == "retrieval" or cfg.k_retrieval or (self.conditioned and cfg.context_k != 0)) and index is None:
-            raise ValueError("retrieval needs an index: pass --index or --retrieval-data" + (
-                " (this model edits retrieved programs; its folder's retrieval_index.npz is the index it was trained with)"
-                if self.conditioned else ""))
-        if cfg.copy_bias and not (model is not None and getattr(model.config, "copy_head", False)):
-            raise ValueError(f"copy_bias {cfg.copy_bias} needs a retrieval-conditioned model with a copy head (copy_head: true)")
+        problem = model_option_problem(cfg, model.config.to_dict() if model is not None else None, index is not None)
+        if problem:
+            raise ValueError(problem)
         self.select_seconds = 0.0  # execution and scoring of candidates, summed over images
         self._token_cache: dict[int, tuple[str, list[int]]] = {}
         self._numbers: torch.Tensor | None = None  # template decoding: which token ids are numbers

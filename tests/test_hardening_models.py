@@ -12,26 +12,12 @@ from PIL import Image
 
 from cad.render import render_geometry
 from cad.sandbox import ExecOptions
+from tests.conftest import ROOT
+from tests.test_decoding import TINY
+from tests.test_hardening_cli import refuses
 
-ROOT = Path(__file__).resolve().parents[1]
 BOX = "import cadquery as cq\nsolid = cq.Workplane('XY').box({}, {}, {})\n"
 SIZES = [(1, 1, 1), (3, 1, 1), (1, 2, 3), (2, 2, 0.5)]
-TINY = dict(encoder_name="vit_tiny_patch16_224", image_size=64, in_chans=1,
-            encoder_kwargs={"depth": 1, "embed_dim": 64, "num_heads": 2},
-            decoder={"d_model": 64, "d_kv": 16, "d_ff": 128, "num_decoder_layers": 1, "num_heads": 4, "dropout_rate": 0.0})
-
-
-def refuses(main, argv: list[str], capsys, text: str = "") -> str:
-    """``main(argv)`` ends with exit code 2 (returned or raised by argparse) and one stderr line."""
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0] and text in err[0], err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
