@@ -5,6 +5,10 @@ without float noise (``6.123233995736766e-17`` becomes ``0.0``), trailing zeros 
 around ``=`` or after ``,``, GenCAD's ``# Generating a workplane`` comments dropped (optional),
 blank lines removed. The program builds the same solid (tests check exact IoU >= 0.99) and is
 shorter, which shortens training targets.
+
+Structure (``structure``): the canonical form with every number written as ``#``: the operations,
+their order and their variables. Two programs with the same structure differ only in numbers, so
+one can be edited into the other by changing numbers alone (template decoding, refinement).
 """
 from __future__ import annotations
 
@@ -46,6 +50,11 @@ def canonicalize(code: str, decimals: int = 4, keep_comments: bool = False, grid
         body = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", body))
         lines.append(body)
     return "\n".join(lines) + "\n"
+
+
+def structure(code: str) -> str:
+    """``code``'s canonical form with every number literal (sign included) replaced by ``#``."""
+    return NUMBER_RE.sub("#", canonicalize(code))
 
 
 def on_grid(value: float, grid: int) -> bool:

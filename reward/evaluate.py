@@ -7,8 +7,9 @@ class semantic) and is named in a warning. Prediction lines that are malformed (
 ``code``) or repeat an id are skipped and reported as such (``malformed_predictions``);
 predictions of ids not in the ground truth are ignored (``unmatched_predictions``). An empty
 prediction or ground-truth file is an error. Prints a JSON summary (``n``, ``vsr``, ``exec_rate``,
-``iou_best`` and with ``--iou both`` ``iou_best_voxel``, ``n_valid``, error classes, ``missing``,
-seconds); ``--out`` also keeps per-id rows. See ``reward.metrics`` for the definitions.
+``iou_best`` and with ``--iou both`` ``iou_best_voxel``, ``n_valid``, ``structure_match``, error
+classes, ``missing``, seconds); ``--out`` also keeps per-id rows. See ``reward.metrics`` for the
+definitions.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from cad.cli import TIMEOUT, WORKERS, ArgumentParser, guarded
 from cad.execute import load_programs
 from cad.geometry import best_iou
 from cad.io import InputError, check_output_file
+from cad.programs import structure
 from cad.sandbox import DEFAULT_TIMEOUT, ExecOptions, ExecResult, SandboxPool
 from reward.metrics import error_class, summarise
 
@@ -43,13 +45,14 @@ def evaluate_pairs(
         codes.extend([pred if pred is not None else "", gt])
     results = pool.imap(codes, opts)
     rows = []
-    for pid, pred, _ in tqdm(pairs, desc="evaluate", unit="id", disable=not progress):
+    for pid, pred, gt in tqdm(pairs, desc="evaluate", unit="id", disable=not progress):
         pr: ExecResult = next(results)
         gr: ExecResult = next(results)
         if pred is None:
             pr = ExecResult("missing", "no prediction for this id")
         row = {"id": pid, "status": pr.status, "error": pr.error, "executable": pr.executable,
-               "error_class": error_class(pr), "gt_status": gr.status, "iou": None}
+               "error_class": error_class(pr), "gt_status": gr.status, "iou": None,
+               "same_structure": pred is not None and structure(pred) == structure(gt)}
         if pr.executable and gr.executable and pr.geometry is not None and gr.geometry is not None:
             if iou in ("exact", "both", "cadcoder"):  # cadcoder: CAD-Coder's four poses only (cad.geometry)
                 row["iou"] = best_iou(pr.geometry, gr.geometry, "cadcoder" if iou == "cadcoder" else "exact").iou

@@ -14,6 +14,8 @@ Definitions (one place, used by evaluation, reranking and the reward):
     is not a valid solid (open shell, zero volume).
   - ``structural``: it runs but leaves no solid result (status ``no_solid``: no ``solid`` variable
     or fallback, or an incomplete workplane chain that never produced a solid).
+* Structure match: the share of all ids whose prediction has the ground truth's structure
+  (``cad.programs.structure``: the same program up to its numbers), executed or not.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Summary:
     errors: dict
     statuses: dict
     iou_best_voxel: float | None = None
+    structure_match: float | None = None
 
     def to_json(self) -> dict:
         out = {
@@ -56,12 +59,15 @@ class Summary:
         }
         if self.iou_best_voxel is not None:
             out["iou_best_voxel"] = round(self.iou_best_voxel, 4)
+        if self.structure_match is not None:
+            out["structure_match"] = round(self.structure_match, 4)
         return out
 
 
 def summarise(rows: list[dict]) -> Summary:
     """Aggregate per-id rows of ``reward.evaluate`` (``status``, ``executable``, ``error_class``,
-    ``iou`` and optionally ``iou_voxel``, None where the pair did not both execute)."""
+    ``iou`` and optionally ``iou_voxel``, None where the pair did not both execute, and
+    ``same_structure``)."""
     n = len(rows)
     statuses: dict[str, int] = {}
     errors = {c: 0 for c in ERROR_CLASSES}
@@ -71,6 +77,7 @@ def summarise(rows: list[dict]) -> Summary:
             errors[r["error_class"]] += 1
     valid = [r["iou"] for r in rows if r["iou"] is not None]
     voxel = [r["iou_voxel"] for r in rows if r.get("iou_voxel") is not None]
+    same = [bool(r["same_structure"]) for r in rows if "same_structure" in r]
     return Summary(
         n=n,
         vsr=statuses.get("ok", 0) / n if n else 0.0,
@@ -80,4 +87,5 @@ def summarise(rows: list[dict]) -> Summary:
         errors={k: {"count": v, "rate": round(v / n, 4) if n else 0.0} for k, v in errors.items()},
         statuses=statuses,
         iou_best_voxel=float(np.mean(voxel)) if voxel else None,
+        structure_match=float(np.mean(same)) if same and len(same) == n else None,
     )

@@ -12,7 +12,8 @@ best-of-N for N in {1, 3, 6, 10}; reranking none / heuristic / full / full + ref
 ``results/<run>/``:
 
 * ``table.md`` / ``.csv`` / ``.json``: VSR, Executable %, Best IoU (exact, and voxel as the study
-  measured it), training time and memory of the model, inference seconds and peak memory;
+  measured it), structure match (``reward.metrics``), training time and memory of the model,
+  inference seconds and peak memory;
 * ``ablations.md`` / ``.json``; ``errors.md`` / ``.json`` (error classes per configuration, their
   change against beam 4, the most frequent messages); ``paired.md`` / ``.json`` (each configuration
   against beam 4 id by id: Best IoU on the ids both execute, and with failures counted as 0);
@@ -326,14 +327,14 @@ def beam_time(records: list[dict], data: str) -> float | None:
 
 def main_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["data", "configuration", "n", "VSR", "Executable %", "Best IoU (exact)", "Best IoU (voxel)",
-                    "training time", "train memory (MB)", "s / image", "x beam 4", "decoding peak memory (MB)"]
+            "structure match", "training time", "train memory (MB)", "s / image", "x beam 4", "decoding peak memory (MB)"]
     body = []
     for r in section(records, "main"):
         base = beam_time(records, r["data"])
         ratio = r["s_per_image"] / base if base and r["s_per_image"] is not None and r["model"] else None
         body.append([r["data"], r["label"], str(r["n"]), _f(r["vsr"]), _f(100 * r["exec_rate"], ".1f"), _f(r["iou_best"]),
-                     _f(r.get("iou_best_voxel")), r.get("train_detail", "-"), _f(r.get("train_memory_mb"), ".0f"),
-                     _f(r["s_per_image"], ".3f"), _f(ratio, ".2f"), _f(r.get("peak_memory_mb"), ".0f")])
+                     _f(r.get("iou_best_voxel")), _f(r.get("structure_match")), r.get("train_detail", "-"),
+                     _f(r.get("train_memory_mb"), ".0f"), _f(r["s_per_image"], ".3f"), _f(ratio, ".2f"), _f(r.get("peak_memory_mb"), ".0f")])
     return head, body
 
 

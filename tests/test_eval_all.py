@@ -70,6 +70,8 @@ def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, m
     assert [r["configuration"].split(" ")[0] for r in rows] == ["retrieval", "SFT,", "+", "+", "+"]
     assert all(r["n"] == "3" for r in rows)
     assert rows[0]["VSR"] == "1.000"  # retrieved reference programs all execute
+    # the index holds these rows, so the lookup returns each one's own program; 16 tokens end every program early
+    assert rows[0]["structure match"] == "1.000" and rows[1]["structure match"] == "0.000"
     assert all(r["training time"] == "SFT 12 s" for r in rows[1:])
     # every configuration of the main table is accounted for
     records = json.loads((out / "table.json").read_text())["records"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cad.geometry import best_iou, exact_iou_pair, to_trimesh
-from cad.programs import bounding_size, canonicalize, normalize_scale, perturb
+from cad.programs import bounding_size, canonicalize, normalize_scale, perturb, structure
 from cad.sandbox import ExecOptions
 
 GEO = ExecOptions(want_geometry=True)
@@ -109,6 +109,7 @@ def test_evaluate_cli_on_perturbed_reference(tmp_path, reference_rows):
     gt = tmp_path / "gt.jsonl"
     gt.write_text("".join(json.dumps(r) + "\n" for r in reference_rows[:4]))
     preds = [{"id": r["deepcad_id"], "code": perturb(r["cadquery"], rng, 0.05)} for r in reference_rows[:3]]
+    preds[2]["code"] = "import cadquery as cq\nsolid = cq.Workplane('XY').box(1.5, 0.5, 0.25)"  # runs, another structure
     pred = tmp_path / "pred.jsonl"
     pred.write_text("".join(json.dumps(p) + "\n" for p in preds))
     out = tmp_path / "report.json"
@@ -118,8 +119,18 @@ def test_evaluate_cli_on_perturbed_reference(tmp_path, reference_rows):
     assert s["n"] == 4
     assert s["vsr"] == pytest.approx(0.75)  # the fourth id has no prediction
     assert s["errors"]["semantic"]["count"] == 1
-    assert 0.5 < s["iou_best"] <= 1.0 and s["n_valid"] == 3
+    assert 0.3 < s["iou_best"] <= 1.0 and s["n_valid"] == 3
     assert len(report["rows"]) == 4
+    assert [r["same_structure"] for r in report["rows"]] == [True, True, False, False]
+    assert s["structure_match"] == pytest.approx(0.5)  # counted over all ids, the missing one included
+
+
+def test_structure_masks_numbers_and_keeps_operations(reference_rows):
+    code = reference_rows[0]["cadquery"]
+    edited = perturb(code, np.random.default_rng(1), 0.2)
+    assert canonicalize(edited) != canonicalize(code) and structure(edited) == structure(code)
+    assert "wp_sketch0" in structure(code) and "#" in structure(code)
+    assert structure(code.replace(".close()", ".lineTo(0.1, 0.2).close()", 1)) != structure(code)
 
 
 def _exhaustive_iou(pred, gt, mode="exact"):
