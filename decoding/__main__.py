@@ -21,7 +21,7 @@ from cad.sandbox import SandboxPool
 from decoding.predict import (STRATEGIES, DecodeConfig, decode_fingerprints, model_option_problem, parse_grid, predict,
                               resolve_device)
 from decoding.rerank import parse_objective, parse_weights
-from decoding.retrieval import RetrievalIndex
+from decoding.retrieval import RetrievalIndex, saved_index
 
 
 def _grid(text: str) -> int | None:
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                        copy_bias=args.copy_bias, context_k=args.context_k)
     cfg.weights.update(weights)
     index = None
-    if not args.index and not args.retrieval_data and args.model and (Path(args.model) / "retrieval_index.npz").exists():
-        args.index = str(Path(args.model) / "retrieval_index.npz")  # the index the model was trained with
+    if not args.index and not args.retrieval_data and saved_index(args.model):
+        args.index = str(saved_index(args.model))  # the index the model was trained with
     if cfg.strategy == "retrieval" or cfg.k_retrieval or args.index:
         if args.index and Path(args.index).exists():
             index = RetrievalIndex.load(args.index)

@@ -114,8 +114,8 @@ def model_option_problem(cfg: DecodeConfig, model_config: dict | None, has_index
     conditioned = bool(model_config and model_config.get("retrieval_layers"))
     if (cfg.strategy == "retrieval" or cfg.k_retrieval or (conditioned and cfg.context_k != 0)) and not has_index:
         return "retrieval needs an index: pass --index FILE or --retrieval-data DIR (the training data)" + (
-            "; this model edits retrieved programs (its folder's retrieval_index.npz is the index it was trained "
-            "with), or pass --context-k 0 for its plain mode" if conditioned else "")
+            "; this model edits retrieved programs: pass the index it was trained with (a run folder's "
+            "retrieval_index.npz), or --context-k 0 for its plain mode" if conditioned else "")
     if cfg.copy_bias and not (model_config and model_config.get("copy_head")):
         return (f"copy_bias (--copy-bias) {cfg.copy_bias} needs a retrieval-conditioned model with a copy head "
                 "(copy_head: true); leave it out for this model")

@@ -8,7 +8,8 @@ are projected on the first ``dims`` principal components of the training embeddi
 and stored as int8 (cosine similarity = dot product / 127^2). Programs are stored in the canonical
 form the model reads and writes (``sft.tokenizer.canonical_target``), LZMA-compressed.
 
-The index records the split it was built from; ``build`` refuses a test split.
+The index records the split it was built from; ``build`` refuses a test split. A model folder
+saves the index its model was trained with (``saved_index``).
 """
 from __future__ import annotations
 
@@ -22,12 +23,22 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from cad.data import load_gencad, to_image, undecoded
+from img2cad.shipped import INDEX as SHIPPED_INDEX
 from sft.image_processing import ImageProcessor
 from sft.tokenizer import canonical_target
 
 EMBED = ImageProcessor(size=64, channels=1)
 EMBEDDINGS = ("blur64", "pixel64")
 FORMAT_VERSION = 2
+RUN_INDEX = "retrieval_index.npz"  # beside the weights of an sft / rl run of a retrieval-conditioned model
+
+
+def saved_index(model_dir: str | Path | None) -> Path | None:
+    """The index saved in a model folder: a run's ``retrieval_index.npz`` or a shipped folder's
+    ``index.npz``; None when it holds neither."""
+    if model_dir is None:
+        return None
+    return next((Path(model_dir) / n for n in (RUN_INDEX, SHIPPED_INDEX) if (Path(model_dir) / n).exists()), None)
 
 
 def ink(images) -> np.ndarray:

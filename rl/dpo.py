@@ -40,6 +40,7 @@ from cad.config import recipe_from_argv, to_yaml
 from cad.io import require_model_dir
 from cad.programs import normalize_scale
 from cad.data import to_image
+from decoding.retrieval import RUN_INDEX, saved_index
 from sft.data import RetrievalSpec, pack_retrieved
 from sft.model import Img2CadModel, load_model
 from sft.tokenizer import canonical_target
@@ -199,9 +200,9 @@ def train_dpo(cfg: DPORecipe, resume: bool = False) -> dict:
                **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
     if main_process:
         processor.save_pretrained(out)
-        own_index = Path(cfg.sft_model) / "retrieval_index.npz"
-        if own_index.exists():  # a retrieval-conditioned model keeps the index it was trained with
-            shutil.copyfile(own_index, out / "retrieval_index.npz")
+        own_index = saved_index(cfg.sft_model)
+        if own_index:  # a retrieval-conditioned model keeps the index it was trained with
+            shutil.copyfile(own_index, out / RUN_INDEX)
         (out / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "dpo_config.yaml").write_text(to_yaml(cfg))
     trainer.accelerator.wait_for_everyone()

@@ -61,13 +61,13 @@ from cad.config import ConfigError, recipe_from_argv, to_yaml
 from cad.data import load_gencad, to_image, undecoded
 from cad.io import InputError, read_jsonl, require_model_dir
 from cad.sandbox import ExecOptions, SandboxPool
+from decoding.retrieval import RUN_INDEX as INDEX_NAME, saved_index
 from reward.score import RenderTarget, candidate_terms
 from sft.model import load_model, per_token_outputs
 from sft.train import peak_memory_mb, resolve_precision
 
 TRL_VERSION = "1.16.0"  # the private methods overridden below are those of this version
 TERMS = ("executed", "grammatical", "iou", "silhouette")
-INDEX_NAME = "retrieval_index.npz"
 
 
 @dataclass
@@ -373,8 +373,8 @@ def build_environment(cfg: GRPORecipe, model, tokenizer, processor, rows: list[d
     if getattr(model.config, "retrieval_layers", 0):
         from decoding.retrieval import RetrievalIndex
 
-        path = Path(cfg.sft_model) / INDEX_NAME
-        if not path.exists():
+        path = saved_index(cfg.sft_model)
+        if path is None:
             raise InputError(f"{cfg.sft_model}: a retrieval-conditioned model needs the {INDEX_NAME} it was trained with")
         index, k, max_len = RetrievalIndex.load(path), int(model.config.retrieval_k), int(model.config.max_retrieved_length)
     return CadEnvironment(rows, tokenizer, processor, cfg, pool, index, k, max_len, getattr(model.config, "program_scale", None))
@@ -426,8 +426,8 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False) -> dict:
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(out))
         processor.save_pretrained(out)
-        if (Path(cfg.sft_model) / INDEX_NAME).exists():
-            shutil.copy(Path(cfg.sft_model) / INDEX_NAME, out / INDEX_NAME)
+        if saved_index(cfg.sft_model):  # a retrieval-conditioned model keeps the index it was trained with
+            shutil.copy(saved_index(cfg.sft_model), out / INDEX_NAME)
         (out / "grpo_metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "grpo_config.yaml").write_text(to_yaml(cfg))
     trainer.accelerator.wait_for_everyone()

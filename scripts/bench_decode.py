@@ -26,7 +26,7 @@ from decoding.constrained import GrammarLogitsProcessor  # noqa: E402
 from decoding.grammar import GRAMMARS, repair, validate  # noqa: E402
 from decoding.predict import DecodeConfig, predict  # noqa: E402
 from decoding.rerank import DEFAULT_WEIGHTS, parse_weights  # noqa: E402
-from decoding.retrieval import RetrievalIndex  # noqa: E402
+from decoding.retrieval import RetrievalIndex, saved_index  # noqa: E402
 from scripts._common import machine, reference_rows, write_json  # noqa: E402
 from sft.model import load_model  # noqa: E402
 
@@ -62,8 +62,8 @@ def main() -> None:
     args = ap.parse_args()
     model, tok, proc = load_model(args.model, "cuda" if torch.cuda.is_available() else "cpu")
     ds = load_gencad(args.data, split=args.split, limit=args.limit)
-    own = Path(args.model) / "retrieval_index.npz"
-    index = RetrievalIndex.load(own) if own.exists() else None
+    own = saved_index(args.model)
+    index = RetrievalIndex.load(own) if own else None
     k = args.k if index is not None else 0
     rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in ds]
     weights = {**DEFAULT_WEIGHTS, **(parse_weights(args.weights) if args.weights else {})}

@@ -18,7 +18,8 @@ best-of-N for N in {1, 3, 6, 10}; reranking none / heuristic / full / full + ref
   change against beam 4, the most frequent messages); ``paired.md`` / ``.json`` (each configuration
   against beam 4 id by id: Best IoU on the ids both execute, and with failures counted as 0);
   ``lookup_bands.md`` / ``.json`` (each configuration against the lookup id by id, in bands of the
-  lookup's Best IoU);
+  lookup's Best IoU); ``structure.md`` / ``.json`` (each configuration against the lookup on the ids
+  where it writes the true program's structure and on the others);
 * ``plots/``: Best IoU histograms, VSR and IoU against N, a grid of examples (input image,
   rendered prediction, rendered ground truth);
 * ``report.md``, which ties them together.
@@ -52,6 +53,7 @@ from cad.io import InputError, done_ids, read_jsonl
 from cad.sandbox import SandboxPool
 from decoding.predict import DECODING_VERSION, DecodeConfig, parse_grid, predict
 from decoding.rerank import DEFAULT_WEIGHTS, parse_objective, parse_weights
+from decoding.retrieval import saved_index
 from reward.evaluate import evaluate_pairs
 from reward.metrics import ERROR_CLASSES, summarise
 
@@ -219,8 +221,9 @@ class Harness:
     """Runs variants on datasets with per-sample caching; models and the index load only when needed."""
 
     def __init__(self, out: Path, models: dict[str, str], retrieval_data: str | None, pool: SandboxPool,
-                 limit: int | None = None, progress: bool = True):
+                 limit: int | None = None, progress: bool = True, index_file: str | None = None):
         self.out, self.models, self.retrieval_data, self.pool = out, models, retrieval_data, pool
+        self.index_file = index_file
         self.limit, self.progress = limit, progress
         self.model_keys = {role: model_key(path) for role, path in models.items()}
         self._loaded: dict[str, tuple] = {}
@@ -240,13 +243,12 @@ class Harness:
         if self._index is None:
             from decoding.retrieval import RetrievalIndex
 
-            own = Path(self.models["sft"]) / "retrieval_index.npz"
-            if own.exists():  # the index the model was trained with
-                self._index = RetrievalIndex.load(own)
+            if self.index_file:  # a saved index: the one the model was trained with, or --index
+                self._index = RetrievalIndex.load(self.index_file)
                 return self._index
             if not self.retrieval_data:
-                raise SystemExit("error: retrieval needs training images: pass --retrieval-data "
-                                 "(the model folder has no sft_config.yaml naming its train_data)")
+                raise SystemExit("error: retrieval needs an index: pass --index FILE or --retrieval-data DIR (the "
+                                 "model folder has no saved index and no sft_config.yaml naming its train_data)")
             self._index = RetrievalIndex.build(self.retrieval_data)
         return self._index
 
@@ -398,6 +400,35 @@ def against_lookup(records: list[dict], tie: float = 0.01) -> tuple[list[str], l
     return head, body, out
 
 
+def by_structure(records: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Each main configuration against the lookup of the same data, on the ids where it writes the
+    true program's structure (``cad.programs.structure``) and on the others: whether it loses on
+    the numbers or on the program's shape. Failures count as 0; configurations scored before rows
+    carried ``same_structure`` are left out."""
+    head = ["data", "configuration", "its structure", "ids", "executes", "its IoU (fail = 0)", "lookup IoU",
+            "lookup has the true structure"]
+    body, out = [], []
+    for r, mine, lookup in against_row(records, "retrieval"):
+        base = next(b for b in records if b["data"] == r["data"] and b["key"] == "retrieval")
+        same = {str(x["id"]): x.get("same_structure") for x in r["rows"]}
+        base_same = {str(x["id"]): x.get("same_structure") for x in base["rows"]}
+        ids = sorted(set(mine) & set(lookup))
+        if not ids or any(same[i] is None or base_same[i] is None for i in ids):
+            continue
+        for name, group in (("true", [i for i in ids if same[i]]), ("other", [i for i in ids if not same[i]])):
+            if not group:
+                continue
+            row = {"data": r["data"], "configuration": r["label"], "structure": name, "ids": len(group),
+                   "executes": sum(mine[i] is not None for i in group),
+                   "iou_zero": float(np.mean([mine[i] or 0.0 for i in group])),
+                   "lookup_iou": float(np.mean([lookup[i] or 0.0 for i in group])),
+                   "lookup_same": sum(bool(base_same[i]) for i in group)}
+            out.append(row)
+            body.append([row["data"], row["configuration"], name, str(row["ids"]), str(row["executes"]),
+                         _f(row["iou_zero"]), _f(row["lookup_iou"]), str(row["lookup_same"])])
+    return head, body, out
+
+
 def markdown(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(row) + " |" for row in body]) + "\n"
@@ -476,6 +507,10 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
     bands_md = markdown(lhead, lbody)
     (out / "lookup_bands.md").write_text(bands_md)
     (out / "lookup_bands.json").write_text(json.dumps(bands, indent=2))
+    shead, sbody, shapes = by_structure(records)
+    shapes_md = markdown(shead, sbody)
+    (out / "structure.md").write_text(shapes_md)
+    (out / "structure.json").write_text(json.dumps(shapes, indent=2))
     err_md, err = error_analysis(records)
     (out / "errors.md").write_text(err_md)
     (out / "errors.json").write_text(json.dumps(err, indent=2))
@@ -503,6 +538,9 @@ def write_reports(records: list[dict], out: Path, meta: dict, plots: dict[str, l
         "## Against the lookup", "", "Each configuration against the nearest training program it could have copied, "
         "id by id, in bands of that program's Best IoU; failures count as 0, better / worse means more than 0.01 "
         "apart (`lookup_bands.json`).", "", bands_md,
+        "## Structure", "", "Each configuration on the ids where it writes the true program up to its numbers "
+        "(`cad.programs.structure`) and on the others, against the lookup on the same ids; failures count as 0 "
+        "(`structure.json`).", "", shapes_md,
         "## Ablations", "", abl_md,
         "## Error analysis", "", "Rates per test image; change is relative to beam 4.", "", err_md,
         "## Plots", "", figs, "",
@@ -533,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", action="append", help="NAME=PATH or PATH, repeatable or comma-separated; "
                                                      "default: the GenCAD-Code test split from the hub")
     ap.add_argument("--retrieval-data", help="training data for the retrieval index (default: the model's train_data)")
+    ap.add_argument("--index", help="a saved retrieval index (default: the model folder's retrieval_index.npz, or "
+                                    "index.npz as in the shipped folder; else one built from --retrieval-data)")
     ap.add_argument("--run", help="results/<run> (default: the model folder's name)")
     ap.add_argument("--results", default="results")
     ap.add_argument("--limit", type=int, default=None, help="first LIMIT rows of each test set")
@@ -568,10 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     models = {"sft": args.model, **({"dpo": args.dpo_model} if args.dpo_model else {}),
               **({"grpo": args.grpo_model} if args.grpo_model else {})}
     retrieval = args.retrieval_data or default_retrieval_data(model_dir)
-    if (model_dir / "retrieval_index.npz").exists():
-        retrieval = str(model_dir / "retrieval_index.npz")
-    conditioned = bool((yaml.safe_load((model_dir / "sft_config.yaml").read_text()) or {}).get("retrieval_layers")) \
-        if (model_dir / "sft_config.yaml").exists() else False
+    index_file = args.index or (str(saved_index(model_dir)) if saved_index(model_dir) else None)
+    if index_file:
+        retrieval = index_file
+    conditioned = bool(json.loads((model_dir / "config.json").read_text()).get("retrieval_layers")) \
+        if (model_dir / "config.json").exists() else False
     variants = plan(args.n, args.k, tuple(int(x) for x in args.ns.split(",")), args.max_new_tokens,
                     dpo=bool(args.dpo_model), batch_size=args.batch_size, canonical_grid=parse_grid(args.canonical_grid), refine=args.refine,
                     conditioned=conditioned, grpo=bool(args.grpo_model), weights=weights,
@@ -587,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     main_process = state().is_main_process  # joins the other processes (accelerate launch); "cuda" is this one's GPU
     with SandboxPool(args.workers) as pool:
-        harness = Harness(out, models, retrieval, pool, args.limit, progress=not args.quiet)
+        harness = Harness(out, models, retrieval, pool, args.limit, progress=not args.quiet, index_file=index_file)
         for name, source in data.items():
             try:
                 harness.data(name, source)

@@ -32,7 +32,7 @@ from cad.geometry import best_iou  # noqa: E402
 from cad.sandbox import ExecOptions, SandboxPool  # noqa: E402
 from decoding.predict import DecodeConfig, Predictor, parse_grid  # noqa: E402
 from decoding.rerank import parse_weights  # noqa: E402
-from decoding.retrieval import RetrievalIndex  # noqa: E402
+from decoding.retrieval import RetrievalIndex, saved_index  # noqa: E402
 from reward.score import RENDER_TERMS, RenderTarget, candidate_terms, weighted  # noqa: E402
 from scripts._common import write_json  # noqa: E402
 from sft.model import load_model  # noqa: E402
@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--report", nargs="*", default=[], help="more data sets, reported with the fitted weights, never fitted on")
     ap.add_argument("--retrieval-data", help="training data to build the retrieval index from")
     ap.add_argument("--split-retrieval", default=None)
-    ap.add_argument("--index", help="a saved retrieval index (default: the model folder's retrieval_index.npz)")
+    ap.add_argument("--index", help="a saved retrieval index (default: the one saved in the model folder)")
     ap.add_argument("--limit", type=int, default=24)
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--k", type=int, default=4)
@@ -131,10 +131,10 @@ def main() -> None:
     except ValueError as exc:
         ap.exit(2, f"error: {exc}\n")
     model, tok, proc = load_model(args.model)
-    index_path = Path(args.index) if args.index else Path(args.model) / "retrieval_index.npz"
+    index_path = Path(args.index) if args.index else saved_index(args.model)
     if args.retrieval_data:
         index = RetrievalIndex.build(args.retrieval_data, split=args.split_retrieval)
-    elif index_path.exists():
+    elif index_path:
         index = RetrievalIndex.load(index_path)
     else:
         index = None

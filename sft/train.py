@@ -32,6 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from cad.config import to_yaml
 from cad.data import load_gencad
+from decoding.retrieval import RUN_INDEX as INDEX_NAME
 from sft.config import SFTConfig, refuse_random_init
 from sft.data import Examples, add_retrieval, attach_edits, build_examples, collate
 from sft.image_processing import ImageProcessor
@@ -39,7 +40,6 @@ from sft.model import Img2CadConfig, Img2CadModel, build_model
 from sft.tokenizer import build_tokenizer
 
 log = logging.getLogger("sft")
-INDEX_NAME = "retrieval_index.npz"
 
 
 def model_config(cfg: SFTConfig, tokenizer) -> Img2CadConfig:

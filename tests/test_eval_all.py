@@ -56,13 +56,31 @@ def test_lookup_bands_compare_each_configuration_with_the_program_it_could_have_
     assert top["iou_zero"] == pytest.approx(0.25)
 
 
+def test_structure_table_splits_each_configuration_by_whether_it_wrote_the_true_structure():
+    def record(key, label, rows):
+        return {"data": "d", "key": key, "labels": {"main": label},
+                "rows": [{"id": i, "iou": v, "same_structure": same} for i, (v, same) in rows.items()]}
+
+    lookup = record("retrieval", "retrieval", {"a": (0.9, True), "b": (0.6, False), "c": (0.7, False)})
+    beam = record("beam4", "SFT, beam 4", {"a": (0.5, True), "b": (None, True), "c": (0.8, False)})
+    head, body, rows = eval_all.by_structure([lookup, beam])
+    assert len(body) == len(rows) == 2 and len(head) == len(body[0])
+    true, other = rows
+    assert (true["structure"], true["ids"], true["executes"], true["lookup_same"]) == ("true", 2, 1, 1)
+    assert true["iou_zero"] == pytest.approx(0.25) and true["lookup_iou"] == pytest.approx(0.75)
+    assert (other["ids"], other["iou_zero"], other["lookup_iou"]) == (1, pytest.approx(0.8), pytest.approx(0.7))
+    del beam["rows"][0]["same_structure"]  # scored before rows carried it: left out, not counted as another structure
+    assert eval_all.by_structure([lookup, beam])[2] == []
+
+
 def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, model_dir, monkeypatch):
     args = ["--model", str(model_dir), "--data", f"real={REFERENCE / 'samples.jsonl'}",
             "--retrieval-data", str(REFERENCE / "samples.jsonl"), "--results", str(tmp_path), "--run", "t",
             "--limit", "3", "--n", "2", "--k", "1", "--ns", "1,2", "--refine", "4", "--max-new-tokens", "16", "--examples", "3", "--quiet"]
     assert eval_all.main(args) == 0
     out = tmp_path / "t"
-    for name in ("table.md", "table.csv", "table.json", "ablations.md", "ablations.json", "errors.md", "errors.json", "paired.json", "lookup_bands.json",
+    for name in ("table.md", "table.csv", "table.json", "ablations.md", "ablations.json", "errors.md", "errors.json", "paired.json",
+                 "lookup_bands.json", "structure.json",
                  "report.md", "plots/iou_hist-real.png", "plots/bestofn.png", "plots/examples-real.png"):
         assert (out / name).stat().st_size > 0, name
     with (out / "table.csv").open() as f:

@@ -198,6 +198,24 @@ def _conditioned_model_folder(folder, tok, **config):
     return folder
 
 
+def test_decoding_finds_the_index_a_model_folder_saved_under_either_name(tmp_path, reference_rows, capsys):
+    from decoding.__main__ import main
+    from decoding.retrieval import saved_index
+    from tests.conftest import REFERENCE
+    from tests.test_hardening_cli import refuses
+
+    folder = _conditioned_model_folder(tmp_path / "m", train_tokenizer([r["cadquery"] for r in reference_rows], vocab_size=300))
+    assert saved_index(folder) == folder / "retrieval_index.npz"  # as python -m sft saves it
+    (folder / "retrieval_index.npz").rename(folder / "index.npz")  # as an exported (shipped) folder holds it
+    assert saved_index(folder) == folder / "index.npz"
+    args = ["--model", str(folder), "--data", str(REFERENCE / "samples.jsonl"), "--limit", "2", "--strategy", "beam",
+            "--beams", "1", "--max-new-tokens", "8", "--out", str(tmp_path / "p.jsonl")]
+    assert main(args) == 0 and len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
+    (folder / "index.npz").unlink()
+    assert saved_index(folder) is None
+    refuses(main, [*args[:-1], str(tmp_path / "q.jsonl")], capsys, "needs an index")
+
+
 def test_conditioned_pairs_keep_their_context_and_dpo_raises_the_margin_in_it(tmp_path, reference_rows):
     import datasets
 
