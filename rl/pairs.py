@@ -45,7 +45,7 @@ from cad.data import DatasetUnavailable, load_gencad, undecoded
 from cad.cli import LIMIT, SEED, WORKERS, ArgumentParser, float_in, guarded, int_in
 from cad.distributed import is_main_process, run_sharded, state
 from cad.io import FP_KEY, files_fingerprint, fingerprint, prune_stale, require_model_dir
-from cad.programs import NUMBER_RE
+from cad.programs import structure
 from cad.sandbox import SandboxPool
 from reward.score import Reward, score
 
@@ -223,12 +223,12 @@ def build_dataset(scored_path: Path, gt: dict[str, dict], target: Path, fingerpr
     if n:  # no dataset at all when no image gave a pair (an empty one does not load back)
         datasets.Dataset.from_dict(rows).save_to_disk(str(target))
     margins = np.array(rows["chosen_reward"]) - np.array(rows["rejected_reward"]) if n else np.zeros(0)
-    shape = lambda code: NUMBER_RE.sub("#", code)  # noqa: E731  the program with its numbers blanked
     mean_iou = lambda key: round(float(np.mean([v or 0.0 for v in rows[key]])), 4) if n else None  # noqa: E731
     return {"images": images, "pairs": n, "pairs_per_image": round(n / max(images, 1), 3),
             "mean_margin": round(float(margins.mean()), 4) if n else None,
             "rejected_failing_share": round(1.0 - float(np.mean(rows["rejected_executed"])), 4) if n else None,
-            "pairs_differing_only_in_numbers": sum(shape(a) == shape(b) for a, b in zip(rows["chosen"], rows["rejected"])),
+            "pairs_differing_only_in_numbers": sum(structure(a) == structure(b)
+                                                   for a, b in zip(rows["chosen"], rows["rejected"])),
             "chosen_sources": dict(Counter(rows["chosen_source"])), "rejected_sources": dict(Counter(rows["rejected_source"])),
             "mean_chosen_iou": mean_iou("chosen_iou"), "mean_rejected_iou": mean_iou("rejected_iou"),
             "out": str(target) if n else None}
