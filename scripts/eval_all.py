@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from cad.data import DatasetUnavailable, load_gencad, undecoded
 from cad.distributed import combine_stats, is_main_process, run_sharded, state
-from cad.io import InputError, done_ids, read_jsonl
+from cad.io import InputError, done_ids, files_fingerprint, read_jsonl
 from cad.sandbox import SandboxPool
 from decoding.predict import DECODING_VERSION, DecodeConfig, parse_grid, predict
 from decoding.rerank import DEFAULT_WEIGHTS, parse_objective, parse_weights
@@ -259,9 +259,20 @@ class Harness:
                                 [(r["deepcad_id"], r["cadquery"]) for r in ds])
         return self._data[name]
 
+    def uses_index(self, v: Variant) -> bool:
+        """Does ``v`` read the retrieval index (the lookup, retrieved candidates, a conditioned model's context)?"""
+        if v.cfg.strategy == "retrieval" or v.cfg.k_retrieval:
+            return True
+        config = Path(self.models[v.model]) / "config.json" if v.model else None
+        return bool(config and config.exists() and v.cfg.context_k != 0
+                    and json.loads(config.read_text()).get("retrieval_layers"))
+
     def cache_dir(self, name: str, source: str | None, v: Variant) -> Path:
         data_key = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{_digest([str(source), self.limit])}"
-        return self.out / "cache" / data_key / (self.model_keys[v.model] if v.model else "no-model") / config_key(v)
+        key = config_key(v)
+        if self.uses_index(v):  # another index, or one rebuilt at the same path, is another entry
+            key += "-" + files_fingerprint(self.index_file or self.retrieval_data)[:10]
+        return self.out / "cache" / data_key / (self.model_keys[v.model] if v.model else "no-model") / key
 
     def run(self, name: str, source: str | None, v: Variant) -> dict:
         inputs, gts = self.data(name, source)
@@ -272,8 +283,7 @@ class Harness:
                                                                                   "select_seconds": 0.0}
         if len(done_ids(preds) & {str(r["id"]) for r in inputs}) < len(inputs):
             model, tok, proc = self.model(v.model) if v.model else (None, None, None)
-            conditioned = model is not None and getattr(model.config, "retrieval_layers", 0) and v.cfg.context_k != 0
-            index = self.index() if v.cfg.strategy == "retrieval" or v.cfg.k_retrieval or conditioned else None
+            index = self.index() if self.uses_index(v) else None
             self.pool.clear_cache()  # each configuration pays for its own executions
 
             def decode(mine: list[dict], part: Path) -> dict:

@@ -106,6 +106,27 @@ def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, m
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.jsonl")} == before
 
 
+def test_another_index_is_not_served_from_the_cache(tmp_path, model_dir, monkeypatch, reference_rows):
+    retrieval = tmp_path / "train.jsonl"
+    lines = [json.dumps({**r, "image": str(REFERENCE / r["image"])}) + "\n" for r in reference_rows]
+    retrieval.write_text("".join(lines))
+    args = ["--model", str(model_dir), "--data", f"real={REFERENCE / 'samples.jsonl'}", "--retrieval-data", str(retrieval),
+            "--results", str(tmp_path), "--run", "t", "--limit", "3", "--only", "retrieval,beam4", "--max-new-tokens", "8",
+            "--examples", "1", "--quiet"]
+    decoded = []
+    real_predict = eval_all.predict
+    monkeypatch.setattr(eval_all, "predict", lambda *a, **k: decoded.append(a[5].strategy) or real_predict(*a, **k))
+    assert eval_all.main(args) == 0 and decoded == ["retrieval", "beam"]
+    records = json.loads((tmp_path / "t" / "table.json").read_text())["records"]
+    assert next(r for r in records if r["key"] == "retrieval")["structure_match"] == 1.0  # each row finds its own program
+    retrieval.write_text("".join(lines[3:]))  # the index no longer holds the three test rows
+    decoded.clear()
+    assert eval_all.main(args) == 0 and decoded == ["retrieval"]  # the plain model's beam 4 reads no index: cached
+    entries = (tmp_path / "t" / "cache").glob("*/no-model/retrieval-*/preds.jsonl")
+    first, second = sorted(entries, key=lambda f: f.stat().st_mtime)
+    assert first.read_text() != second.read_text()  # the lookup over the new index, beside the old one's entry
+
+
 @pytest.mark.parametrize("stage,seconds,memory,total,peak,detail", [
     ("dpo", 7.0, 500.0, 19.5, 500.0, "SFT 12 s + DPO 7 s"),
     ("grpo", 30.0, 100.0, 42.5, 321.0, "SFT 12 s + GRPO 30 s"),
