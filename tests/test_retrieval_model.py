@@ -316,6 +316,26 @@ def test_beam_vs_neighbour_scores_both_programs_in_the_context_beam_search_read(
         r["neighbour_logprob"] > r["beam_logprob"] for r in report["rows"])
 
 
+def test_oracle_structure_writes_the_models_numbers_into_the_true_program(tmp_path, reference_rows):
+    from scripts import oracle_structure
+    from tests.conftest import REFERENCE
+
+    tok = train_tokenizer([canonical_target(r["cadquery"]) for r in reference_rows], vocab_size=400)
+    folder = _conditioned_model_folder(tmp_path / "m", tok)
+    train = load_gencad(REFERENCE / "samples.jsonl").select(range(3, 10))  # as for validation images: not indexed
+    RetrievalIndex.from_rows(train, dims=4).save(folder / "retrieval_index.npz")
+    out = tmp_path / "o.json"
+    args = ["--model", str(folder), "--data", str(REFERENCE / "samples.jsonl"), "--limit", "3", "--beams", "2",
+            "--max-new-tokens", "1024", "--out", str(out)]
+    assert oracle_structure.main([*args, "--bias", "1000"]) == 0
+    copied = json.loads(out.read_text())  # a large bias on the true number writes the true program
+    assert copied["structure_match"] == 1.0 and copied["numbers_changed_share"] == 0.0
+    assert copied["n_valid"] == 3 and copied["iou_best"] > 0.98
+    assert oracle_structure.main(args) == 0
+    free = json.loads(out.read_text())  # a random model choosing the numbers changes them, never the shape
+    assert free["structure_match"] == 1.0 and free["numbers_changed_share"] > 0.2 and len(free["rows"]) == 3
+
+
 def test_template_decoding_keeps_the_nearest_programs_text_and_rewrites_only_numbers(reference_rows):
     from tests.conftest import REFERENCE
     from cad.programs import NUMBER_RE, bounding_size
