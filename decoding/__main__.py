@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                        copy_bias=args.copy_bias, context_k=args.context_k)
     cfg.weights.update(weights)
     index = None
-    if not args.index and not args.retrieval_data and saved_index(args.model):
-        args.index = str(saved_index(args.model))  # the index the model was trained with
+    own_index = saved_index(args.model)
+    if not args.index and not args.retrieval_data and own_index:
+        args.index = str(own_index)  # the index the model was trained with
     if cfg.strategy == "retrieval" or cfg.k_retrieval or args.index:
         if args.index and Path(args.index).exists():
             index = RetrievalIndex.load(args.index)

@@ -41,6 +41,14 @@ def saved_index(model_dir: str | Path | None) -> Path | None:
     return next((Path(model_dir) / n for n in (RUN_INDEX, SHIPPED_INDEX) if (Path(model_dir) / n).exists()), None)
 
 
+def load_saved_index(model_dir: str | Path) -> "RetrievalIndex":
+    """The index saved in a model folder (``saved_index``); an error naming both files when it has none."""
+    path = saved_index(model_dir)
+    if path is None:
+        raise FileNotFoundError(f"{model_dir}: no saved retrieval index ({RUN_INDEX} or {SHIPPED_INDEX})")
+    return RetrievalIndex.load(path)
+
+
 def ink(images) -> np.ndarray:
     """(B, 64, 64) float32 ink (background 0) of PIL images (or anything ``cad.data.to_image`` reads)."""
     x = np.stack([EMBED.to_array(to_image(im))[0] for im in images]).astype(np.float32)

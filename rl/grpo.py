@@ -426,8 +426,9 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False) -> dict:
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(out))
         processor.save_pretrained(out)
-        if saved_index(cfg.sft_model):  # a retrieval-conditioned model keeps the index it was trained with
-            shutil.copy(saved_index(cfg.sft_model), out / INDEX_NAME)
+        own_index = saved_index(cfg.sft_model)
+        if own_index:  # a retrieval-conditioned model keeps the index it was trained with
+            shutil.copy(own_index, out / INDEX_NAME)
         (out / "grpo_metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "grpo_config.yaml").write_text(to_yaml(cfg))
     trainer.accelerator.wait_for_everyone()

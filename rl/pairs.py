@@ -66,9 +66,9 @@ def sample(model_dir: str, rows: list[dict], k: int, out: Path, batch_size: int 
     model, tok, proc = load_model(model_dir, state().device)
     index = None
     if getattr(model.config, "retrieval_layers", 0):  # samples given the k nearest training programs, which join them
-        from decoding.retrieval import RUN_INDEX, RetrievalIndex, saved_index
+        from decoding.retrieval import load_saved_index
 
-        index = RetrievalIndex.load(saved_index(model_dir) or Path(model_dir) / RUN_INDEX)
+        index = load_saved_index(model_dir)
     cfg = DecodeConfig(strategy="bestofn", n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                        edit_mode="sample", k_retrieval=k_retrieved if index is not None else 0)
     predictor = Predictor(model, tok, proc, cfg, index=index)  # generation only: no sandbox needed here

@@ -29,7 +29,7 @@ from cad.data import load_gencad, to_image, undecoded  # noqa: E402
 from cad.cli import guarded  # noqa: E402
 from cad.io import read_jsonl, require_model_dir  # noqa: E402
 from decoding.predict import DecodeConfig, Predictor  # noqa: E402
-from decoding.retrieval import RUN_INDEX, RetrievalIndex, saved_index  # noqa: E402
+from decoding.retrieval import load_saved_index  # noqa: E402
 from sft.data import program_tokens  # noqa: E402
 from sft.model import load_model  # noqa: E402
 from sft.tokenizer import canonical_target  # noqa: E402
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, tok, proc = load_model(args.model, torch.device("cpu"))
     model.eval()
-    index = RetrievalIndex.load(saved_index(args.model) or Path(args.model) / RUN_INDEX)
+    index = load_saved_index(args.model)
     predictor = Predictor(model, tok, proc, DecodeConfig(strategy="beam"), index=index)
     rows = [r for r in undecoded(load_gencad(args.data, split=args.split, limit=args.limit)) if str(r["deepcad_id"]) in beam]
 

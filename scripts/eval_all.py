@@ -618,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     models = {"sft": args.model, **({"dpo": args.dpo_model} if args.dpo_model else {}),
               **({"grpo": args.grpo_model} if args.grpo_model else {})}
     retrieval = args.retrieval_data or default_retrieval_data(model_dir)
-    index_file = args.index or (str(saved_index(model_dir)) if saved_index(model_dir) else None)
+    own_index = saved_index(model_dir)
+    index_file = args.index or (str(own_index) if own_index else None)
     if index_file:
         retrieval = index_file
     conditioned = bool(json.loads((model_dir / "config.json").read_text()).get("retrieval_layers")) \

@@ -30,7 +30,7 @@ from cad.io import require_model_dir  # noqa: E402
 from cad.programs import NUMBER_RE, normalize_scale, structure  # noqa: E402
 from cad.sandbox import SandboxPool  # noqa: E402
 from decoding.predict import DecodeConfig, Predictor  # noqa: E402
-from decoding.retrieval import RUN_INDEX, RetrievalIndex, saved_index  # noqa: E402
+from decoding.retrieval import load_saved_index  # noqa: E402
 from decoding.template import TemplateLogitsProcessor, number_token_mask  # noqa: E402
 from reward.evaluate import evaluate_pairs  # noqa: E402
 from sft.model import load_model  # noqa: E402
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     if not model.config.retrieval_layers:
         raise SystemExit(f"error: {args.model}: a plain model (retrieval_layers 0) reads no retrieved program")
-    index = RetrievalIndex.load(saved_index(args.model) or Path(args.model) / RUN_INDEX)
+    index = load_saved_index(args.model)
     cfg = DecodeConfig(strategy="beam", num_beams=args.beams, template_bias=args.bias, max_new_tokens=args.max_new_tokens)
     predictor = TruthTemplatePredictor(model, tok, proc, cfg, index=index)
     rows = list(undecoded(load_gencad(args.data, split=args.split, limit=args.limit)))

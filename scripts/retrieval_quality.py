@@ -95,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             per = {}
             valid = [q for q in range(len(gt)) if gt[q].executable]
             shapes = [structure(c) for c in q_codes]
+            shape_of = {c: structure(c) for c in wanted}
             for e, h in hits.items():
                 table = np.array([[iou(q, c) if c is not None else 0.0 for c in row]
                                   for q, row in enumerate(tqdm(h, desc=f"{name} {e}", leave=False))])
-                same = np.array([[c is not None and structure(c) == shapes[q] for c in row] for q, row in enumerate(h)])
+                same = np.array([[c is not None and shape_of[c] == shapes[q] for c in row] for q, row in enumerate(h)])
                 per[e] = {"n": len(valid), "top1_iou": round(float(table[valid, 0].mean()), 4),
                           **{f"oracle@{k}": round(float(table[valid, :k].max(1).mean()), 4) for k in ks},
                           **{f"structure@{k}": round(float(same[valid, :k].any(1).mean()), 4) for k in ks}}

@@ -29,7 +29,7 @@ from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cad.data import load_gencad, undecoded  # noqa: E402
-from decoding.retrieval import RUN_INDEX, RetrievalIndex, saved_index  # noqa: E402
+from decoding.retrieval import load_saved_index  # noqa: E402
 from sft.config import SFTConfig  # noqa: E402
 from sft.data import Examples, RetrievalSpec, attach_edits, attach_neighbours, build_examples, collate, program_tokens  # noqa: E402
 from sft.model import load_model  # noqa: E402
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     k = int(model.config.retrieval_k)
     if not model.config.retrieval_layers:
         raise SystemExit(f"error: {args.model}: a plain model (retrieval_layers 0) reads no retrieved program")
-    index = RetrievalIndex.load(saved_index(args.model) or Path(args.model) / RUN_INDEX)
+    index = load_saved_index(args.model)
     ds = load_gencad(args.data, split=args.split, allow_test=False)
     ds = ds.select(range(min(args.limit, len(ds))))
     scale = getattr(model.config, "program_scale", None)

@@ -200,7 +200,7 @@ def _conditioned_model_folder(folder, tok, **config):
 
 def test_decoding_finds_the_index_a_model_folder_saved_under_either_name(tmp_path, reference_rows, capsys):
     from decoding.__main__ import main
-    from decoding.retrieval import saved_index
+    from decoding.retrieval import load_saved_index, saved_index
     from tests.conftest import REFERENCE
     from tests.test_hardening_cli import refuses
 
@@ -213,6 +213,8 @@ def test_decoding_finds_the_index_a_model_folder_saved_under_either_name(tmp_pat
     assert main(args) == 0 and len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
     (folder / "index.npz").unlink()
     assert saved_index(folder) is None
+    with pytest.raises(FileNotFoundError, match="retrieval_index.npz or index.npz"):
+        load_saved_index(folder)
     refuses(main, [*args[:-1], str(tmp_path / "q.jsonl")], capsys, "needs an index")
 
 
