@@ -179,3 +179,41 @@ def normalize_scale(code: str, size: float = 1.5) -> str:
     if not current or current < 1e-9:
         return code
     return rescale(code, size / current)
+
+
+def _world_axis(direction: np.ndarray) -> int | None:
+    """The world axis (0, 1, 2) a unit direction lies along, up to sign and float noise."""
+    if direction.shape != (3,):
+        return None
+    axis = int(np.argmax(np.abs(direction)))
+    return axis if abs(abs(direction[axis]) - 1.0) < 1e-6 else None
+
+
+def stretch_spans(code: str) -> dict[int, list[tuple[int, int]]]:
+    """Per world axis (0: x, 1: y, 2: z), the spans of the numbers that all scale by f when the
+    part is stretched f times along that axis: plane origins' components on the axis, loop
+    coordinates along the plane direction that lies on the axis, and extrusion depths along a normal
+    on it. Circle radii are left out (a stretched circle is an ellipse), and so are the loop
+    coordinates and depths of a plane whose directions are not along world axes."""
+    out: dict[int, list[tuple[int, int]]] = {0: [], 1: [], 2: []}
+    directions: dict[str, tuple[int | None, int | None, int | None]] = {}
+    for m in PLANE_RE.finditer(code):
+        origin = [(m.start(2) + n.start(), m.start(2) + n.end()) for n in NUMBER_RE.finditer(m.group(2))]
+        if len(origin) == 3:
+            for axis, span in enumerate(origin):
+                out[axis].append(span)
+        x_dir, normal = (np.array(_floats(m.group(i)), dtype=float) for i in (3, 4))
+        y_dir = np.cross(normal, x_dir) if x_dir.shape == normal.shape == (3,) else np.zeros(0)
+        directions[m.group(1)] = (_world_axis(x_dir), _world_axis(y_dir), _world_axis(normal))
+    for name, numbers in sketch_numbers(code).items():
+        x_axis, y_axis, _ = directions.get(name, (None, None, None))
+        for role, span in numbers:
+            axis = {"x": x_axis, "y": y_axis}.get(role)
+            if axis is not None:
+                out[axis].append(span)
+    for m in EXTRUDE_RE.finditer(code):
+        axis = directions.get(m.group(1), (None, None, None))[2]
+        if axis is not None and NUMBER_RE.fullmatch(m.group(2).strip()):
+            a = m.start(2) + (len(m.group(2)) - len(m.group(2).lstrip()))
+            out[axis].append((a, a + len(m.group(2).strip())))
+    return {axis: sorted(spans) for axis, spans in out.items()}

@@ -40,12 +40,14 @@ from cad.programs import normalize_scale
 from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
-from decoding.refine import ALL_GROUPS, refine
+from decoding.primitives import fit_primitives
+from decoding.refine import ALL_GROUPS, DEFAULT_GROUPS, refine
 from decoding.rerank import (DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTarget, check_objective, combined_score,
                              needs_render)
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
+NOT_MODEL = ("retrieval", "primitive")  # candidate sources the model did not write
 DECODING_VERSION = 6  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
@@ -67,7 +69,7 @@ class DecodeConfig:
     device: str = "auto"
     seed: int = 0
     refine_evaluations: int = 0  # rerank: renders spent refining the chosen program's numbers (decoding.refine)
-    refine_groups: list = field(default_factory=lambda: list(ALL_GROUPS))  # the number groups refinement may scale (decoding.refine.ALL_GROUPS)
+    refine_groups: list = field(default_factory=lambda: list(DEFAULT_GROUPS))  # the number groups refinement may scale (decoding.refine.ALL_GROUPS)
     refine_objective: dict | None = None  # the render terms refinement maximises, weighted (None: the render terms of
     # ``weights``, the reranker's own reward)
     canonical_grid: int | None = 256  # the canonical form the model was trained on (None: 3 decimals only)
@@ -78,6 +80,7 @@ class DecodeConfig:
     # only its numbers, the template's own number raised by this much (decoding.template); None: write freely
     copy_bias: float = 0.0  # copy-head model: subtracted from the copy gate's vocabulary logit while decoding edits
     # (> 0: copy the retrieved programs' tokens more than as trained; sft.model.CopyHead)
+    primitives: bool = False  # rerank: add the box, cylinder and tube fit to the input image (decoding.primitives)
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
     # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 
@@ -95,6 +98,8 @@ class DecodeConfig:
             raise ValueError(f"refine_groups {list(self.refine_groups)}: choose one or more of {ALL_GROUPS}")
         if self.refine_objective is not None:
             check_objective(self.refine_objective)
+        if self.primitives and self.strategy != "rerank":
+            raise ValueError(f"primitives are candidates of rerank, not of {self.strategy}: use strategy rerank")
 
 
 def parse_grid(text: str | int | None) -> int | None:
@@ -149,11 +154,14 @@ class Predictor:
         self.contexts: list[list[str]] = []  # per image of the last batch: the retrieved programs its model candidates edit
 
     @property
+    def render_terms(self) -> dict[str, float]:
+        """The render terms of the rerank weights (the silhouette IoU when they have none)."""
+        return {t: w for t, w in self.cfg.weights.items() if t in RENDER_TERMS and w} or {"silhouette": 1.0}
+
+    @property
     def refine_objective(self) -> dict[str, float]:
-        """What refinement maximises: the config's objective, else the render terms of the rerank
-        weights (the silhouette IoU when they have none)."""
-        own = {t: w for t, w in self.cfg.weights.items() if t in RENDER_TERMS and w}
-        return dict(self.cfg.refine_objective or own or {"silhouette": 1.0})
+        """What refinement maximises: the config's objective, else the reranker's render terms."""
+        return dict(self.cfg.refine_objective or self.render_terms)
 
     @property
     def renders(self) -> bool:
@@ -234,10 +242,16 @@ class Predictor:
                 out[i].extend(Candidate(code, float("nan"), 1, "retrieval", scores={"similarity": sim}) for code, sim in h[:k])
             if cfg.strategy != "retrieval" and self.retrieved_logprobs:
                 self.score_retrieved(px, out)
+        if cfg.primitives:
+            if self.pool is None:
+                raise ValueError("primitives are fit by rendering: pass a SandboxPool")
+            for i, image in enumerate(images):
+                out[i].extend(Candidate(code, float("nan"), 1, "primitive")
+                              for code in fit_primitives(image, self.pool, self.render_terms))
         if cfg.repair:
             for cands in out:
                 for c in cands:
-                    if c.source != "retrieval":  # training programs need no repair
+                    if c.source not in NOT_MODEL:  # training programs and primitives need no repair
                         c.code = repair_program(c.code, cfg.grammar_name).code
         return out
 
@@ -317,14 +331,14 @@ class Predictor:
         executable = [c for c in cands if c.result.executable]
         info["n_executable"] = len(executable)
         if not executable:
-            return max(cands, key=lambda c: c.logprob if c.source != "retrieval" else float("-inf")), info
+            return max(cands, key=lambda c: c.logprob if c.source not in NOT_MODEL else float("-inf")), info
         if cfg.strategy == "bestofn":
-            model_made = [c for c in executable if c.source != "retrieval"] or executable
+            model_made = [c for c in executable if c.source not in NOT_MODEL] or executable
             return max(model_made, key=lambda c: c.logprob), info
         best: dict[str, Candidate] = {}  # one candidate per program: rendering and scoring it once
         for c in executable:
             kept = best.get(c.code)
-            if kept is None or (kept.source != "retrieval", kept.logprob) < (c.source != "retrieval", c.logprob):
+            if kept is None or (kept.source not in NOT_MODEL, kept.logprob) < (c.source not in NOT_MODEL, c.logprob):
                 best[c.code] = c
         target = RenderTarget.of(image) if image is not None and needs_render(cfg.weights) else image
         for c in best.values():

@@ -9,11 +9,13 @@ numbers that move together, GenCAD's degrees of freedom that a render shows:
 - ``depth``: each extrusion depth;
 - ``sketch``: all loop coordinates of one sketch, scaled together (its size against the depths);
 - ``axes``: the x and the y coordinates of one sketch's points, each scaled alone (its aspect);
-- ``radii``: the radii of one sketch's circles, scaled together (its holes and bosses).
+- ``radii``: the radii of one sketch's circles, scaled together (its holes and bosses);
+- ``world``: the whole part stretched along one world axis (``cad.programs.stretch_spans``): plane
+  origins, loop coordinates and depths that lie on that axis, so all bodies stay attached.
 
 The renderer fits the part to the frame, so the overall scale is invisible; proportions are what
 the search can fix (``refine_groups`` of the decoding config picks the groups). The trials of one
-group (``FACTORS``) run in parallel on the pool, and the best of them is kept when it raises the
+group (``factors``, default ``FACTORS``) run in parallel on the pool, and the best of them is kept when it raises the
 objective.
 """
 from __future__ import annotations
@@ -23,13 +25,14 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from cad.programs import sketch_numbers
+from cad.programs import sketch_numbers, stretch_spans
 from cad.sandbox import ExecOptions, SandboxPool
 from decoding.rerank import RenderTarget, render_compare, weighted
 
 EXTRUDE = re.compile(r"\.extrude\(\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 FACTORS = (1.25, 0.8, 1.1, 0.91)
-ALL_GROUPS = ("depth", "sketch", "axes", "radii")
+ALL_GROUPS = ("depth", "sketch", "axes", "radii", "world")
+DEFAULT_GROUPS = ("depth", "sketch", "axes", "radii")
 SILHOUETTE = {"silhouette": 1.0}
 
 Span = tuple[int, int]
@@ -43,12 +46,14 @@ class Refinement:
     evaluations: int
 
 
-def parameter_groups(code: str, groups: tuple[str, ...] = ALL_GROUPS) -> list[list[Span]]:
-    """Groups of number spans that move together, in a fixed order (depths first)."""
+def parameter_groups(code: str, groups: tuple[str, ...] = DEFAULT_GROUPS) -> list[list[Span]]:
+    """Groups of number spans that move together, in a fixed order (world axes, then depths)."""
     unknown = set(groups) - set(ALL_GROUPS)
     if unknown:
         raise ValueError(f"unknown refinement groups {sorted(unknown)}: choose from {ALL_GROUPS}")
-    out = [[m.span(1)] for m in EXTRUDE.finditer(code)] if "depth" in groups else []
+    out = [spans for spans in stretch_spans(code).values()] if "world" in groups else []
+    if "depth" in groups:
+        out += [[m.span(1)] for m in EXTRUDE.finditer(code)]
     for numbers in sketch_numbers(code).values():
         if "sketch" in groups:
             out.append([s for _, s in numbers])
@@ -56,7 +61,7 @@ def parameter_groups(code: str, groups: tuple[str, ...] = ALL_GROUPS) -> list[li
             out += [[s for role, s in numbers if role == axis] for axis in "xy"]
         if "radii" in groups:
             out.append([s for role, s in numbers if role == "r"])
-    return [g for g in out if g]
+    return [g for g in out if any(float(code[a:b]) != 0 for a, b in g)]  # scaling zeros changes nothing
 
 
 def _scaled(code: str, spans: list[Span], factor: float) -> str:
@@ -69,7 +74,7 @@ def _scaled(code: str, spans: list[Span], factor: float) -> str:
 
 def refine(code: str, image: Image.Image, pool: SandboxPool, max_evaluations: int = 24,
            timeout: float = 5.0, objective: dict[str, float] | None = None,
-           groups: tuple[str, ...] = ALL_GROUPS) -> Refinement:
+           groups: tuple[str, ...] = DEFAULT_GROUPS, factors: tuple[float, ...] = FACTORS) -> Refinement:
     """Greedy coordinate search; returns the input program unchanged when nothing renders closer."""
     opts = ExecOptions(timeout=timeout, want_geometry=True)
     weights = objective or SILHOUETTE
@@ -86,7 +91,7 @@ def refine(code: str, image: Image.Image, pool: SandboxPool, max_evaluations: in
         improved = False
         for i in range(len(parameter_groups(best_code, groups))):
             spans = parameter_groups(best_code, groups)[i]  # positions move when an earlier group changed
-            trials = [_scaled(best_code, spans, f) for f in FACTORS[: max_evaluations - evaluations]]
+            trials = [_scaled(best_code, spans, f) for f in factors[: max_evaluations - evaluations]]
             if not trials:
                 break
             evaluations += len(trials)

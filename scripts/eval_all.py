@@ -114,6 +114,14 @@ def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_to
         out.append(Variant(f"rerank{n}-k{k}-refine{refine}", "sft", DecodeConfig(**{**asdict(rerank), "refine_evaluations": refine,
                                                                                         "refine_objective": refine_objective}),
                            {"rerank": f"full + refinement ({refine} renders)"}))
+    with_primitives = DecodeConfig(**{**asdict(rerank), "primitives": True})
+    out.append(Variant(f"rerank{n}-k{k}-primitives", "sft", with_primitives,
+                       {"rerank": "full + primitives (box, cylinder, tube fit to the image)"}))
+    if refine:
+        out.append(Variant(f"rerank{n}-k{k}-primitives-refine{refine}", "sft",
+                           DecodeConfig(**{**asdict(with_primitives), "refine_evaluations": refine, "refine_objective": refine_objective}),
+                           {"main": f"+ primitives + refinement ({refine} renders)",
+                            "rerank": f"full + primitives + refinement ({refine} renders)"}))
     if dpo:
         out += [Variant("dpo-beam4", "dpo", DecodeConfig(strategy="beam", **common), {"main": "DPO, beam 4"}),
                 Variant(f"dpo-rerank{n}-k{k}", "dpo", DecodeConfig(**asdict(rerank)),

@@ -277,8 +277,55 @@ def test_repair_keeps_a_two_number_vector_and_never_leaves_a_name_undefined(pool
 def test_refine_study_variants_parse_or_name_what_is_wrong():
     from scripts.refine_study import parse_variant
 
-    assert parse_variant("a=depth,axes:48") == ("a", ("depth", "axes"), 48, None)
-    assert parse_variant('b=radii:8:{"edges": 1}')[3] == {"edges": 1.0}
-    for bad in ("depth:48", "c=twist:48", "d=depth:0", "e=depth", 'f=depth:8:{"iou": 1}'):
+    from decoding.refine import FACTORS
+
+    assert parse_variant("a=depth,axes:48") == ("a", ("depth", "axes"), 48, FACTORS, None)
+    assert parse_variant('b=radii:8:{"edges": 1}')[4] == {"edges": 1.0}
+    assert parse_variant('w=world:24/1.5,0.5:{"edges": 1}')[3:] == ((1.5, 0.5), {"edges": 1.0})
+    for bad in ("depth:48", "c=twist:48", "d=depth:0", "e=depth", 'f=depth:8:{"iou": 1}', "g=world:8/", "h=world:8/2,x",
+                "i=world:8/0"):
         with pytest.raises(ValueError, match="variant"):
             parse_variant(bad)
+
+
+BRACKET = (  # a base plate on XY and a wall on a GenCAD-style XZ plane (normal -y, float-noise directions)
+    "import cadquery as cq\n"
+    "wp_sketch0=cq.Workplane(cq.Plane(cq.Vector(-0.5,-0.25,0.0),cq.Vector(1.0,0.0,0.0),cq.Vector(0.0,0.0,1.0)))\n"
+    "loop0=wp_sketch0.moveTo(0.0,0.0).lineTo(1.0,0.0).lineTo(1.0,0.5).lineTo(0.0,0.5).close()\n"
+    "solid0=wp_sketch0.add(loop0).extrude(0.1)\nsolid=solid0\n"
+    "wp_sketch1=cq.Workplane(cq.Plane(cq.Vector(-0.5,0.25,0.1),cq.Vector(1.0,6.123233995736766e-17,-6.123233995736766e-17),"
+    "cq.Vector(6.123233995736766e-17,-1.0,6.123233995736766e-17)))\n"
+    "loop1=wp_sketch1.moveTo(0.0,0.0).lineTo(1.0,0.0).lineTo(1.0,0.6).lineTo(0.0,0.6).close()\n"
+    "solid1=wp_sketch1.add(loop1).extrude(0.08)\nsolid=solid.union(solid1)\n")
+
+
+def test_stretching_along_a_world_axis_scales_the_whole_part_along_it(pool):
+    from cad.programs import stretch_spans
+    from decoding.refine import _scaled, parameter_groups
+
+    base = pool.run(BRACKET)
+    assert base.ok and base.n_solids == 1
+    extent = np.subtract(base.bbox[3:], base.bbox[:3])
+    spans = stretch_spans(BRACKET)
+    for axis in range(3):
+        stretched = pool.run(_scaled(BRACKET, spans[axis], 1.5))
+        assert stretched.ok and stretched.n_solids == 1  # the wall stays on the plate
+        expected = extent * np.where(np.arange(3) == axis, 1.5, 1.0)
+        assert np.allclose(np.subtract(stretched.bbox[3:], stretched.bbox[:3]), expected, atol=1e-3)
+        assert stretched.volume == pytest.approx(base.volume * 1.5, rel=1e-3)
+    assert len(parameter_groups(BRACKET, ("world",))) == 3
+
+
+def test_primitives_fit_the_proportions_of_a_box_and_a_tube_from_their_renders(pool):
+    from cad.geometry import best_iou
+    from decoding.primitives import box, cylinder, fit_primitives
+
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    for truth, kind in ((box((1.5, 0.1, 0.06)), "box"), (cylinder(1, 0.5, 1.5, bore=0.5), "tube")):
+        gt = pool.run(truth, ExecOptions(want_geometry=True))
+        fits = dict(zip(("box", "cylinder", "tube"), fit_primitives(_image_of(pool, truth), pool, objective)))
+        pred = pool.run(fits[kind], ExecOptions(want_geometry=True))
+        assert best_iou(pred.geometry, gt.geometry).iou > 0.85, (kind, fits[kind])
+        assert max(np.subtract(pred.bbox[3:], pred.bbox[:3])) == pytest.approx(1.5, rel=1e-3)  # GenCAD's size
+    with pytest.raises(ValueError, match="primitives"):
+        DecodeConfig(strategy="beam", primitives=True)

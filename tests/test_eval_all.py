@@ -35,7 +35,9 @@ def test_plan_covers_the_study_and_runs_shared_configurations_once():
     assert sorted(v.cfg.n for v in variants if "bestofn" in v.labels) == [1, 3, 6, 10]
     assert [v.labels["grammar"].split(":")[0] for v in variants if "grammar" in v.labels] == [
         "none", "validate + repair only", "basic", "full"]
-    assert len([v for v in variants if "rerank" in v.labels]) == 4  # none, heuristic, full, full + refinement
+    # none, heuristic, full, full + refinement, full + primitives, full + primitives + refinement
+    assert len([v for v in variants if "rerank" in v.labels]) == 6
+    assert [v.cfg.primitives for v in variants if "rerank" in v.labels] == [False] * 4 + [True] * 2
     # best-of-6 serves the main table and the N ablation from one cache entry
     assert [v for v in variants if v.key == "bestof6"][0].labels.keys() == {"bestofn", "main"}
 
@@ -169,6 +171,7 @@ def test_refine_objective_reaches_the_refinement_row_and_a_bad_one_exits_2(tmp_p
     rows = {v.key: v for v in eval_all.plan(n=6, k=4, refine=48, refine_objective={"edge_distance": 1.0})}
     assert rows["rerank6-k4-refine48"].cfg.refine_objective == {"edge_distance": 1.0}
     assert rows["rerank6-k4"].cfg.refine_evaluations == 0
+    assert rows["rerank6-k4-primitives-refine48"].cfg.refine_objective == {"edge_distance": 1.0}
     assert eval_all.main(["--model", str(tmp_path), "--refine-objective", '{"iou": 1}', "--results", str(tmp_path / "r")]) == 2
     assert "--refine-objective" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
