@@ -116,12 +116,16 @@ def predict_main(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace, shipped, device: str):
     """The engine decoding with the model folder's decoding.json and the command line's --strategy,
-    --n, --k and --refine on top."""
+    --n, --k, --refine and --primitives on top."""
     from img2cad.engine import Engine, decode_config
 
     cfg = decode_config(shipped, args.strategy, args.n, args.refine, device, args.k)
     if args.refine and cfg.strategy != "rerank":
         raise InputError(f"--refine adjusts the program chosen by rerank, not {cfg.strategy}: add --strategy rerank")
+    if args.primitives and cfg.strategy != "rerank":
+        raise InputError(f"--primitives adds candidates to rerank, not to {cfg.strategy}: add --strategy rerank")
+    if args.primitives:
+        cfg = decode_config(shipped, args.strategy, args.n, args.refine, device, args.k, primitives=True)
     try:
         return Engine(shipped, cfg, workers=args.workers)
     except ValueError as exc:  # e.g. a strategy that needs a retrieval index the folder lacks
@@ -155,6 +159,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--refine", type=int_in(0, 10_000), metavar="RENDERS",
                        help="renders spent adjusting the chosen program's numbers against the image (rerank; 0: none; "
                             "default: the model folder's decoding.json)")
+        p.add_argument("--primitives", action="store_true",
+                       help="rerank: add a box, a cylinder and a tube fit to the image to the candidates (slower; "
+                            "helps plain bars, plates and rings)")
 
     p = sub.add_parser("predict", help="write program, STEP, STL, comparison and candidates for each image")
     p.add_argument("images", nargs="+", metavar="IMAGE")

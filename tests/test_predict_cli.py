@@ -127,10 +127,14 @@ def test_serve_takes_the_decoding_options_predict_takes(shipped, monkeypatch, ca
     assert main(["serve", *model, "--k", "1", "--refine", "8", "--n", "3"]) == 0
     cfg = served[-1][0]
     assert (cfg.strategy, cfg.k_retrieval, cfg.refine_evaluations, cfg.n) == ("rerank", 1, 8, 3)
+    assert not cfg.primitives  # decoding.json
+    assert main(["serve", *model, "--primitives"]) == 0 and served[-1][0].primitives
     capsys.readouterr()
     assert main(["serve", *model, "--strategy", "beam", "--refine", "8"]) == 2
     _one_error_line(capsys, "--refine", "--strategy rerank")
-    assert len(served) == 2
+    assert main(["serve", *model, "--strategy", "beam", "--primitives"]) == 2
+    _one_error_line(capsys, "--primitives", "--strategy rerank")
+    assert len(served) == 3
 
 
 def _blank(path, mode="RGB", colour=(255, 255, 255)):
