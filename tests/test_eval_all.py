@@ -87,7 +87,8 @@ def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, m
         assert (out / name).stat().st_size > 0, name
     with (out / "table.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["configuration"].split(" ")[0] for r in rows] == ["retrieval", "SFT,", "+", "+", "+"]
+    assert [r["configuration"].split(" ")[0] for r in rows] == ["retrieval", "SFT,", "+", "+", "+", "+"]
+    assert rows[-1]["configuration"].startswith("+ primitives + refinement")
     assert all(r["n"] == "3" for r in rows)
     assert rows[0]["VSR"] == "1.000"  # retrieved reference programs all execute
     # the index holds these rows, so the lookup returns each one's own program; 16 tokens end every program early
@@ -95,7 +96,7 @@ def test_eval_all_writes_every_report_and_a_second_run_costs_nothing(tmp_path, m
     assert all(r["training time"] == "SFT 12 s" for r in rows[1:])
     # every configuration of the main table is accounted for
     records = json.loads((out / "table.json").read_text())["records"]
-    assert {r["key"] for r in records} == {"retrieval", "beam4", "grammar", "bestof2", "rerank2-k1"}
+    assert {r["key"] for r in records} == {"retrieval", "beam4", "grammar", "bestof2", "rerank2-k1", "rerank2-k1-primitives-refine4"}
     report = (out / "report.md").read_text()
     assert "## Ablations" in report and "## Against the lookup" in report and "plots/examples-real.png" in report
     assert {r["configuration"] for r in json.loads((out / "lookup_bands.json").read_text())} == {
