@@ -3,7 +3,7 @@
 Many GenCAD parts are one extruded rectangle or circle (STATS.md: 57% of programs have one sketch,
 109 of 258 loops are circles), and the nearest training images of a long bar or a thin strip are
 often other shapes. So reranking can add, beside the model's programs and the retrieved ones, the
-box, the cylinder and the tube whose renders best fit the input's silhouette.
+box, the cylinder and the tube whose renders best fit the input.
 
 The fit needs no CadQuery per trial: each primitive is executed once at unit size (in the sandbox)
 and its mesh is stretched along world axes, which keeps a box a box and, along a cylinder's axis,
@@ -11,13 +11,15 @@ a cylinder a cylinder. The renderer fits the part to the frame, so only proporti
 box's two side ratios and a cylinder's length against its diameter. Every point of a coarse log
 grid is rendered small (``cad.render``, no lines) and compared with the input's silhouette; the
 silhouette cannot tell a thin bar's width from its height, so the best few are ranked by the
-reranker's render terms (lines included) at full size, and two finer grids around the best finish. A tube's bore is chosen among ``BORES`` by the full render terms (a bore does
-not change the silhouette). The fitted programs are written in GenCAD's form at GenCAD's size
+reranker's render terms (lines included) at full size, and two finer grids around the best
+finish. A tube's bore is chosen among ``BORES`` by the full render terms (a bore does not change
+the silhouette). The fitted programs are written in GenCAD's form at GenCAD's size
 (largest side 1.5), so refinement (``decoding.refine``) and the reward treat them like any other.
 """
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 from PIL import Image
 
