@@ -25,7 +25,7 @@ from PIL import Image
 
 from cad.render import Style, render_geometry, silhouette
 from cad.sandbox import ExecOptions, ExecResult, Geometry, SandboxPool
-from reward.score import RenderTarget, render_compare, weighted
+from reward.score import RenderTarget, mask_iou, render_compare, weighted
 
 FIT_PX = 128  # silhouettes are compared at this size
 SHORTLIST = 12  # coarse grid points, best by silhouette, that the full render terms rank
@@ -80,9 +80,7 @@ def _stretched(g: Geometry, scale: np.ndarray) -> Geometry:
 
 
 def _silhouette_fit(g: Geometry, scale: np.ndarray, target: np.ndarray) -> float:
-    ours = silhouette(render_geometry(_stretched(g, scale), Style(size=FIT_PX, lines=False)))
-    union = np.logical_or(ours, target).sum()
-    return float(np.logical_and(ours, target).sum() / union) if union else 0.0
+    return mask_iou(silhouette(render_geometry(_stretched(g, scale), Style(size=FIT_PX, lines=False))), target)
 
 
 def _render_fit(g: Geometry, scale: np.ndarray, target: RenderTarget, objective: dict[str, float]) -> float:

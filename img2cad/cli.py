@@ -10,6 +10,7 @@ blank one stops the run with one line and exit code 2 before anything is decoded
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -125,7 +126,7 @@ def _engine(args: argparse.Namespace, shipped, device: str):
     if args.primitives and cfg.strategy != "rerank":
         raise InputError(f"--primitives adds candidates to rerank, not to {cfg.strategy}: add --strategy rerank")
     if args.primitives:
-        cfg = decode_config(shipped, args.strategy, args.n, args.refine, device, args.k, primitives=True)
+        cfg = dataclasses.replace(cfg, primitives=True)
     try:
         return Engine(shipped, cfg, workers=args.workers)
     except ValueError as exc:  # e.g. a strategy that needs a retrieval index the folder lacks

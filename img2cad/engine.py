@@ -26,7 +26,7 @@ EXPORT_TIMEOUT = 30.0  # seconds for the chosen program's final run: tessellatio
 
 
 def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None = None, refine: int | None = None,
-                  device: str = "cpu", k: int | None = None, primitives: bool | None = None) -> DecodeConfig:
+                  device: str = "cpu", k: int | None = None) -> DecodeConfig:
     """The model folder's default decoding options with the user's choices on top."""
     known = {f.name for f in dataclasses.fields(DecodeConfig)}
     options = {k: v for k, v in shipped.decoding.items() if k in known}
@@ -38,8 +38,6 @@ def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None =
         options["refine_evaluations"] = refine
     if k is not None:  # retrieved training programs added to the candidates
         options["k_retrieval"] = k
-    if primitives is not None:  # a box, a cylinder and a tube fit to the image among the candidates
-        options["primitives"] = primitives
     options["device"] = device
     return DecodeConfig(**options)
 

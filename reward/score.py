@@ -88,7 +88,8 @@ def _edges(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks; 0 when both are empty."""
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 0.0
 
@@ -150,9 +151,9 @@ def render_compare(result: ExecResult, image: Image.Image | RenderTarget) -> dic
     target = RenderTarget.of(image)
     ours = render_geometry(result.geometry, Style(size=target.pixels.shape[0]))
     lines = _lines(ours)
-    return {"silhouette": _iou(target.silhouette, silhouette(ours)),
-            "edges": _iou(target.edges, _edges(ours)),
-            "edges_coarse": _iou(target.coarse, _coarse(lines)),
+    return {"silhouette": mask_iou(target.silhouette, silhouette(ours)),
+            "edges": mask_iou(target.edges, _edges(ours)),
+            "edges_coarse": mask_iou(target.coarse, _coarse(lines)),
             "edge_distance": edge_distance(target.lines, lines, target.to_lines),
             "pixel": float(target.embedding @ embed([Image.fromarray(ours)])[0])}
 

@@ -58,7 +58,7 @@ def test_sanity_counts_a_malformed_extrude_number_as_a_failed_check():
 def test_edge_distance_falls_with_the_gap_between_two_drawings_and_coarse_edges_forgive_a_pixel():
     import numpy as np
 
-    from reward.score import _coarse, _iou, edge_distance
+    from reward.score import _coarse, edge_distance, mask_iou
 
     def line(x: int) -> np.ndarray:
         m = np.zeros((64, 64), dtype=bool)
@@ -69,7 +69,7 @@ def test_edge_distance_falls_with_the_gap_between_two_drawings_and_coarse_edges_
     assert edge_distance(line(10), line(12)) == pytest.approx(1 - 2 / 4)  # 2 px apart, width / 16 = 4 px
     assert edge_distance(line(10), line(11)) > edge_distance(line(10), line(12)) > edge_distance(line(10), line(30)) == 0.0
     assert edge_distance(line(10), np.zeros((64, 64), dtype=bool)) == 0.0
-    assert _iou(line(10), line(11)) == 0.0 and _iou(_coarse(line(10)), _coarse(line(11))) == 1.0
+    assert mask_iou(line(10), line(11)) == 0.0 and mask_iou(_coarse(line(10)), _coarse(line(11))) == 1.0
 
 
 def test_render_terms_prefer_the_nearer_of_two_wrong_parts(pool):
