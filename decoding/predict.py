@@ -17,7 +17,7 @@ that re-renders it against the input (``decoding.refine``).
 
 ``k_retrieval > 0`` adds the k nearest training programs to the candidates of best-of-N and
 rerank, scored by the model's own log-probability of them; ``primitives=True`` adds to rerank's
-candidates a box, a cylinder and a tube fit to the input image (``decoding.primitives``);
+candidates a box, an L or U section, a cylinder and a tube fit to the input image (``decoding.primitives``);
 ``grammar=True`` constrains sampling too; ``repair=True`` repairs every candidate.
 Execution and scoring of one batch overlap with generation of the next (a worker thread).
 """

@@ -316,14 +316,17 @@ def test_stretching_along_a_world_axis_scales_the_whole_part_along_it(pool):
     assert len(parameter_groups(BRACKET, ("world",))) == 3
 
 
-def test_primitives_fit_the_proportions_of_a_box_and_a_tube_from_their_renders(pool):
+def test_primitives_fit_the_proportions_of_a_box_a_channel_and_a_tube_from_their_renders(pool):
     from cad.geometry import best_iou
-    from decoding.primitives import box, cylinder, fit_primitives
+    from decoding.primitives import box, cylinder, fit_primitives, section, section_points
 
     objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
-    for truth, kind in ((box((1.5, 0.1, 0.06)), "box"), (cylinder(1, 0.5, 1.5, bore=0.5), "tube")):
+    channel = section(0, section_points("U", 1, (0.15, 0.18)), (1.5, 0.6, 0.5))  # both walls 0.09 thick
+    # a bar, a plate 1/62 of its length thick, a channel with thin walls and a tube
+    for truth, kind in ((box((1.5, 0.1, 0.06)), "box"), (box((1.5, 0.3, 0.024)), "box"), (channel, "section"),
+                        (cylinder(1, 0.5, 1.5, bore=0.5), "tube")):
         gt = pool.run(truth, ExecOptions(want_geometry=True))
-        fits = dict(zip(("box", "cylinder", "tube"), fit_primitives(_image_of(pool, truth), pool, objective)))
+        fits = dict(zip(("box", "section", "cylinder", "tube"), fit_primitives(_image_of(pool, truth), pool, objective)))
         pred = pool.run(fits[kind], ExecOptions(want_geometry=True))
         assert best_iou(pred.geometry, gt.geometry).iou > 0.85, (kind, fits[kind])
         assert max(np.subtract(pred.bbox[3:], pred.bbox[:3])) == pytest.approx(1.5, rel=1e-3)  # GenCAD's size
