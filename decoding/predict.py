@@ -81,7 +81,7 @@ class DecodeConfig:
     # only its numbers, the template's own number raised by this much (decoding.template); None: write freely
     copy_bias: float = 0.0  # copy-head model: subtracted from the copy gate's vocabulary logit while decoding edits
     # (> 0: copy the retrieved programs' tokens more than as trained; sft.model.CopyHead)
-    primitives: bool = False  # rerank: add the box, cylinder and tube fit to the input image (decoding.primitives)
+    primitives: bool = False  # rerank: add the box, section, cylinder and tube fit to the input image (decoding.primitives)
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
     # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 
