@@ -22,6 +22,9 @@ from decoding.predict import (STRATEGIES, DecodeConfig, decode_fingerprints, mod
                               resolve_device)
 from decoding.rerank import parse_objective, parse_weights
 from decoding.retrieval import RetrievalIndex, saved_index
+from reward.critic import FILE as CRITIC_FILE
+from reward.critic import saved_critic
+from reward.score import CRITIC
 
 
 def _grid(text: str) -> int | None:
@@ -109,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("error: retrieval needs --retrieval-data DIR (training data) or an existing --index FILE", file=sys.stderr)
             return 2
+    weighs_critic = cfg.strategy == "rerank" and bool(cfg.weights.get(CRITIC))
+    if weighs_critic and not (args.model and (Path(args.model) / CRITIC_FILE).is_file()):
+        raise InputError(f"{args.model}: the rerank weights use the {CRITIC} term but the folder has no {CRITIC_FILE}; "
+                         f"train one (python -m scripts.train_critic) or pass --weights '{{\"{CRITIC}\": 0}}'")
     model = tokenizer = processor = None
     if cfg.strategy != "retrieval":
         from sft.model import load_model
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # "auto" is this process's own accelerator when several processes run (accelerate launch)
         model, tokenizer, processor = load_model(args.model, state().device if args.device == "auto" else resolve_device(args.device))
+    critic = saved_critic(args.model) if weighs_critic else None
     rows = [{"id": r["deepcad_id"], "image": r["image"]} for r in undecoded(ds)]
     # what makes a line: the model's files and the retrieval source, with the options and image
     context = fingerprint(files_fingerprint(args.model) if cfg.strategy != "retrieval" else None,
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # each process decodes its share of the batches with its own sandbox pool; one output, in input order
         stats = combine_stats(run_sharded(rows, args.out, cfg.batch_size, lambda mine, part: predict(
-            model, tokenizer, processor, mine, part, cfg, pool, index, context=context)))
+            model, tokenizer, processor, mine, part, cfg, pool, index, context=context, critic=critic)))
     finally:
         if pool is not None:
             pool.close()

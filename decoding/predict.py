@@ -43,8 +43,9 @@ from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
 from decoding.primitives import fit_primitives
 from decoding.refine import ALL_GROUPS, DEFAULT_GROUPS, refine
-from decoding.rerank import (DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTarget, check_objective, combined_score,
+from decoding.rerank import (CRITIC, DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTarget, check_objective, combined_score,
                              needs_render)
+from reward.critic import FILE as CRITIC_FILE
 from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
@@ -132,8 +133,12 @@ class Predictor:
     """Holds the model, tokenizer, processor, sandbox and optional retrieval index."""
 
     def __init__(self, model, tokenizer, processor, cfg: DecodeConfig, pool: SandboxPool | None = None, index=None,
-                 retrieved_logprobs: bool | None = None):
+                 retrieved_logprobs: bool | None = None, critic=None):
         self.model, self.tok, self.proc, self.cfg = model, tokenizer, processor, cfg
+        if cfg.strategy == "rerank" and cfg.weights.get(CRITIC) and critic is None:
+            raise ValueError(f"the rerank weights give the {CRITIC} term weight {cfg.weights[CRITIC]}: pass the model "
+                             f"folder's {CRITIC_FILE} (python -m scripts.train_critic), or weigh it 0")
+        self.critic = critic if cfg.weights.get(CRITIC) else None
         # the model's log-probability of each retrieved program: what best-of-N ranks by; reranking
         # needs it only when its weights use it (unscored programs keep a NaN log-probability)
         self.retrieved_logprobs = (cfg.strategy != "rerank" or bool(cfg.weights.get("logprob"))) \
@@ -341,7 +346,7 @@ class Predictor:
             kept = best.get(c.code)
             if kept is None or (kept.source not in NOT_MODEL, kept.logprob) < (c.source not in NOT_MODEL, c.logprob):
                 best[c.code] = c
-        target = RenderTarget.of(image) if image is not None and needs_render(cfg.weights) else image
+        target = RenderTarget.of(image, self.critic) if image is not None and needs_render(cfg.weights) else image
         for c in best.values():
             combined_score(c, target, cfg.weights)
         executable = list(best.values())
@@ -378,7 +383,7 @@ def decode_fingerprints(rows: list[dict], cfg: DecodeConfig, context: str = "") 
 
 
 def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path, cfg: DecodeConfig,
-            pool: SandboxPool | None = None, index=None, progress: bool = True, context: str = "") -> dict:
+            pool: SandboxPool | None = None, index=None, progress: bool = True, context: str = "", critic=None) -> dict:
     """Decode every row (``{"id", "image"}``) that ``out_path`` does not hold yet from the same
     image and options (``decode_fingerprints``; rows made otherwise are removed from the file and
     decoded again); append the lines, each batch in input order, unreadable images included."""
@@ -388,7 +393,7 @@ def predict(model, tokenizer, processor, rows: list[dict], out_path: str | Path,
     prune_stale(out, fps)  # lines of these ids that another image or option made go
     valid = done_rows([out], fps)
     todo = [r for r in rows if str(r["id"]) not in valid]
-    predictor = Predictor(model, tokenizer, processor, cfg, pool, index)
+    predictor = Predictor(model, tokenizer, processor, cfg, pool, index, critic=critic)
     t0 = time.perf_counter()
     unreadable = 0
 

@@ -105,7 +105,8 @@ class Engine:
         self.shipped, self.cfg = shipped, cfg
         self.pool = SandboxPool(workers)
         try:
-            self.predictor = Predictor(shipped.model, shipped.tokenizer, shipped.processor, cfg, self.pool, shipped.index)
+            self.predictor = Predictor(shipped.model, shipped.tokenizer, shipped.processor, cfg, self.pool, shipped.index,
+                                       critic=shipped.critic)
         except Exception:
             self.pool.close()
             raise

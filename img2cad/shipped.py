@@ -1,7 +1,8 @@
 """A shipped model folder (``models/<name>/``, written by ``scripts/export_model.py``): checked, loaded.
 
 The folder holds the model (fp16 safetensors + config), its tokenizer, its image processor
-config, the retrieval index (``index.npz``), the default decoding options (``decoding.json``),
+config, the retrieval index (``index.npz``), the default decoding options (``decoding.json``), the
+render critic the reranker may weigh (``critic.safetensors``, optional),
 ``MODEL_CARD.md`` and ``manifest.json``: the sha256 and size of every other file. ``verify``
 checks every listed file before anything is loaded and says which one is missing or corrupt.
 """
@@ -81,6 +82,7 @@ class Shipped:
     processor: object
     index: object | None  # decoding.retrieval.RetrievalIndex
     decoding: dict = field(default_factory=dict)  # DecodeConfig fields
+    critic: object | None = None  # reward.critic.RenderCritic, where the folder has one
 
     @property
     def name(self) -> str:
@@ -109,6 +111,7 @@ def load_shipped(folder: str | Path = DEFAULT_MODEL, device: str = "cpu", index:
     """Verify and load a model folder (weights in float32); ``index`` replaces its retrieval index."""
     from transformers.utils import logging as hf_logging
 
+    from reward.critic import saved_critic
     from sft.model import load_model
 
     folder = Path(folder)
@@ -119,4 +122,4 @@ def load_shipped(folder: str | Path = DEFAULT_MODEL, device: str = "cpu", index:
     index_path = Path(index) if index is not None else folder / INDEX
     idx = load_index(index_path) if index is not None or index_path.is_file() else None
     decoding = json.loads((folder / DECODING).read_text()) if (folder / DECODING).is_file() else {}
-    return Shipped(folder, manifest, model, tokenizer, processor, idx, decoding)
+    return Shipped(folder, manifest, model, tokenizer, processor, idx, decoding, saved_critic(folder))

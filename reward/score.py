@@ -11,7 +11,8 @@ Every candidate is executed in the sandbox; ``candidate_terms`` describes it by
   resolution), ``edge_distance`` (1 minus the mean symmetric distance between the two edge
   drawings, in sixteenths of the image width: a smooth measure where the IoU of thin lines is
   all or nothing), and ``pixel``, the cosine similarity of the retrieval index's 64 px embedding
-  of both;
+  of both; ``critic``, where the input's ``RenderTarget`` carries one, the score a small CNN trained
+  to rank candidates by true IoU gives both drawings (``reward.critic``);
 * ``iou``, the exact Best IoU against the ground-truth program, when there is one.
 
 A term is computed only when its weight is non-zero (or it is asked for), and
@@ -34,8 +35,9 @@ from cad.geometry import best_iou
 from cad.sandbox import ExecOptions, ExecResult, Geometry, SandboxPool
 
 TERMS = ("executed", "grammatical", "logprob", "sanity", "silhouette", "edges", "edges_coarse", "edge_distance",
-         "pixel", "iou")
+         "pixel", "critic", "iou")
 RENDER_TERMS = ("silhouette", "edges", "edges_coarse", "edge_distance", "pixel")  # the terms that need the candidate rendered
+CRITIC = "critic"  # rendered too, but only where the target carries a learned critic (reward.critic)
 GT_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "iou": 5.0}
 IMAGE_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "silhouette": 5.0}
 DEFAULT_WEIGHTS = GT_WEIGHTS  # the weights ``score`` uses with a reference (IMAGE_WEIGHTS without)
@@ -126,9 +128,12 @@ class RenderTarget:
     coarse: np.ndarray
     to_lines: np.ndarray  # each pixel's distance to the nearest line pixel
     embedding: np.ndarray
+    critic: object | None = None  # a reward.critic.RenderCritic: candidates then get the ``critic`` term
+    grey: np.ndarray | None = None  # the input as the critic reads it
 
     @classmethod
-    def of(cls, image: Image.Image | RenderTarget) -> RenderTarget:
+    def of(cls, image: Image.Image | RenderTarget, critic=None) -> RenderTarget:
+        """The target of ``image`` (a target is returned as it is, given ``critic`` or not)."""
         from scipy.ndimage import distance_transform_edt
 
         from cad.render import silhouette
@@ -138,24 +143,40 @@ class RenderTarget:
             return image
         pixels = np.asarray(image.convert("RGB"))
         lines = _lines(pixels)
+        grey = None
+        if critic is not None:
+            from reward.critic import grey as to_grey
+
+            grey = to_grey(pixels)
         return cls(image, pixels, silhouette(pixels), _edges(pixels), lines, _coarse(lines),
-                   distance_transform_edt(~lines), embed([image])[0])
+                   distance_transform_edt(~lines), embed([image])[0], critic, grey)
 
 
 def render_compare(result: ExecResult, image: Image.Image | RenderTarget) -> dict:
     """The render terms (module docstring) of the candidate's render (``cad.render``, at the
     input's resolution) against the input image (or its ``RenderTarget``)."""
-    from cad.render import Style, render_geometry, silhouette
-    from decoding.retrieval import embed
+    from cad.render import Style, render_geometry
 
     target = RenderTarget.of(image)
-    ours = render_geometry(result.geometry, Style(size=target.pixels.shape[0]))
+    return compare_render(render_geometry(result.geometry, Style(size=target.pixels.shape[0])), target)
+
+
+def compare_render(ours: np.ndarray, target: RenderTarget) -> dict:
+    """The render terms of a candidate already rendered (``ours``, the input's size) against ``target``."""
+    from cad.render import silhouette
+    from decoding.retrieval import embed
+
     lines = _lines(ours)
-    return {"silhouette": mask_iou(target.silhouette, silhouette(ours)),
-            "edges": mask_iou(target.edges, _edges(ours)),
-            "edges_coarse": mask_iou(target.coarse, _coarse(lines)),
-            "edge_distance": edge_distance(target.lines, lines, target.to_lines),
-            "pixel": float(target.embedding @ embed([Image.fromarray(ours)])[0])}
+    terms = {"silhouette": mask_iou(target.silhouette, silhouette(ours)),
+             "edges": mask_iou(target.edges, _edges(ours)),
+             "edges_coarse": mask_iou(target.coarse, _coarse(lines)),
+             "edge_distance": edge_distance(target.lines, lines, target.to_lines),
+             "pixel": float(target.embedding @ embed([Image.fromarray(ours)])[0])}
+    if target.critic is not None:
+        from reward.critic import critic_scores, grey
+
+        terms[CRITIC] = critic_scores(target.critic, target.grey, [grey(ours)])[0]
+    return terms
 
 
 def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.Image | RenderTarget | None = None,
@@ -173,7 +194,7 @@ def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.I
     if logprob is not None and np.isfinite(logprob):  # NaN: the model did not score this candidate
         terms["logprob"] = logprob / max(tokens, 1)
     if result.executable and result.geometry is not None:
-        if image is not None and need & set(RENDER_TERMS):
+        if image is not None and need & {*RENDER_TERMS, CRITIC}:
             terms.update(render_compare(result, image))
         if reference is not None and "iou" in need:
             r = best_iou(result.geometry, reference)

@@ -54,8 +54,11 @@ from cad.sandbox import SandboxPool
 from decoding.predict import DECODING_VERSION, DecodeConfig, parse_grid, predict
 from decoding.rerank import DEFAULT_WEIGHTS, parse_objective, parse_weights
 from decoding.retrieval import saved_index
+from reward.critic import FILE as CRITIC_FILE
+from reward.critic import saved_critic
 from reward.evaluate import evaluate_pairs
 from reward.metrics import ERROR_CLASSES, summarise
+from reward.score import CRITIC
 
 HEURISTIC_WEIGHTS = {"logprob": 1.0, "sanity": 0.5, "silhouette": 0.0, "edges": 0.0, "pixel": 0.0}  # the study's
 
@@ -280,6 +283,8 @@ class Harness:
         key = config_key(v)
         if self.uses_index(v):  # another index, or one rebuilt at the same path, is another entry
             key += "-" + files_fingerprint(self.index_file or self.retrieval_data)[:10]
+        if v.model and v.cfg.weights.get(CRITIC):  # a retrained critic is another entry too
+            key += "-" + files_fingerprint(Path(self.models[v.model]) / CRITIC_FILE)[:10]
         return self.out / "cache" / data_key / (self.model_keys[v.model] if v.model else "no-model") / key
 
     def run(self, name: str, source: str | None, v: Variant) -> dict:
@@ -292,11 +297,13 @@ class Harness:
         if len(done_ids(preds) & {str(r["id"]) for r in inputs}) < len(inputs):
             model, tok, proc = self.model(v.model) if v.model else (None, None, None)
             index = self.index() if self.uses_index(v) else None
+            critic = saved_critic(self.models[v.model]) if v.model and v.cfg.weights.get(CRITIC) else None
             self.pool.clear_cache()  # each configuration pays for its own executions
 
             def decode(mine: list[dict], part: Path) -> dict:
                 with PeakMemory() as mem:
-                    s = predict(model, tok, proc, mine, part, v.cfg, self.pool, index, progress=self.progress and is_main_process())
+                    s = predict(model, tok, proc, mine, part, v.cfg, self.pool, index, progress=self.progress and is_main_process(),
+                                critic=critic)
                 return {**s, "peak_memory_mb": mem.peak_mb or 0.0}
 
             # the processes share the batches, each with its own sandbox pool (cad.distributed)

@@ -116,6 +116,8 @@ def test_decoding_refuses_bad_input_in_one_line(tmp_path, images, model_dir, cap
         refuses(main, ["--model", str(model_dir), *base, *bad], capsys, bad[0])
     refuses(main, ["--model", str(model_dir), *base, "--weights", "{silhouette: 2"], capsys, "--weights")
     refuses(main, ["--model", str(model_dir), *base, "--copy-bias", "1"], capsys, "--copy-bias")  # no copy head
+    refuses(main, ["--model", str(model_dir), *base, "--strategy", "rerank", "--weights", '{"critic": 1}'], capsys,
+            "critic.safetensors")  # a weighed critic the folder does not have
     for objective in ('{"iou": 1}', "{}", "[1]"):
         refuses(main, ["--model", str(model_dir), *base, "--refine-objective", objective], capsys, "--refine-objective")
     assert data.read_bytes() == before and not (tmp_path / "o.jsonl").exists()
