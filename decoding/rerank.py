@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from cad.sandbox import ExecResult
-from reward.score import CRITIC, RENDER_TERMS, RenderTarget, candidate_terms, render_compare, sanity, weighted  # noqa: F401 - re-exported
+from reward.score import CRITIC, RENDER_TERMS, RENDERED_TERMS, RenderTarget, candidate_terms, render_compare, sanity, weighted  # noqa: F401 - re-exported
 
 # The weights scripts/rerank_correlation.py fitted on 128 images of a validation split for the
 # shipped model (models/img2cad-small) with 1 edit and 16 retrieved programs ("fitted_weights" in
@@ -61,7 +61,7 @@ def parse_objective(text: str) -> dict[str, float]:
 
 
 def needs_render(weights: dict) -> bool:
-    return any(weights.get(t) for t in (*RENDER_TERMS, CRITIC))
+    return any(weights.get(t) for t in RENDERED_TERMS)
 
 
 @dataclass

@@ -38,6 +38,7 @@ TERMS = ("executed", "grammatical", "logprob", "sanity", "silhouette", "edges", 
          "pixel", "critic", "iou")
 RENDER_TERMS = ("silhouette", "edges", "edges_coarse", "edge_distance", "pixel")  # the terms that need the candidate rendered
 CRITIC = "critic"  # rendered too, but only where the target carries a learned critic (reward.critic)
+RENDERED_TERMS = (*RENDER_TERMS, CRITIC)  # every term whose weight means the candidate is rendered
 GT_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "iou": 5.0}
 IMAGE_WEIGHTS = {"executed": 1.0, "grammatical": 0.5, "silhouette": 5.0}
 DEFAULT_WEIGHTS = GT_WEIGHTS  # the weights ``score`` uses with a reference (IMAGE_WEIGHTS without)
@@ -194,7 +195,7 @@ def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.I
     if logprob is not None and np.isfinite(logprob):  # NaN: the model did not score this candidate
         terms["logprob"] = logprob / max(tokens, 1)
     if result.executable and result.geometry is not None:
-        if image is not None and need & {*RENDER_TERMS, CRITIC}:
+        if image is not None and need & set(RENDERED_TERMS):
             terms.update(render_compare(result, image))
         if reference is not None and "iou" in need:
             r = best_iou(result.geometry, reference)

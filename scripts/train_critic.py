@@ -147,10 +147,15 @@ def fit(train: dict, val: dict, epochs: int, lr: float, width: int, seed: int, i
 CRITIC_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # the critic's weight beside the decoding default's
 
 
+def default_sum(data: dict) -> np.ndarray:
+    """Each candidate's weighted sum of its render terms by the decoding default's weights."""
+    names = [str(n) for n in data["term_names"]]
+    return sum(w * data["terms"][:, names.index(n)] for n, w in DEFAULT_RENDER_WEIGHTS.items())
+
+
 def with_default(critic: np.ndarray, data: dict) -> dict:
     """Top-1 true IoU of the decoding default's sum plus each weight of the critic's scores."""
-    names = [str(n) for n in data["term_names"]]
-    base = sum(w * data["terms"][:, names.index(n)] for n, w in DEFAULT_RENDER_WEIGHTS.items())
+    base = default_sum(data)
     return {str(w): round(top1_iou(base + w * critic, data), 4) for w in CRITIC_WEIGHTS}
 
 
@@ -158,8 +163,7 @@ def baselines(data: dict) -> dict:
     """Top-1 true IoU of each render term alone, of the decoding default's sum, and the oracle."""
     names = [str(n) for n in data["term_names"]]
     out = {name: round(top1_iou(data["terms"][:, i], data), 4) for i, name in enumerate(names)}
-    base = sum(w * data["terms"][:, names.index(n)] for n, w in DEFAULT_RENDER_WEIGHTS.items())
-    out["rerank_default"] = round(top1_iou(base, data), 4)
+    out["rerank_default"] = round(top1_iou(default_sum(data), data), 4)
     out["oracle"] = round(float(np.mean([data["iou"][data["group"] == g].max() for g in np.unique(data["group"])])), 4)
     return out
 

@@ -13,7 +13,7 @@ from decoding.predict import DecodeConfig, Predictor
 from decoding.rerank import Candidate
 from reward.critic import SIZE, RenderCritic, critic_scores, grey, load_critic, save_critic
 from reward.score import CRITIC, RenderTarget, compare_render
-from scripts.train_critic import fit, top1_iou
+from scripts.train_critic import fit, predict, top1_iou
 
 BOX = "import cadquery as cq\nsolid = cq.Workplane('XY').box({}, {}, {})\n"
 
@@ -54,15 +54,10 @@ def _rectangles(n_images: int, per_image: int, seed: int) -> dict:
 def test_critic_learns_to_pick_the_candidate_that_overlaps_its_target_most():
     train, val = _rectangles(96, 8, seed=0), _rectangles(32, 8, seed=1)
     model, history = fit(train, val, epochs=4, lr=3e-3, width=8, seed=0, images_per_step=8)
-    picked = top1_iou(critic_scores_all(model, val), val)
+    picked = top1_iou(predict(model, val), val)
     chance = float(val["iou"].mean())
     best = float(np.mean([val["iou"][val["group"] == g].max() for g in range(32)]))
     assert picked > chance + 0.5 * (best - chance), (picked, chance, best, history)
-
-
-def critic_scores_all(model: RenderCritic, data: dict) -> np.ndarray:
-    return np.concatenate([critic_scores(model, data["targets"][g], list(data["renders"][data["group"] == g]))
-                           for g in range(len(data["targets"]))])
 
 
 def test_critic_survives_saving_in_fp16(tmp_path):
