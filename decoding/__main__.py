@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refine-objective", help="the render terms refinement maximises, as JSON weights "
                     "(default: the render terms of the rerank weights)")
     ap.add_argument("--primitives", action="store_true",
-                    help="rerank: add the box, L or U section, cylinder and tube fit to the image as candidates "
-                         "(decoding.primitives)")
+                    help="rerank: add the box, L or U section, cylinder and tube fit to the image and the profile "
+                         "prisms read off it as candidates (decoding.primitives, decoding.prism)")
     ap.add_argument("--context-scale", type=float_in(0.0, 100.0, lo_open=True), default=None,
                     help="retrieval-conditioned model: rescale the programs it reads to this largest side (1.5: GenCAD's frame)")
     ap.add_argument("--template-bias", type=float_in(0.0, 1000.0), default=None,

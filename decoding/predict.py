@@ -17,7 +17,8 @@ that re-renders it against the input (``decoding.refine``).
 
 ``k_retrieval > 0`` adds the k nearest training programs to the candidates of best-of-N and
 rerank, scored by the model's own log-probability of them; ``primitives=True`` adds to rerank's
-candidates a box, an L or U section, a cylinder and a tube fit to the input image (``decoding.primitives``);
+candidates a box, an L or U section, a cylinder and a tube fit to the input image (``decoding.primitives``)
+and the profile prisms read off it (``decoding.prism``);
 ``grammar=True`` constrains sampling too; ``repair=True`` repairs every candidate.
 Execution and scoring of one batch overlap with generation of the next (a worker thread).
 """
@@ -42,6 +43,7 @@ from cad.sandbox import ExecOptions, SandboxPool
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
 from decoding.primitives import fit_primitives
+from decoding.prism import fit_prisms
 from decoding.refine import ALL_GROUPS, DEFAULT_GROUPS, refine
 from decoding.rerank import (CRITIC, DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTarget, check_objective, combined_score,
                              needs_render)
@@ -82,7 +84,7 @@ class DecodeConfig:
     # only its numbers, the template's own number raised by this much (decoding.template); None: write freely
     copy_bias: float = 0.0  # copy-head model: subtracted from the copy gate's vocabulary logit while decoding edits
     # (> 0: copy the retrieved programs' tokens more than as trained; sft.model.CopyHead)
-    primitives: bool = False  # rerank: add the box, section, cylinder and tube fit to the input image (decoding.primitives)
+    primitives: bool = False  # rerank: add the box, section, cylinder, tube and profile prisms fit to the input image (decoding.primitives, decoding.prism)
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
     # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 
@@ -252,8 +254,9 @@ class Predictor:
             if self.pool is None:
                 raise ValueError("primitives are fit by rendering: pass a SandboxPool")
             for i, image in enumerate(images):
-                out[i].extend(Candidate(code, float("nan"), 1, "primitive")
-                              for code in fit_primitives(image, self.pool, self.render_terms))
+                target = RenderTarget.of(image)
+                out[i].extend(Candidate(code, float("nan"), 1, "primitive") for code in
+                              fit_primitives(target, self.pool, self.render_terms) + fit_prisms(target, self.pool, self.render_terms))
         if cfg.repair:
             for cands in out:
                 for c in cands:

@@ -161,8 +161,8 @@ def parser() -> argparse.ArgumentParser:
                        help="renders spent adjusting the chosen program's numbers against the image (rerank; 0: none; "
                             "default: the model folder's decoding.json)")
         p.add_argument("--primitives", action="store_true",
-                       help="rerank: add a box, an L or U section, a cylinder and a tube fit to the image to the "
-                            "candidates (slower; helps plain bars, plates, channels and rings)")
+                       help="rerank: add a box, an L or U section, a cylinder and a tube fit to the image, and the "
+                            "profile prisms read off it, to the candidates (slower; helps parts made of one extruded sketch)")
 
     p = sub.add_parser("predict", help="write program, STEP, STL, comparison and candidates for each image")
     p.add_argument("images", nargs="+", metavar="IMAGE")

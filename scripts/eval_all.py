@@ -119,7 +119,7 @@ def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_to
                            {"rerank": f"full + refinement ({refine} renders)"}))
     with_primitives = DecodeConfig(**{**asdict(rerank), "primitives": True})
     out.append(Variant(f"rerank{n}-k{k}-primitives", "sft", with_primitives,
-                       {"rerank": "full + primitives (box, L or U section, cylinder, tube fit to the image)"}))
+                       {"rerank": "full + primitives (box, L or U section, cylinder, tube, profile prisms fit to the image)"}))
     if refine:
         out.append(Variant(f"rerank{n}-k{k}-primitives-refine{refine}", "sft",
                            DecodeConfig(**{**asdict(with_primitives), "refine_evaluations": refine, "refine_objective": refine_objective}),

@@ -332,3 +332,26 @@ def test_primitives_fit_the_proportions_of_a_box_a_channel_and_a_tube_from_their
         assert max(np.subtract(pred.bbox[3:], pred.bbox[:3])) == pytest.approx(1.5, rel=1e-3)  # GenCAD's size
     with pytest.raises(ValueError, match="primitives"):
         DecodeConfig(strategy="beam", primitives=True)
+
+
+def test_prisms_read_an_outline_with_holes_and_the_depth_off_the_render(pool):
+    from cad.geometry import best_iou
+    from decoding.prism import fit_prisms
+
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    # a T section with a round hole, extruded along world -y; a hexagon plate with two holes, along z
+    tee = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0.4,0),cq.Vector(1,0,0),cq.Vector(0,-1,0)))\n"
+           "loop0=wp.moveTo(0,0).lineTo(0.3,0).lineTo(0.3,0.6).lineTo(0.7,0.6).lineTo(0.7,0.8).lineTo(-0.4,0.8)"
+           ".lineTo(-0.4,0.6).lineTo(0,0.6).close()\nloop1=wp.moveTo(0.15,0.3).circle(0.08)\n"
+           "solid=wp.add(loop0).add(loop1).extrude(0.9)\n")
+    hexagon = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+               "loop0=wp.moveTo(0.6,0).lineTo(0.3,0.52).lineTo(-0.3,0.52).lineTo(-0.6,0).lineTo(-0.3,-0.52)"
+               ".lineTo(0.3,-0.52).close()\nloop1=wp.moveTo(0.2,0).circle(0.1)\nloop2=wp.moveTo(-0.25,0.1).circle(0.12)\n"
+               "solid=wp.add(loop0).add(loop1).add(loop2).extrude(0.25)\n")
+    for truth, holes in ((tee, 1), (hexagon, 2)):
+        gt = pool.run(truth, ExecOptions(want_geometry=True))
+        fits = fit_prisms(_image_of(pool, truth), pool, objective)
+        assert fits and fits[0].count(".circle(") == holes  # the best cap's prism, holes written as circles
+        pred = pool.run(fits[0], ExecOptions(want_geometry=True))
+        assert best_iou(pred.geometry, gt.geometry).iou > 0.9, fits[0]
+        assert max(np.subtract(pred.bbox[3:], pred.bbox[:3])) == pytest.approx(1.5, rel=1e-3)  # GenCAD's size
