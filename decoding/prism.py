@@ -1,19 +1,27 @@
-"""Profile prisms read off the input image: one sketch, any outline and holes, extruded once.
+"""Profile prisms read off the input image: one sketch, any outline and holes, extruded once;
+and the union of two such prisms.
 
 Most GenCAD parts are one sketch extruded once (STATS.md: 57% of programs have one sketch), and
 the visible end face (the cap) of such a prism shows its whole profile: in the isometric view
 from (1, -1, 1) the cap facing the camera (normal +x, -y or +z) lies in front of everything the
-prism holds, so nothing hides it. The image draws every B-rep edge as a thin black line, so the
-faces are the regions of grey pixels the lines enclose. A face region is the cap of a prism along
-an axis when the region swept along that axis's screen direction covers the silhouette: the
-best (region, axis, length) by that sweep, over the largest regions and the three axes, is the
-prism. Its outline and holes (contours of the region, simplified; a hole that unprojects to a
-circle is written as one) are mapped from the screen back to the cap's plane, and the depth is
-then fit by the reranker's render terms, stretching one executed mesh along the axis (a prism
-stretched along its axis is the same prism, deeper), as ``decoding.primitives`` does.
+prism holds, so nothing hides it. The image draws every B-rep edge as a thin black line and
+every planar face in one flat grey, so the planar faces are the flat grey regions the lines
+enclose. A region is the cap of a prism along an axis when the region swept along that axis's
+screen direction covers the silhouette: the best (region, axis, length) by that sweep, over the
+largest regions and the three axes, is the prism. Its outline and holes (contours of the region,
+simplified; a contour that unprojects to a circle is written as one) are mapped from the screen
+back to the cap's plane, and the depth is then fit by the reranker's render terms, stretching
+one executed mesh along the axis (a prism stretched along its axis is the same prism, deeper),
+as ``decoding.primitives`` does. The programs are written in GenCAD's form at GenCAD's size
+(largest side 1.5), one with the holes and one without (a pocket or a boss inside the cap is
+drawn like a hole), for the reranker.
 
-The programs are written in GenCAD's form at GenCAD's size (largest side 1.5), one with the holes
-and one without (a pocket or a boss inside the cap is drawn like a hole), for the reranker.
+Two bodies: the pair of caps whose sweeps together cover the silhouette best, when that beats
+the best single cap. Where one body hides part of the other's cap, the cap is completed with the
+hiding body's sweep inside the cap's convex hull, and the hidden part of its contour does not
+count against a circle. The second body's place along the view direction does not change the
+picture's outline, only the framing and what hides what, so it is searched by the render terms
+on the two meshes rendered together, then its depth.
 """
 from __future__ import annotations
 
@@ -24,23 +32,29 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import binary_dilation, binary_fill_holes, label
 
-from cad.render import RIGHT, UP, silhouette
-from cad.sandbox import ExecOptions, SandboxPool
-from decoding.primitives import PLANES, SIZE, _program, _render_fit
+from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, silhouette
+from cad.sandbox import ExecOptions, Geometry, SandboxPool
+from decoding.primitives import PLANES, SIZE, _render_fit, _vector
 from reward.score import RenderTarget, mask_iou
 
 LINE = 60  # a pixel darker than this in every channel is a drawn edge
 SIZE_PX = 448  # the image is read at this size (GenCAD's)
 SWEEP_FACTOR = 4  # the sweep search runs on masks this many times smaller
-CAPS = 6  # the largest face regions tried as a cap
+CAPS = 6  # the largest planar face regions tried as a cap
+FLAT_TOLERANCE = 3  # a pixel within this of the planar face grey (every channel) is flat
+MIN_FLAT = 0.9  # a region with a smaller share of flat pixels is a curved face, not a cap
 MIN_REGION = 0.01  # a region smaller than this share of the silhouette is not tried
 MIN_HOLE = 12  # holes of fewer pixels are dropped
 SIMPLIFY = 1.2  # Douglas-Peucker tolerance of the outlines, in pixels
 CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this share of the radius
+MIN_SEEN = 0.4  # the share of a contour that must be seen (not hidden by another body) to test it for a circle
 MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candidate
 PRISMS = 2  # the best (region, axis) pairs written as candidates
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
 DEPTH_STEPS = 13  # depths tried, evenly spaced in log
+UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise)
+UNION_FIRSTS = 3  # the best single caps tried as the first of two
+UNION_STEPS = 21  # places along the view direction tried for the second body, twice (coarse, then fine)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +63,9 @@ class Cap:
 
     region: np.ndarray  # boolean mask at SIZE_PX
     axis: int
-    depth_px: float  # the sweep length on the screen, in pixels at SIZE_PX
-    fit: float  # IoU of the swept region with the silhouette (both with holes filled)
+    fit: float  # IoU of the swept region (with what other bodies cover) with the silhouette, holes filled
+    index: int = 0  # the region's label
+    swept: np.ndarray | None = None  # the swept region (with the other bodies), at the sweep's size
 
 
 def screen_vector(world: np.ndarray) -> np.ndarray:
@@ -87,30 +102,37 @@ def _small(mask: np.ndarray) -> np.ndarray:
     return mask[:h - h % f, :w - w % f].reshape(h // f, f, w // f, f).mean(axis=(1, 3)) >= 0.5
 
 
-def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray) -> tuple[float, int]:
-    """(best IoU, steps): ``region`` swept one pixel at a time along ``direction`` (a screen
-    vector), the union compared with ``target`` after each step."""
+def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
+          base: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
+    """(best IoU, steps, swept mask): ``region`` swept one pixel at a time along ``direction`` (a
+    screen vector), its union with ``base`` (what other bodies cover) compared with ``target``
+    after each step."""
     step = direction / np.abs(direction).max()
-    swept = region.copy()
-    best = (mask_iou(swept, target), 0)
+    swept = region | (base if base is not None else False)
+    best = (mask_iou(swept, target), 0, swept.copy())
     for t in range(1, int(np.hypot(*target.shape))):
         swept |= _shifted(region, int(round(t * step[0])), int(round(t * step[1])))
         iou = mask_iou(swept, target)
         if iou > best[0]:
-            best = (iou, t)
+            best = (iou, t, swept.copy())
         elif iou < best[0] - 0.05:  # past the silhouette's end
             break
-    return best[0], best[1]
+    return best
 
 
-def find_caps(pixels: np.ndarray) -> list[Cap]:
-    """The face regions that best explain the silhouette as a prism's cap, best first."""
+def find_caps(pixels: np.ndarray, base: np.ndarray | None = None, exclude: tuple[int, ...] = ()) -> list[Cap]:
+    """The planar face regions (flat grey: curved faces are shaded) that best explain the
+    silhouette as a prism's cap, best first; with
+    ``base`` (a mask at the sweep's size), what they add to it; regions ``exclude`` left out."""
     labels, count = face_regions(pixels)
     if count == 0:
         return []
     target = binary_fill_holes(silhouette(pixels))
+    flat = (np.abs(pixels[..., :3].astype(int) - GENCAD_STYLE.face_rgb) <= FLAT_TOLERANCE).all(-1)
     sizes = np.bincount(labels.ravel())[1:]
-    order = [i + 1 for i in np.argsort(-sizes)[:CAPS] if sizes[i] >= MIN_REGION * target.sum()]
+    flat_share = np.bincount(labels.ravel(), weights=flat.ravel())[1:] / np.maximum(sizes, 1)
+    order = [i + 1 for i in np.argsort(-sizes) if sizes[i] >= MIN_REGION * target.sum() and i + 1 not in exclude
+             and flat_share[i] >= MIN_FLAT][:CAPS]
     small_target = _small(target)
     caps = []
     for index in order:
@@ -120,9 +142,8 @@ def find_caps(pixels: np.ndarray) -> list[Cap]:
             continue
         for axis in range(3):
             direction = screen_vector(-plane_basis(axis)[2])
-            fit, steps = sweep(small_region, small_target, direction)
-            length = steps * SWEEP_FACTOR * np.hypot(*direction) / np.abs(direction).max()
-            caps.append(Cap(region, axis, float(length), fit))
+            fit, _, swept = sweep(small_region, small_target, direction, base)
+            caps.append(Cap(region, axis, fit, index, swept))
     return sorted(caps, key=lambda c: -c.fit)
 
 
@@ -139,29 +160,35 @@ def _circle(points: np.ndarray) -> tuple[float, float, float] | None:
     return float(cx), float(cy), float(r)
 
 
-def profile(cap: Cap) -> tuple[Loop, list[Loop]]:
+def profile(cap: Cap, hidden: np.ndarray | None = None) -> tuple[Loop, list[Loop]]:
     """The cap's outline and holes in its sketch plane's (u, v) coordinates, in pixels: contours
     of the region grown by one pixel (half a drawn line each side), unprojected from the screen
-    and simplified."""
+    and simplified; contour pixels in ``hidden`` (where another body hides the cap) do not count
+    when testing for a circle."""
     x_dir, y_dir, _ = plane_basis(cap.axis)
     to_plane = np.linalg.inv(np.column_stack([screen_vector(x_dir), screen_vector(y_dir)]))
     grown = binary_dilation(cap.region, np.ones((3, 3), bool)).astype(np.uint8)
     contours, hierarchy = cv2.findContours(grown, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     outer = max((i for i in range(len(contours)) if hierarchy[0][i][3] < 0), key=lambda i: cv2.contourArea(contours[i]))
     holes = [c for i, c in enumerate(contours) if hierarchy[0][i][3] == outer and cv2.contourArea(c) >= MIN_HOLE]
-    plane = lambda c: (c.reshape(-1, 2).astype(float) + 0.5) @ to_plane.T  # noqa: E731
-    return simplified(plane(contours[outer])), [simplified(plane(c)) for c in holes]
+    return simplified(contours[outer], to_plane, hidden), [simplified(c, to_plane, hidden) for c in holes]
 
 
 Loop = tuple[float, float, float] | np.ndarray  # a circle (cx, cy, r) or a polygon's (n, 2) points
 
 
-def simplified(points: np.ndarray) -> Loop:
-    """A closed contour as a circle when it is one, else as its simplified polygon."""
-    circle = _circle(points)
+def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | None = None) -> Loop:
+    """A closed contour of pixels (OpenCV's) in the sketch plane (``to_plane`` maps screen
+    offsets to it): a circle when its pixels outside ``hidden`` (at least ``MIN_SEEN`` of them)
+    lie on one, else its polygon simplified on the screen, where the staircase of the pixels is
+    at most a pixel high."""
+    plane = lambda c: (c.reshape(-1, 2).astype(float) + 0.5) @ to_plane.T  # noqa: E731
+    points = contour.reshape(-1, 2)
+    seen = np.ones(len(points), bool) if hidden is None else ~hidden[points[:, 1], points[:, 0]]
+    circle = _circle(plane(points[seen])) if seen.mean() >= MIN_SEEN else None
     if circle is not None:
         return circle
-    return cv2.approxPolyDP(points.astype(np.float32).reshape(-1, 1, 2), SIMPLIFY, True).reshape(-1, 2).astype(float)
+    return plane(cv2.approxPolyDP(contour, SIMPLIFY, True))
 
 
 def _bounds(loop: Loop) -> tuple[np.ndarray, np.ndarray]:
@@ -180,56 +207,167 @@ def _loop(loop: Loop, scale: float, centre: np.ndarray) -> str:
     return f"moveTo({x0:.6g},{y0:.6g})" + "".join(f".lineTo({x:.6g},{y:.6g})" for x, y in rest) + ".close()"
 
 
-def prism_program(axis: int, outline: Loop, holes: list[Loop], depth: float) -> str:
-    """The GenCAD program of a prism along world ``axis`` (sketch-plane coordinates and depth in
-    the same units), centred at the origin and scaled so its largest side is ``SIZE``."""
-    lo, hi = _bounds(outline)
-    scale = SIZE / max(*(hi - lo), depth)
-    centre = (lo + hi) / 2
-    normal = plane_basis(axis)[2]
-    loops = [_loop(outline, scale, centre)] + [_loop(h, scale, centre) for h in holes]
-    return _program(axis, loops, depth * scale, tuple(-normal * depth * scale / 2 + 0.0))
+@dataclasses.dataclass(frozen=True)
+class Body:
+    """One extruded sketch, in pixel units: its cap lies in the plane through ``shift`` with the
+    normal of ``axis`` (``plane_basis``), the prism extends ``depth`` behind it."""
+
+    axis: int
+    outline: Loop
+    holes: tuple[Loop, ...]
+    depth: float
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def corners(self) -> np.ndarray:
+        x_dir, y_dir, normal = plane_basis(self.axis)
+        lo, hi = _bounds(self.outline)
+        return np.array([u * x_dir + v * y_dir + w * normal for u in (lo[0], hi[0]) for v in (lo[1], hi[1])
+                         for w in (-self.depth, 0.0)]) + self.shift
 
 
-def _fit_depth(code: str, axis: int, depth: float, pool: SandboxPool, target: RenderTarget,
-               objective: dict[str, float]) -> float | None:
-    """The depth (in ``code``'s units) whose render fits best among ``DEPTH_STEPS`` around
-    ``depth`` (at least two pixels either way, a thin plate's side is a few pixels tall), found by
-    stretching ``code``'s executed mesh along ``axis``; None when ``code`` does not execute."""
-    res = next(pool.imap([code], ExecOptions(want_geometry=True)))
-    if not res.executable or res.geometry is None:
-        return None
-    g = res.geometry
-    along = np.arange(3) == axis
-    pixels = depth * np.hypot(*screen_vector(plane_basis(axis)[2]))
-    span = max(DEPTH_SPAN, np.log1p(2.0 / max(pixels, 1.0)))
+def program(bodies: list[Body], normalise: bool = True) -> str:
+    """The GenCAD program of the union of ``bodies`` (one sketch each), centred at the origin and
+    scaled so its largest side is ``SIZE`` (as they are, in pixel units, without ``normalise``)."""
+    corners = np.concatenate([b.corners() for b in bodies])
+    lo, hi = corners.min(0), corners.max(0)
+    scale, centre = (SIZE / (hi - lo).max(), (lo + hi) / 2) if normalise else (1.0, np.zeros(3))
+    lines, n_loop = ["import cadquery as cq"], 0
+    for i, b in enumerate(bodies):
+        x_dir, _, normal = plane_basis(b.axis)
+        origin = (np.asarray(b.shift) - b.depth * normal - centre) * scale + 0.0
+        lines.append(f"wp_sketch{i}=cq.Workplane(cq.Plane({_vector(origin)},{_vector(x_dir)},{_vector(normal)}))")
+        names = []
+        for loop in (b.outline, *b.holes):
+            lines.append(f"loop{n_loop}=wp_sketch{i}.{_loop(loop, scale, np.zeros(2))}")
+            names.append(f"loop{n_loop}")
+            n_loop += 1
+        lines.append(f"solid{i}=wp_sketch{i}" + "".join(f".add({n})" for n in names) + f".extrude({b.depth * scale:.6g})")
+        lines.append("solid=solid0" if i == 0 else f"solid=solid.union(solid{i})")
+    return "\n".join(lines) + "\n"
+
+
+def _execute(body: Body, pool: SandboxPool) -> Geometry | None:
+    res = next(pool.imap([program([body], normalise=False)], ExecOptions(want_geometry=True)))
+    return res.geometry if res.executable and res.geometry is not None else None
+
+
+def _moved(g: Geometry, scale: np.ndarray | float = 1.0, shift: np.ndarray | float = 0.0) -> Geometry:
+    return dataclasses.replace(g, vertices=np.asarray(g.vertices) * scale + shift, edges=np.asarray(g.edges) * scale + shift)
+
+
+def _joined(a: Geometry, b: Geometry) -> Geometry:
+    """Both meshes as one, for rendering (the union's intersection edges are not drawn)."""
+    faces = len(a.face_planar)
+    return Geometry(np.concatenate([a.vertices, b.vertices]), np.concatenate([a.triangles, np.asarray(b.triangles) + len(a.vertices)]),
+                    np.concatenate([a.tri_face, np.asarray(b.tri_face) + faces]), np.concatenate([a.face_planar, b.face_planar]),
+                    np.concatenate([a.edges, b.edges]), np.concatenate([a.edge_seam, b.edge_seam]),
+                    np.concatenate([a.face_solid, np.asarray(b.face_solid) + 1]), a.mass)
+
+
+def _meet(a: Geometry, b: Geometry) -> bool:
+    """Whether the bounding boxes of two bodies meet (bodies apart would make two solids, not one part)."""
+    lo_a, hi_a, lo_b, hi_b = (f(np.asarray(g.vertices), 0) for g in (a, b) for f in (np.min, np.max))
+    tolerance = 1e-6 * np.ptp(np.asarray(a.vertices), 0).max()
+    return bool(np.all(lo_b <= hi_a + tolerance) and np.all(lo_a <= hi_b + tolerance))
+
+
+def _best(values: np.ndarray, score) -> float:
+    return float(max(values, key=score))
+
+
+def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[str, float],
+               other: Geometry | None = None) -> Body:
+    """``body`` with the depth whose render (with ``other``, when given) fits best among
+    ``DEPTH_STEPS`` around its own (at least two pixels either way, a thin plate's side is a few
+    pixels tall), stretching its executed mesh ``g`` along its axis about its cap."""
+    normal = plane_basis(body.axis)[2]
+    span = max(DEPTH_SPAN, np.log1p(2.0 / max(body.depth * np.hypot(*screen_vector(normal)), 1.0)))
+    cap = np.abs(normal) @ np.asarray(body.shift)  # the cap's world coordinate along the axis
 
     def score(factor: float) -> float:
-        scale = np.where(along, factor, 1.0)
-        return _render_fit(dataclasses.replace(g, vertices=np.asarray(g.vertices) * scale,
-                                               edges=np.asarray(g.edges) * scale), target, objective)
+        scale = np.where(normal != 0, factor, 1.0)
+        moved = _moved(g, scale, np.abs(normal) * cap * (1 - factor))
+        if other is None:
+            return _render_fit(moved, target, objective)
+        return _render_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
 
-    factors = np.exp(np.linspace(-span, span, DEPTH_STEPS))
-    return depth * float(max(factors, key=score))
+    return dataclasses.replace(body, depth=body.depth * _best(np.exp(np.linspace(-span, span, DEPTH_STEPS)), score))
+
+
+def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
+          base: np.ndarray | None = None) -> tuple[Body, np.ndarray]:
+    """The body of ``cap`` and its swept mask: its profile (the parts of ``cover`` inside the
+    region's convex hull added, where another body hides it) and its sweep length at full size
+    (what ``base`` covers already does not count)."""
+    region = cap.region
+    if cover is not None:
+        hull = np.zeros(region.shape, np.uint8)
+        points = np.argwhere(region)[:, ::-1].astype(np.int32)
+        cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+        region = region | (cover & hull.astype(bool))
+    direction = screen_vector(-plane_basis(cap.axis)[2])
+    _, steps, swept = sweep(binary_fill_holes(region), filled, direction, base)
+    hidden = None if cover is None else binary_dilation(cover & ~cap.region, np.ones((5, 5), bool))
+    outline, holes = profile(dataclasses.replace(cap, region=region), hidden)
+    return Body(cap.axis, outline, tuple(holes), max(steps / np.abs(direction).max(), 1.0)), swept  # steps to pixels
+
+
+def _union(caps: list[Cap], pixels: np.ndarray, filled: np.ndarray, pool: SandboxPool, target: RenderTarget,
+           objective: dict[str, float]) -> str | None:
+    """The union of two prisms whose caps' sweeps together cover the silhouette best (the first
+    among the ``UNION_FIRSTS`` best ``caps``, the second the cap that adds most to it), when that
+    beats the best single cap by ``UNION_GAIN``. The second one's place along the view direction,
+    which the outline does not show, and then its depth are fit by ``objective`` on the two meshes
+    rendered together."""
+    pairs = [(first, next(iter(find_caps(pixels, first.swept, (first.index,))), None)) for first in caps[:UNION_FIRSTS]]
+    first, second = max(((a, b) for a, b in pairs if b is not None), key=lambda ab: ab[1].fit, default=(None, None))
+    if second is None or second.fit < max(caps[0].fit + UNION_GAIN, MIN_FIT):
+        return None
+    a = _body(first, filled, _body(second, filled)[1])[0]  # completed where the second body hides it
+    covered = _body(first, filled)[1]  # what the first cap's own sweep covers: the second's sweep stops at it
+    b = _body(second, filled, covered, covered)[0]
+    ga, gb = _execute(a, pool), _execute(b, pool)
+    if ga is None or gb is None:
+        return None
+    a = _fit_depth(a, ga, target, objective)
+    ga = _execute(a, pool)
+    if ga is None:
+        return None
+    view = np.asarray(VIEW_DIR)
+    reach = np.ptp(ga.vertices, axis=0).max() * 1.5
+
+    def score(t: float) -> float:
+        moved = _moved(gb, 1.0, t * view)
+        return _render_fit(_joined(ga, moved), target, objective) if _meet(ga, moved) else -np.inf
+
+    t = _best(np.linspace(-reach, reach, UNION_STEPS), score)
+    t = _best(t + np.linspace(-1, 1, UNION_STEPS) * 2 * reach / (UNION_STEPS - 1), score)
+    if score(t) == -np.inf:
+        return None
+    b = _fit_depth(dataclasses.replace(b, shift=tuple(t * view)), _moved(gb, 1.0, t * view), target, objective, ga)
+    return program([a, b])
 
 
 def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: dict[str, float]) -> list[str]:
     """Prism programs read off ``image``: for each of the ``PRISMS`` best caps whose sweep fits
-    the silhouette, the prism with its depth fit by ``objective``, with its holes and without."""
+    the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
+    then the union of two prisms, when two caps cover the silhouette clearly better than one."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
-    out: list[str] = []
     filled = binary_fill_holes(silhouette(pixels))
-    for cap in [c for c in find_caps(pixels) if c.fit >= MIN_FIT][:PRISMS]:
-        outline, holes = profile(cap)
-        direction = screen_vector(-plane_basis(cap.axis)[2])
-        _, steps = sweep(binary_fill_holes(cap.region), filled, direction)  # the length at full size
-        depth = max(steps / np.abs(direction).max(), 1.0)  # screen steps to world units (one pixel per unit)
-        first = prism_program(cap.axis, outline, holes, depth)
-        fitted = _fit_depth(first, cap.axis, depth, pool, target, objective)
-        if fitted is None:
+    caps = find_caps(pixels)
+    out: list[str] = []
+    for cap in [c for c in caps if c.fit >= MIN_FIT][:PRISMS]:
+        body, _ = _body(cap, filled)
+        g = _execute(body, pool)
+        if g is None:
             continue
-        out.append(prism_program(cap.axis, outline, holes, fitted))
-        if holes:
-            out.append(prism_program(cap.axis, outline, [], fitted))
+        body = _fit_depth(body, g, target, objective)
+        out.append(program([body]))
+        if body.holes:
+            out.append(program([dataclasses.replace(body, holes=())]))
+    if caps:
+        union = _union(caps, pixels, filled, pool, target, objective)
+        if union is not None:
+            out.append(union)
     return list(dict.fromkeys(out))

@@ -355,3 +355,19 @@ def test_prisms_read_an_outline_with_holes_and_the_depth_off_the_render(pool):
         pred = pool.run(fits[0], ExecOptions(want_geometry=True))
         assert best_iou(pred.geometry, gt.geometry).iou > 0.9, fits[0]
         assert max(np.subtract(pred.bbox[3:], pred.bbox[:3])) == pytest.approx(1.5, rel=1e-3)  # GenCAD's size
+
+
+def test_prisms_join_a_block_standing_on_a_disc(pool):
+    from cad.geometry import best_iou
+    from decoding.prism import fit_prisms
+
+    truth = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=wp0.add(wp0.moveTo(0,0).circle(0.7)).extrude(0.25)\n"
+             "wp1=cq.Workplane(cq.Plane(cq.Vector(-0.15,-0.4,0.25),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=solid.union(wp1.add(wp1.moveTo(0,0).lineTo(0.3,0).lineTo(0.3,0.8).lineTo(0,0.8).close()).extrude(0.45))\n")
+    gt = pool.run(truth, ExecOptions(want_geometry=True))
+    fits = [c for c in fit_prisms(_image_of(pool, truth), pool, {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0})
+            if ".union(" in c]
+    assert len(fits) == 1 and fits[0].count(".circle(") == 1  # the disc, half hidden by the block, is still a circle
+    pred = pool.run(fits[0], ExecOptions(want_geometry=True))
+    assert pred.n_solids == 1 and best_iou(pred.geometry, gt.geometry).iou > 0.8, fits[0]
