@@ -122,8 +122,8 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
 
 def find_caps(pixels: np.ndarray, base: np.ndarray | None = None, exclude: tuple[int, ...] = ()) -> list[Cap]:
     """The planar face regions (flat grey: curved faces are shaded) that best explain the
-    silhouette as a prism's cap, best first; with
-    ``base`` (a mask at the sweep's size), what they add to it; regions ``exclude`` left out."""
+    silhouette as a prism's cap, best first; with ``base`` (a mask at the sweep's size), what
+    they add to it; the regions labelled ``exclude`` are left out."""
     labels, count = face_regions(pixels)
     if count == 0:
         return []
