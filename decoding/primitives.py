@@ -130,8 +130,9 @@ def _units(codes: list[str], pool: SandboxPool) -> list[Geometry | None]:
     return [_UNITS[c] for c in codes]
 
 
-def _stretched(g: Geometry, scale: np.ndarray) -> Geometry:
-    return dataclasses.replace(g, vertices=np.asarray(g.vertices) * scale, edges=np.asarray(g.edges) * scale)
+def _stretched(g: Geometry, scale: np.ndarray | float, shift: np.ndarray | float = 0.0) -> Geometry:
+    """``g`` scaled along world axes, then moved by ``shift``."""
+    return dataclasses.replace(g, vertices=np.asarray(g.vertices) * scale + shift, edges=np.asarray(g.edges) * scale + shift)
 
 
 def _walled(g: Geometry, axis: int, extent: np.ndarray, wall: float) -> Geometry:

@@ -34,7 +34,7 @@ from scipy.ndimage import binary_dilation, binary_fill_holes, label
 
 from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, silhouette
 from cad.sandbox import ExecOptions, Geometry, SandboxPool
-from decoding.primitives import PLANES, SIZE, _render_fit, _vector
+from decoding.primitives import PLANES, SIZE, _render_fit, _stretched, _vector
 from reward.score import RenderTarget, mask_iou
 
 LINE = 60  # a pixel darker than this in every channel is a drawn edge
@@ -251,10 +251,6 @@ def _execute(body: Body, pool: SandboxPool) -> Geometry | None:
     return res.geometry if res.executable and res.geometry is not None else None
 
 
-def _moved(g: Geometry, scale: np.ndarray | float = 1.0, shift: np.ndarray | float = 0.0) -> Geometry:
-    return dataclasses.replace(g, vertices=np.asarray(g.vertices) * scale + shift, edges=np.asarray(g.edges) * scale + shift)
-
-
 def _joined(a: Geometry, b: Geometry) -> Geometry:
     """Both meshes as one, for rendering (the union's intersection edges are not drawn)."""
     faces = len(a.face_planar)
@@ -286,12 +282,20 @@ def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[st
 
     def score(factor: float) -> float:
         scale = np.where(normal != 0, factor, 1.0)
-        moved = _moved(g, scale, np.abs(normal) * cap * (1 - factor))
+        moved = _stretched(g, scale, np.abs(normal) * cap * (1 - factor))
         if other is None:
             return _render_fit(moved, target, objective)
         return _render_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
 
     return dataclasses.replace(body, depth=body.depth * _best(np.exp(np.linspace(-span, span, DEPTH_STEPS)), score))
+
+
+def _swept(region: np.ndarray, axis: int, filled: np.ndarray, base: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """(depth in pixels, swept mask): ``region`` (holes filled) swept along ``axis`` at full size
+    to cover ``filled`` (what ``base`` covers already does not count)."""
+    direction = screen_vector(-plane_basis(axis)[2])
+    _, steps, swept = sweep(binary_fill_holes(region), filled, direction, base)
+    return max(steps / np.abs(direction).max(), 1.0), swept  # screen steps to pixels along the axis
 
 
 def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
@@ -305,11 +309,10 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
         points = np.argwhere(region)[:, ::-1].astype(np.int32)
         cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
         region = region | (cover & hull.astype(bool))
-    direction = screen_vector(-plane_basis(cap.axis)[2])
-    _, steps, swept = sweep(binary_fill_holes(region), filled, direction, base)
+    depth, swept = _swept(region, cap.axis, filled, base)
     hidden = None if cover is None else binary_dilation(cover & ~cap.region, np.ones((5, 5), bool))
     outline, holes = profile(dataclasses.replace(cap, region=region), hidden)
-    return Body(cap.axis, outline, tuple(holes), max(steps / np.abs(direction).max(), 1.0)), swept  # steps to pixels
+    return Body(cap.axis, outline, tuple(holes), depth), swept
 
 
 def _union(caps: list[Cap], pixels: np.ndarray, filled: np.ndarray, pool: SandboxPool, target: RenderTarget,
@@ -323,8 +326,8 @@ def _union(caps: list[Cap], pixels: np.ndarray, filled: np.ndarray, pool: Sandbo
     first, second = max(((a, b) for a, b in pairs if b is not None), key=lambda ab: ab[1].fit, default=(None, None))
     if second is None or second.fit < max(caps[0].fit + UNION_GAIN, MIN_FIT):
         return None
-    a = _body(first, filled, _body(second, filled)[1])[0]  # completed where the second body hides it
-    covered = _body(first, filled)[1]  # what the first cap's own sweep covers: the second's sweep stops at it
+    a = _body(first, filled, _swept(second.region, second.axis, filled)[1])[0]  # completed where the second hides it
+    covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it
     b = _body(second, filled, covered, covered)[0]
     ga, gb = _execute(a, pool), _execute(b, pool)
     if ga is None or gb is None:
@@ -337,14 +340,14 @@ def _union(caps: list[Cap], pixels: np.ndarray, filled: np.ndarray, pool: Sandbo
     reach = np.ptp(ga.vertices, axis=0).max() * 1.5
 
     def score(t: float) -> float:
-        moved = _moved(gb, 1.0, t * view)
+        moved = _stretched(gb, 1.0, t * view)
         return _render_fit(_joined(ga, moved), target, objective) if _meet(ga, moved) else -np.inf
 
     t = _best(np.linspace(-reach, reach, UNION_STEPS), score)
     t = _best(t + np.linspace(-1, 1, UNION_STEPS) * 2 * reach / (UNION_STEPS - 1), score)
     if score(t) == -np.inf:
         return None
-    b = _fit_depth(dataclasses.replace(b, shift=tuple(t * view)), _moved(gb, 1.0, t * view), target, objective, ga)
+    b = _fit_depth(dataclasses.replace(b, shift=tuple(t * view)), _stretched(gb, 1.0, t * view), target, objective, ga)
     return program([a, b])
 
 
