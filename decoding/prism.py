@@ -1,27 +1,37 @@
-"""Profile prisms read off the input image: one sketch, any outline and holes, extruded once;
-and the union of two such prisms.
+"""Profile prisms read off the input image: one sketch, any outline and holes, extruded once; a
+prism with a boss standing on its cap; and the union of two prisms.
 
 Most GenCAD parts are one sketch extruded once (STATS.md: 57% of programs have one sketch), and
 the visible end face (the cap) of such a prism shows its whole profile: in the isometric view
 from (1, -1, 1) the cap facing the camera (normal +x, -y or +z) lies in front of everything the
 prism holds, so nothing hides it. The image draws every B-rep edge as a thin black line and
 every planar face in one flat grey, so the planar faces are the flat grey regions the lines
-enclose. A region is the cap of a prism along an axis when the region swept along that axis's
-screen direction covers the silhouette: the best (region, axis, length) by that sweep, over the
-largest regions and the three axes, is the prism. Its outline and holes (contours of the region,
-simplified; a contour that unprojects to a circle is written as one) are mapped from the screen
-back to the cap's plane, and the depth is then fit by the reranker's render terms, stretching
-one executed mesh along the axis (a prism stretched along its axis is the same prism, deeper),
-as ``decoding.primitives`` does. The programs are written in GenCAD's form at GenCAD's size
+enclose (and the flat part of a region where a planar face meets a curved one along a line drawn
+too faintly to part them). A region is the cap of a prism along an axis when the region swept
+along that axis's screen direction covers the silhouette: the best (region, axis, length) by that
+sweep, over the largest regions and the three axes, is the prism. The sweep runs on masks four
+times smaller, where a region keeps every small pixel it touches, so that a face a few pixels wide
+(a plate's edge, a pallet's deck) still sweeps to the silhouette. The prism's outline and holes
+(contours of the region, simplified; a contour that unprojects to a circle is written as one) are
+mapped from the screen back to the cap's plane, and the depth is then fit by the reranker's
+render terms, stretching one executed mesh along the axis (a prism stretched along its axis is the
+same prism, deeper), as ``decoding.primitives`` does. The programs are written in GenCAD's form at GenCAD's size
 (largest side 1.5), one with the holes and one without (a pocket or a boss inside the cap is
 drawn like a hole), for the reranker.
+
+A boss standing on a cap adds too little to the silhouette to show in the sweeps, but it hides
+a patch of the cap: the cap region has a hole (or a dent) there, with the boss's top inside it.
+The first good cap with such a top gets a candidate with the boss: the top's outline, moved along
+the view direction onto the cap, extruded to the height that fits the render best, the cap's
+depth then fit again with the boss in place.
 
 Two bodies: the pair of caps whose sweeps together cover the silhouette best, when that beats
 the best single cap. Where one body hides part of the other's cap, the cap is completed with the
 hiding body's sweep inside the cap's convex hull, and the hidden part of its contour does not
 count against a circle. The second body's place along the view direction does not change the
 picture's outline, only the framing and what hides what, so it is searched by the render terms
-on the two meshes rendered together, then its depth.
+on the two meshes rendered together (over the stretch of the line where the bodies meet), then
+its depth.
 """
 from __future__ import annotations
 
@@ -49,9 +59,11 @@ SIMPLIFY = 1.2  # Douglas-Peucker tolerance of the outlines, in pixels
 CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this share of the radius
 MIN_SEEN = 0.4  # the share of a contour that must be seen (not hidden by another body) to test it for a circle
 MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candidate
-PRISMS = 2  # the best (region, axis) pairs written as candidates
+PRISMS = 3  # the best (region, axis) pairs written as candidates
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
 DEPTH_STEPS = 13  # depths tried, evenly spaced in log
+MIN_BOSS = 100  # holes of the cap of fewer pixels hold no boss
+BOSS_STEPS = 7  # boss heights tried, evenly spaced in log around the sweep's
 UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise)
 UNION_FIRSTS = 3  # the best single caps tried as the first of two
 UNION_STEPS = 21  # places along the view direction tried for the second body, twice (coarse, then fine)
@@ -64,7 +76,7 @@ class Cap:
     region: np.ndarray  # boolean mask at SIZE_PX
     axis: int
     fit: float  # IoU of the swept region (with what other bodies cover) with the silhouette, holes filled
-    index: int = 0  # the region's label
+    index: int = 0  # the region's number (planar_regions, from 1)
     swept: np.ndarray | None = None  # the swept region (with the other bodies), at the sweep's size
 
 
@@ -87,6 +99,22 @@ def face_regions(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     return label(grey)
 
 
+def planar_regions(pixels: np.ndarray) -> list[np.ndarray]:
+    """The regions that may be planar faces, largest first: the flat grey regions (at least
+    ``MIN_FLAT`` of their pixels flat); and the flat parts of a region that is partly flat and
+    partly shaded, where a planar face meets a curved one along an edge drawn too faintly to
+    separate them (a boss's foot on a plate)."""
+    labels, count = face_regions(pixels)
+    flat = (np.abs(pixels[..., :3].astype(int) - GENCAD_STYLE.face_rgb) <= FLAT_TOLERANCE).all(-1)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    flat_sizes = np.bincount(labels.ravel(), weights=flat.ravel(), minlength=count + 1)
+    regions = [labels == i for i in range(1, count + 1) if flat_sizes[i] >= MIN_FLAT * sizes[i]]
+    mixed = np.isin(labels, [i for i in range(1, count + 1) if 0 < flat_sizes[i] < MIN_FLAT * sizes[i]])
+    parts, n_parts = label(mixed & flat)
+    regions += [parts == i for i in range(1, n_parts + 1)]
+    return sorted(regions, key=lambda r: -int(r.sum()))
+
+
 def _shifted(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     out = np.zeros_like(mask)
     h, w = mask.shape
@@ -96,10 +124,13 @@ def _shifted(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return out
 
 
-def _small(mask: np.ndarray) -> np.ndarray:
+def _small(mask: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """``mask`` at the sweep's size: a small pixel is set where at least ``share`` of its pixels are
+    (with ``share`` 0, where any is: a region keeps its thin strips, a plate's edge a few pixels wide)."""
     f = SWEEP_FACTOR
     h, w = mask.shape
-    return mask[:h - h % f, :w - w % f].reshape(h // f, f, w // f, f).mean(axis=(1, 3)) >= 0.5
+    blocks = mask[:h - h % f, :w - w % f].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    return blocks > 0 if share == 0 else blocks >= share
 
 
 def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
@@ -121,25 +152,16 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
 
 
 def find_caps(pixels: np.ndarray, base: np.ndarray | None = None, exclude: tuple[int, ...] = ()) -> list[Cap]:
-    """The planar face regions (flat grey: curved faces are shaded) that best explain the
-    silhouette as a prism's cap, best first; with ``base`` (a mask at the sweep's size), what
-    they add to it; the regions labelled ``exclude`` are left out."""
-    labels, count = face_regions(pixels)
-    if count == 0:
-        return []
+    """The planar face regions (``planar_regions``) that best explain the silhouette as a prism's
+    cap, best first; with ``base`` (a mask at the sweep's size), what they add to it; the regions
+    numbered ``exclude`` are left out."""
     target = binary_fill_holes(silhouette(pixels))
-    flat = (np.abs(pixels[..., :3].astype(int) - GENCAD_STYLE.face_rgb) <= FLAT_TOLERANCE).all(-1)
-    sizes = np.bincount(labels.ravel())[1:]
-    flat_share = np.bincount(labels.ravel(), weights=flat.ravel())[1:] / np.maximum(sizes, 1)
-    order = [i + 1 for i in np.argsort(-sizes) if sizes[i] >= MIN_REGION * target.sum() and i + 1 not in exclude
-             and flat_share[i] >= MIN_FLAT][:CAPS]
+    regions = [(i, r) for i, r in enumerate(planar_regions(pixels), 1)
+               if r.sum() >= MIN_REGION * target.sum() and i not in exclude][:CAPS]
     small_target = _small(target)
     caps = []
-    for index in order:
-        region = labels == index
-        small_region = _small(binary_fill_holes(region))
-        if not small_region.any():
-            continue
+    for index, region in regions:
+        small_region = _small(binary_fill_holes(region), share=0)
         for axis in range(3):
             direction = screen_vector(-plane_basis(axis)[2])
             fit, _, swept = sweep(small_region, small_target, direction, base)
@@ -246,8 +268,9 @@ def program(bodies: list[Body], normalise: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _execute(body: Body, pool: SandboxPool) -> Geometry | None:
-    res = next(pool.imap([program([body], normalise=False)], ExecOptions(want_geometry=True)))
+def _execute(body: Body | list[Body], pool: SandboxPool) -> Geometry | None:
+    bodies = body if isinstance(body, list) else [body]
+    res = next(pool.imap([program(bodies, normalise=False)], ExecOptions(want_geometry=True)))
     return res.geometry if res.executable and res.geometry is not None else None
 
 
@@ -265,6 +288,18 @@ def _meet(a: Geometry, b: Geometry) -> bool:
     lo_a, hi_a, lo_b, hi_b = (f(np.asarray(g.vertices), 0) for g in (a, b) for f in (np.min, np.max))
     tolerance = 1e-6 * np.ptp(np.asarray(a.vertices), 0).max()
     return bool(np.all(lo_b <= hi_a + tolerance) and np.all(lo_a <= hi_b + tolerance))
+
+
+def _meeting(a: Geometry, b: Geometry, view: np.ndarray) -> tuple[float, float] | None:
+    """The range of ``t`` for which ``b`` moved by ``t * view`` meets ``a`` (``_meet``), None when
+    none does."""
+    lo_a, hi_a, lo_b, hi_b = (f(np.asarray(g.vertices), 0) for g in (a, b) for f in (np.min, np.max))
+    moving = view != 0
+    if np.any(~moving & ((lo_b > hi_a) | (lo_a > hi_b))):
+        return None
+    ends = np.sort(np.stack([(lo_a - hi_b)[moving] / view[moving], (hi_a - lo_b)[moving] / view[moving]]), axis=0)
+    low, high = ends[0].max(), ends[1].min()
+    return (float(low), float(high)) if low <= high else None
 
 
 def _best(values: np.ndarray, score) -> float:
@@ -298,6 +333,13 @@ def _swept(region: np.ndarray, axis: int, filled: np.ndarray, base: np.ndarray |
     return max(steps / np.abs(direction).max(), 1.0), swept  # screen steps to pixels along the axis
 
 
+def _hull(region: np.ndarray) -> np.ndarray:
+    """The convex hull of a region, as a mask."""
+    hull = np.zeros(region.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.argwhere(region)[:, ::-1].astype(np.int32)), 1)
+    return hull.astype(bool)
+
+
 def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
           base: np.ndarray | None = None) -> tuple[Body, np.ndarray]:
     """The body of ``cap`` and its swept mask: its profile (the parts of ``cover`` inside the
@@ -305,10 +347,7 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
     (what ``base`` covers already does not count)."""
     region = cap.region
     if cover is not None:
-        hull = np.zeros(region.shape, np.uint8)
-        points = np.argwhere(region)[:, ::-1].astype(np.int32)
-        cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
-        region = region | (cover & hull.astype(bool))
+        region = region | (cover & _hull(region))
     depth, swept = _swept(region, cap.axis, filled, base)
     hidden = None if cover is None else binary_dilation(cover & ~cap.region, np.ones((5, 5), bool))
     outline, holes = profile(dataclasses.replace(cap, region=region), hidden)
@@ -337,38 +376,96 @@ def _union(caps: list[Cap], pixels: np.ndarray, filled: np.ndarray, pool: Sandbo
     if ga is None:
         return None
     view = np.asarray(VIEW_DIR)
-    reach = np.ptp(ga.vertices, axis=0).max() * 1.5
+    span = _meeting(ga, gb, view)
+    if span is None:
+        return None
 
     def score(t: float) -> float:
         moved = _stretched(gb, 1.0, t * view)
         return _render_fit(_joined(ga, moved), target, objective) if _meet(ga, moved) else -np.inf
 
-    t = _best(np.linspace(-reach, reach, UNION_STEPS), score)
-    t = _best(t + np.linspace(-1, 1, UNION_STEPS) * 2 * reach / (UNION_STEPS - 1), score)
+    t = _best(np.linspace(*span, UNION_STEPS), score)
+    step = (span[1] - span[0]) / (UNION_STEPS - 1)
+    t = _best(np.clip(t + np.linspace(-step, step, UNION_STEPS), *span), score)
     if score(t) == -np.inf:
         return None
     b = _fit_depth(dataclasses.replace(b, shift=tuple(t * view)), _stretched(gb, 1.0, t * view), target, objective, ga)
     return program([a, b])
 
 
+def _boss_top(cap: Cap, regions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(hole, top, sweep steps) of a boss standing on ``cap``, or None. A boss hides a patch of the
+    cap, so the cap region has a hole there, or a dent where the boss stands at its edge (a part
+    of the region's convex hull outside it); the boss's top is one of the planar ``regions`` in
+    that hole which, swept towards the cap, covers the hole (the walls below it). The largest such
+    top is taken."""
+    direction = screen_vector(-plane_basis(cap.axis)[2])
+    holes, count = label(_hull(cap.region) & ~cap.region)
+    tops = [(hole, region, steps) for hole in (holes == i for i in range(1, count + 1)) if hole.sum() >= MIN_BOSS
+            for region in regions if (region & hole).sum() >= 0.9 * region.sum()
+            for fit, steps, _ in [sweep(binary_fill_holes(region), hole, direction)] if fit >= MIN_FIT]
+    return max(tops, key=lambda t: int(t[1].sum()), default=None)
+
+
+def _bossed(cap: Cap, body: Body, top: tuple[np.ndarray, np.ndarray, int], pool: SandboxPool, target: RenderTarget,
+            objective: dict[str, float]) -> str | None:
+    """``body`` (the prism of ``cap``) with its hole filled and the boss of ``top`` (``_boss_top``)
+    standing there: the top's outline is the boss's sketch, unprojected at the height the sweep
+    gives and moved along the view direction onto the cap (which keeps it in place on the
+    screen); the height is then fit by ``objective`` on the executed union."""
+    hole, region, steps = top
+    normal = plane_basis(body.axis)[2]
+    outline, holes = profile(Cap(region, body.axis, 0.0))
+    base_outline, base_holes = profile(dataclasses.replace(cap, region=cap.region | hole))
+    base = dataclasses.replace(body, outline=base_outline, holes=tuple(base_holes))
+    along = np.asarray(VIEW_DIR) / (np.asarray(VIEW_DIR) @ normal)  # a move along the view that raises by 1
+
+    def boss(height: float) -> Body:
+        return Body(body.axis, outline, tuple(holes), height, tuple(height * along))
+
+    def score(height: float) -> float:
+        g = _execute([base, boss(height)], pool)
+        return -np.inf if g is None else _render_fit(g, target, objective)
+
+    height = max(steps / np.abs(screen_vector(normal)).max(), 1.0)
+    span = max(DEPTH_SPAN, np.log1p(2.0 / max(height * np.hypot(*screen_vector(normal)), 1.0)))
+    height = _best(height * np.exp(np.linspace(-span, span, BOSS_STEPS)), score)
+    g_base, g_boss = _execute(base, pool), _execute(boss(height), pool)
+    if g_base is None or g_boss is None:
+        return None
+    base = _fit_depth(base, g_base, target, objective, g_boss)  # the base's depth was fit with a hole where the boss stands
+    return program([base, boss(height)])
+
+
 def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: dict[str, float]) -> list[str]:
     """Prism programs read off ``image``: for each of the ``PRISMS`` best caps whose sweep fits
     the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
-    then the union of two prisms, when two caps cover the silhouette clearly better than one."""
+    the first such cap with a boss standing in a hole (``_boss_top``), with the boss; then the
+    union of two prisms, when two caps cover the silhouette clearly better than one."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     filled = binary_fill_holes(silhouette(pixels))
     caps = find_caps(pixels)
+    regions = planar_regions(pixels)
     out: list[str] = []
-    for cap in [c for c in caps if c.fit >= MIN_FIT][:PRISMS]:
+    bossed = None
+    for i, cap in enumerate([c for c in caps if c.fit >= MIN_FIT]):
+        top = _boss_top(cap, regions) if bossed is None else None
+        if i >= PRISMS and top is None:
+            continue
         body, _ = _body(cap, filled)
         g = _execute(body, pool)
         if g is None:
             continue
         body = _fit_depth(body, g, target, objective)
-        out.append(program([body]))
-        if body.holes:
-            out.append(program([dataclasses.replace(body, holes=())]))
+        if i < PRISMS:
+            out.append(program([body]))
+            if body.holes:
+                out.append(program([dataclasses.replace(body, holes=())]))
+        if top is not None:
+            bossed = _bossed(cap, body, top, pool, target, objective)
+    if bossed is not None:
+        out.append(bossed)
     if caps:
         union = _union(caps, pixels, filled, pool, target, objective)
         if union is not None:

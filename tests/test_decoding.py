@@ -371,3 +371,69 @@ def test_prisms_join_a_block_standing_on_a_disc(pool):
     assert len(fits) == 1 and fits[0].count(".circle(") == 1  # the disc, half hidden by the block, is still a circle
     pred = pool.run(fits[0], ExecOptions(want_geometry=True))
     assert pred.n_solids == 1 and best_iou(pred.geometry, gt.geometry).iou > 0.8, fits[0]
+
+
+def _prism_ious(pool, truth: str) -> dict[str, float]:
+    """The prism candidates read off the render of ``truth``, with their Best IoU against it."""
+    from cad.geometry import best_iou
+    from decoding.prism import fit_prisms
+
+    gt = pool.run(truth, ExecOptions(want_geometry=True))
+    fits = fit_prisms(_image_of(pool, truth), pool, {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0})
+    return {c: best_iou(pool.run(c, ExecOptions(want_geometry=True)).geometry, gt.geometry).iou for c in fits}
+
+
+def test_prisms_read_a_pallet_whose_end_face_is_thin_strips(pool):
+    """The end face of a pallet (a thin deck on three legs) is a few pixels wide: its sweep must
+    still cover the silhouette, and the prism read off it must beat the box around it."""
+    truth = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,-1,0)))\n"
+             "loop0=wp.moveTo(0.04,0).lineTo(0.04,0.06).lineTo(0.3,0.06).lineTo(0.3,0).lineTo(0.33,0).lineTo(0.33,0.06)"
+             ".lineTo(0.59,0.06).lineTo(0.59,0).lineTo(0.63,0).lineTo(0.63,0.075).lineTo(0,0.075).lineTo(0,0).close()\n"
+             "solid=wp.add(loop0).extrude(0.75)\n")
+    ious = _prism_ious(pool, truth)
+    assert max(ious.values()) > 0.6, ious  # the box around it: 0.24
+
+
+def test_prisms_stand_a_boss_on_the_cap_it_hides_a_patch_of(pool):
+    """A short block on a wide plate adds too little to the silhouette to be read as a second cap,
+    but it leaves a hole in the plate's cap with its top inside: the boss candidate puts it back."""
+    truth = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=wp0.add(wp0.moveTo(0,0).lineTo(1.4,0).lineTo(1.4,1.0).lineTo(0,1.0).close()).extrude(0.15)\n"
+             "wp1=cq.Workplane(cq.Plane(cq.Vector(0.5,0.35,0.15),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=solid.union(wp1.add(wp1.moveTo(0,0).lineTo(0.4,0).lineTo(0.4,0.3).lineTo(0,0.3).close()).extrude(0.12))\n")
+    iou = _prism_ious(pool, truth)
+    bossed = [c for c in iou if ".union(" in c]
+    assert len(bossed) == 1 and pool.run(bossed[0], ExecOptions(want_geometry=True)).n_solids == 1, iou
+    assert iou[bossed[0]] > 0.85 and iou[bossed[0]] > max(iou.values()) - 1e-9, iou  # the plate alone: 0.79
+
+
+def test_the_flat_part_of_a_half_shaded_region_is_a_planar_region():
+    """A planar face that meets a curved one along an edge drawn too faintly to part them (one
+    region, half flat grey, half shaded) still gives its flat half as a region."""
+    from cad.render import GENCAD_STYLE
+    from decoding.prism import LINE, planar_regions
+
+    pixels = np.full((448, 448, 3), 255, np.uint8)
+    pixels[100:300, 100:300] = LINE - 20  # the outline, drawn
+    pixels[102:298, 102:200] = GENCAD_STYLE.face_rgb  # the planar face
+    pixels[102:298, 200:298] = np.array(GENCAD_STYLE.face_rgb) + 25  # the curved face's shading, no line between
+    regions = planar_regions(pixels)
+    flat = np.zeros((448, 448), bool)
+    flat[102:298, 102:200] = True
+    assert any(np.array_equal(r, flat) for r in regions), [int(r.sum()) for r in regions]
+
+
+def test_the_second_body_is_searched_where_it_meets_the_first():
+    from types import SimpleNamespace
+
+    from decoding.prism import _meet, _meeting
+
+    a = SimpleNamespace(vertices=np.array([[0, 0, 0], [1, 1, 0.2]], float))  # a thin plate
+    b = SimpleNamespace(vertices=np.array([[3, -2, 3], [3.3, -1.7, 3.2]], float))  # a small block away from it
+    view = np.array([1.0, -1.0, 1.0]) / np.sqrt(3)
+    low, high = _meeting(a, b, view)
+    for t in np.linspace(low, high, 7):
+        assert _meet(a, SimpleNamespace(vertices=b.vertices + t * view))
+    for t in (low - 1e-3, high + 1e-3):
+        assert not _meet(a, SimpleNamespace(vertices=b.vertices + t * view))
+    assert _meeting(a, SimpleNamespace(vertices=b.vertices + [0, 5, 5]), view) is None  # off the line of sight
