@@ -15,9 +15,9 @@ times smaller, where a region keeps every small pixel it touches, so that a face
 (contours of the region, simplified; a contour that unprojects to a circle is written as one) are
 mapped from the screen back to the cap's plane, and the depth is then fit by the reranker's
 render terms, stretching one executed mesh along the axis (a prism stretched along its axis is the
-same prism, deeper), as ``decoding.primitives`` does. The programs are written in GenCAD's form at GenCAD's size
-(largest side 1.5), one with the holes and one without (a pocket or a boss inside the cap is
-drawn like a hole), for the reranker.
+same prism, deeper), as ``decoding.primitives`` does. The programs are written in GenCAD's form
+at GenCAD's size (largest side 1.5), one with the holes and one without (a pocket or a boss
+inside the cap is drawn like a hole), for the reranker.
 
 A boss standing on a cap adds too little to the silhouette to show in the sweeps, but it hides
 a patch of the cap: the cap region has a hole (or a dent) there, with the boss's top inside it.
@@ -410,9 +410,10 @@ def _boss_top(cap: Cap, regions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
 def _bossed(cap: Cap, body: Body, top: tuple[np.ndarray, np.ndarray, int], pool: SandboxPool, target: RenderTarget,
             objective: dict[str, float]) -> str | None:
     """``body`` (the prism of ``cap``) with its hole filled and the boss of ``top`` (``_boss_top``)
-    standing there: the top's outline is the boss's sketch, unprojected at the height the sweep
-    gives and moved along the view direction onto the cap (which keeps it in place on the
-    screen); the height is then fit by ``objective`` on the executed union."""
+    standing there: the top's outline, unprojected onto the cap's plane, is the boss's sketch,
+    moved along the view direction (which keeps it in place on the screen) until the boss stands
+    on the cap; its height starts at the sweep's and is fit by ``objective`` on the executed
+    union, then the cap's depth is fit again with the boss in place."""
     hole, region, steps = top
     normal = plane_basis(body.axis)[2]
     outline, holes = profile(Cap(region, body.axis, 0.0))
