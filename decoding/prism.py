@@ -151,12 +151,13 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
     return best
 
 
-def find_caps(pixels: np.ndarray, base: np.ndarray | None = None, exclude: tuple[int, ...] = ()) -> list[Cap]:
-    """The planar face regions (``planar_regions``) that best explain the silhouette as a prism's
-    cap, best first; with ``base`` (a mask at the sweep's size), what they add to it; the regions
-    numbered ``exclude`` are left out."""
+def find_caps(pixels: np.ndarray, regions: list[np.ndarray], base: np.ndarray | None = None,
+              exclude: tuple[int, ...] = ()) -> list[Cap]:
+    """The planar face ``regions`` (``planar_regions`` of ``pixels``) that best explain the
+    silhouette as a prism's cap, best first; with ``base`` (a mask at the sweep's size), what they
+    add to it; the regions numbered ``exclude`` (from 1) are left out."""
     target = binary_fill_holes(silhouette(pixels))
-    regions = [(i, r) for i, r in enumerate(planar_regions(pixels), 1)
+    regions = [(i, r) for i, r in enumerate(regions, 1)
                if r.sum() >= MIN_REGION * target.sum() and i not in exclude][:CAPS]
     small_target = _small(target)
     caps = []
@@ -306,13 +307,19 @@ def _best(values: np.ndarray, score) -> float:
     return float(max(values, key=score))
 
 
+def _span(depth: float, axis: int) -> float:
+    """How far (in log) a fit tries either side of ``depth`` pixels along ``axis``: ``DEPTH_SPAN``,
+    or two pixels if that is more (a thin plate's side is a few pixels tall)."""
+    return max(DEPTH_SPAN, np.log1p(2.0 / max(depth * np.hypot(*screen_vector(plane_basis(axis)[2])), 1.0)))
+
+
 def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[str, float],
                other: Geometry | None = None) -> Body:
     """``body`` with the depth whose render (with ``other``, when given) fits best among
     ``DEPTH_STEPS`` around its own (at least two pixels either way, a thin plate's side is a few
     pixels tall), stretching its executed mesh ``g`` along its axis about its cap."""
     normal = plane_basis(body.axis)[2]
-    span = max(DEPTH_SPAN, np.log1p(2.0 / max(body.depth * np.hypot(*screen_vector(normal)), 1.0)))
+    span = _span(body.depth, body.axis)
     cap = np.abs(normal) @ np.asarray(body.shift)  # the cap's world coordinate along the axis
 
     def score(factor: float) -> float:
@@ -354,14 +361,15 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
     return Body(cap.axis, outline, tuple(holes), depth), swept
 
 
-def _union(caps: list[Cap], pixels: np.ndarray, filled: np.ndarray, pool: SandboxPool, target: RenderTarget,
-           objective: dict[str, float]) -> str | None:
+def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray, pool: SandboxPool,
+           target: RenderTarget, objective: dict[str, float]) -> str | None:
     """The union of two prisms whose caps' sweeps together cover the silhouette best (the first
     among the ``UNION_FIRSTS`` best ``caps``, the second the cap that adds most to it), when that
     beats the best single cap by ``UNION_GAIN``. The second one's place along the view direction,
     which the outline does not show, and then its depth are fit by ``objective`` on the two meshes
     rendered together."""
-    pairs = [(first, next(iter(find_caps(pixels, first.swept, (first.index,))), None)) for first in caps[:UNION_FIRSTS]]
+    pairs = [(first, next(iter(find_caps(pixels, regions, first.swept, (first.index,))), None))
+             for first in caps[:UNION_FIRSTS]]
     first, second = max(((a, b) for a, b in pairs if b is not None), key=lambda ab: ab[1].fit, default=(None, None))
     if second is None or second.fit < max(caps[0].fit + UNION_GAIN, MIN_FIT):
         return None
@@ -429,7 +437,7 @@ def _bossed(cap: Cap, body: Body, top: tuple[np.ndarray, np.ndarray, int], pool:
         return -np.inf if g is None else _render_fit(g, target, objective)
 
     height = max(steps / np.abs(screen_vector(normal)).max(), 1.0)
-    span = max(DEPTH_SPAN, np.log1p(2.0 / max(height * np.hypot(*screen_vector(normal)), 1.0)))
+    span = _span(height, body.axis)
     height = _best(height * np.exp(np.linspace(-span, span, BOSS_STEPS)), score)
     g_base, g_boss = _execute(base, pool), _execute(boss(height), pool)
     if g_base is None or g_boss is None:
@@ -446,8 +454,8 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     filled = binary_fill_holes(silhouette(pixels))
-    caps = find_caps(pixels)
     regions = planar_regions(pixels)
+    caps = find_caps(pixels, regions)
     out: list[str] = []
     bossed = None
     for i, cap in enumerate([c for c in caps if c.fit >= MIN_FIT]):
@@ -468,7 +476,7 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     if bossed is not None:
         out.append(bossed)
     if caps:
-        union = _union(caps, pixels, filled, pool, target, objective)
+        union = _union(caps, pixels, regions, filled, pool, target, objective)
         if union is not None:
             out.append(union)
     return list(dict.fromkeys(out))
