@@ -115,15 +115,6 @@ def planar_regions(pixels: np.ndarray) -> list[np.ndarray]:
     return sorted(regions, key=lambda r: -int(r.sum()))
 
 
-def _shifted(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    out = np.zeros_like(mask)
-    h, w = mask.shape
-    if abs(dx) >= w or abs(dy) >= h:
-        return out
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-    return out
-
-
 def _small(mask: np.ndarray, share: float = 0.5) -> np.ndarray:
     """``mask`` at the sweep's size: a small pixel is set where at least ``share`` of its pixels are
     (with ``share`` 0, where any is: a region keeps its thin strips, a plate's edge a few pixels wide)."""
@@ -137,16 +128,29 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
           base: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
     """(best IoU, steps, swept mask): ``region`` swept one pixel at a time along ``direction`` (a
     screen vector), its union with ``base`` (what other bodies cover) compared with ``target``
-    after each step."""
+    after each step. The IoU is kept up to date from the pixels each step adds, inside the
+    region's box, so a step costs the region's box rather than the whole image."""
     step = direction / np.abs(direction).max()
     swept = region | (base if base is not None else False)
-    best = (mask_iou(swept, target), 0, swept.copy())
+    inter, union = int((swept & target).sum()), int((swept | target).sum())
+    iou = lambda: inter / union if union else 0.0  # noqa: E731 - mask_iou's number
+    best = (iou(), 0, swept.copy())
+    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
+    if not len(rows):
+        return best
+    (y0, y1), (x0, x1), (h, w) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1), region.shape
     for t in range(1, int(np.hypot(*target.shape))):
-        swept |= _shifted(region, int(round(t * step[0])), int(round(t * step[1])))
-        iou = mask_iou(swept, target)
-        if iou > best[0]:
-            best = (iou, t, swept.copy())
-        elif iou < best[0] - 0.05:  # past the silhouette's end
+        dx, dy = int(round(t * step[0])), int(round(t * step[1]))
+        top, bottom, left, right = max(y0 + dy, 0), min(y1 + dy, h), max(x0 + dx, 0), min(x1 + dx, w)
+        if top < bottom and left < right:
+            moved = region[top - dy:bottom - dy, left - dx:right - dx]
+            new = moved & ~swept[top:bottom, left:right]
+            hit = int((new & target[top:bottom, left:right]).sum())
+            inter, union = inter + hit, union + int(new.sum()) - hit
+            swept[top:bottom, left:right] |= moved
+        if iou() > best[0]:
+            best = (iou(), t, swept.copy())
+        elif iou() < best[0] - 0.05:  # past the silhouette's end
             break
     return best
 

@@ -119,3 +119,30 @@ def test_synth_is_valid_deterministic_and_resumable(tmp_path, pool):
     from reward.evaluate import ground_truth
 
     assert ground_truth(str(a)) == [(i, c, "") for i, c in zip(ds["deepcad_id"], ds["cadquery"])]
+
+
+def test_rasteriser_spans_cover_exactly_the_pixels_of_the_barycentric_test():
+    """The rasteriser visits only a span of each row; it must colour exactly the pixels that the
+    barycentric test over the triangle's whole box accepts, for long thin slivers, near-horizontal
+    edges and triangles off the frame too."""
+    from cad.render import _rasterise
+
+    rng = np.random.default_rng(0)
+    size = 64
+    points = rng.uniform(-20, size + 20, (300, 3, 2))
+    points[:100, 2] = points[:100, 0] + rng.uniform(-1, 1, (100, 2)) * [30, 1e-7]  # slivers, flat edges
+    points[100:150, 1, 1] = points[100:150, 0, 1] + rng.uniform(-1e-5, 1e-5, 50)  # edges almost horizontal
+    for tri in points:
+        px, py = tri[:, 0].copy(), tri[:, 1].copy()
+        zbuf, ibuf = np.full((size, size), -np.inf), np.zeros((size, size))
+        _rasterise(px, py, np.zeros(3), np.array([[0, 1, 2]]), np.ones(3), zbuf, ibuf)
+        (x0, x1, x2), (y0, y1, y2) = px, py
+        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        sx, sy = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
+        w0 = ((x1 - sx) * (y2 - sy) - (x2 - sx) * (y1 - sy)) / area
+        w1 = ((x2 - sx) * (y0 - sy) - (x0 - sx) * (y2 - sy)) / area
+        inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (1.0 - w0 - w1 >= -1e-9) if abs(area) >= 1e-12 else np.zeros_like(w0, bool)
+        box = np.zeros((size, size), bool)  # the box the old loop scanned: the test counted only there
+        box[max(int(np.floor(py.min())), 0):min(int(np.ceil(py.max())), size - 1) + 1,
+            max(int(np.floor(px.min())), 0):min(int(np.ceil(px.max())), size - 1) + 1] = True
+        assert np.array_equal(np.isfinite(zbuf), inside & box), tri

@@ -437,3 +437,38 @@ def test_the_second_body_is_searched_where_it_meets_the_first():
     for t in (low - 1e-3, high + 1e-3):
         assert not _meet(a, SimpleNamespace(vertices=b.vertices + t * view))
     assert _meeting(a, SimpleNamespace(vertices=b.vertices + [0, 5, 5]), view) is None  # off the line of sight
+
+
+def test_the_sweeps_running_iou_is_the_iou_of_what_it_swept():
+    """sweep keeps the IoU up to date from the pixels each step adds; it must give what sweeping
+    the whole mask and measuring the IoU after every step gives, off the frame's edges too."""
+    from decoding.prism import sweep
+    from reward.score import mask_iou
+
+    def reference(region, target, direction, base):
+        step = direction / np.abs(direction).max()
+        swept, h, w = region | base, *region.shape
+        best = (mask_iou(swept, target), 0, swept.copy())
+        for t in range(1, int(np.hypot(*target.shape))):
+            dx, dy = int(round(t * step[0])), int(round(t * step[1]))
+            moved = np.zeros_like(region)
+            if abs(dx) < w and abs(dy) < h:
+                moved[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = region[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+            swept |= moved
+            iou = mask_iou(swept, target)
+            if iou > best[0]:
+                best = (iou, t, swept.copy())
+            elif iou < best[0] - 0.05:
+                break
+        return best
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        region, target, base = (np.zeros((60, 80), bool) for _ in range(3))
+        y, x = rng.integers(0, 50), rng.integers(0, 70)
+        region[y:y + rng.integers(2, 12), x:x + rng.integers(2, 12)] = True
+        target[rng.integers(0, 30):rng.integers(30, 60), rng.integers(0, 40):rng.integers(40, 80)] = True
+        base[20:25, 30:50] = rng.random() < 0.5
+        direction = rng.normal(size=2)
+        got, want = sweep(region, target, direction, base), reference(region, target, direction, base)
+        assert got[:2] == want[:2] and np.array_equal(got[2], want[2])
