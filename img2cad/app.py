@@ -3,8 +3,9 @@
 Upload or drop a picture, or click one of the ten GenCAD-Code reference images; the app shows the
 input beside our render of the predicted program, the solid in 3D (GLB), the program in a code
 box with a copy button, STEP and STL downloads and the candidates with their scores and sources.
-An unusable upload gets one message in the page. Every request uses one ``img2cad.engine.Engine``,
-one at a time.
+A "Thorough" box, when the engine has a thorough config, decodes with it (slower). An unusable
+upload gets one message in the page. Every request uses one ``img2cad.engine.Engine``, one at a
+time.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def _message(exc: InputError, path: str) -> str:
 def handler(engine: Engine):
     """The prediction function the page calls: file path in, every output out."""
 
-    def run(path: str | None, progress=gr.Progress()):
+    def run(path: str | None, thorough: bool = False, progress=gr.Progress()):
         if not path:
             raise gr.Error("Upload a picture of a part first (PNG or JPEG), or click one of the examples.")
         progress(0.05, desc="reading the image")
@@ -67,7 +68,7 @@ def handler(engine: Engine):
         except InputError as exc:
             raise gr.Error(_message(exc, path)) from None
         progress(0.15, desc="decoding and checking candidates in the sandbox")
-        pred = engine.predict(image)
+        pred = engine.predict(image, thorough=bool(thorough) and engine.thorough is not None)
         progress(0.9, desc="exporting")
         out = Path(tempfile.mkdtemp(prefix="img2cad-"))
         name = Path(path).stem or "part"
@@ -108,6 +109,18 @@ def _readable_upload(component: gr.Image) -> None:
     component.preprocess = checked
 
 
+def describe(cfg) -> str:
+    """A decoding config in a few words, for the page."""
+    if cfg is None:
+        return ""
+    parts = [f"{cfg.strategy} with {cfg.k_retrieval} retrieved programs"]
+    if cfg.primitives:
+        parts.append("primitives and prisms fit to the picture")
+    if cfg.refine_evaluations:
+        parts.append(f"{cfg.refine_evaluations} refinement renders")
+    return ", ".join(parts)
+
+
 def build_app(engine: Engine, examples: list[str] | None = None) -> gr.Blocks:
     run = handler(engine)
     with gr.Blocks(title="img2cad", analytics_enabled=False) as demo:
@@ -119,6 +132,8 @@ def build_app(engine: Engine, examples: list[str] | None = None) -> gr.Blocks:
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Picture of a part",
                                  elem_id="input-image")
                 _readable_upload(image)
+                thorough = gr.Checkbox(label=f"Thorough: {describe(engine.thorough)} (slower)", value=False,
+                                       visible=engine.thorough is not None, elem_id="thorough")
                 button = gr.Button("Predict", variant="primary", elem_id="predict")
             with gr.Column(scale=2):
                 compare = gr.Image(label="Input | our render of the program", interactive=False, elem_id="compare")
@@ -134,12 +149,13 @@ def build_app(engine: Engine, examples: list[str] | None = None) -> gr.Blocks:
             stl = gr.File(label="STL", interactive=False, elem_id="stl-file")
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Candidates", interactive=False, elem_id="candidates")
         outputs = [compare, model3d, code, step, stl, table, status]
-        kwargs = dict(fn=run, inputs=[image], outputs=outputs, concurrency_id="predict", concurrency_limit=1)
+        kwargs = dict(fn=run, inputs=[image, thorough], outputs=outputs, concurrency_id="predict", concurrency_limit=1)
         image.upload(**kwargs)
         button.click(**kwargs)
-        if examples:
-            gr.Examples(examples=[[p] for p in examples], inputs=[image], outputs=outputs, fn=run, run_on_click=True,
-                        cache_examples=False, label="GenCAD-Code reference images (click one)")
+        if examples:  # a click fills the picture, then predicts with the box as it is
+            clicked = gr.Examples(examples=[[p] for p in examples], inputs=[image], cache_examples=False,
+                                  label="GenCAD-Code reference images (click one)")
+            clicked.load_input_event.then(**kwargs)
     return demo
 
 

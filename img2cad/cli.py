@@ -115,20 +115,29 @@ def predict_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine(args: argparse.Namespace, shipped, device: str):
-    """The engine decoding with the model folder's decoding.json and the command line's --strategy,
-    --n, --k, --refine and --primitives on top."""
-    from img2cad.engine import Engine, decode_config
+def _config(args: argparse.Namespace, shipped, device: str):
+    """The model folder's decoding.json with the command line's --strategy, --n, --k, --refine and
+    --primitives on top (with --thorough, those it leaves out come from ``THOROUGH``)."""
+    from img2cad.engine import THOROUGH, decode_config
 
-    cfg = decode_config(shipped, args.strategy, args.n, args.refine, device, args.k)
-    if args.refine and cfg.strategy != "rerank":
-        raise InputError(f"--refine adjusts the program chosen by rerank, not {cfg.strategy}: add --strategy rerank")
-    if args.primitives and cfg.strategy != "rerank":
-        raise InputError(f"--primitives adds candidates to rerank, not to {cfg.strategy}: add --strategy rerank")
-    if args.primitives:
-        cfg = dataclasses.replace(cfg, primitives=True)
+    preset = THOROUGH if args.thorough else {}
+    pick = lambda name, given: given if given is not None else preset.get(name)  # noqa: E731
+    refine, primitives = pick("refine", args.refine), pick("primitives", args.primitives or None)
+    strategy = pick("strategy", args.strategy) or decode_config(shipped, device=device).strategy
+    if refine and strategy != "rerank":
+        raise InputError(f"--refine adjusts the program chosen by rerank, not {strategy}: add --strategy rerank")
+    if primitives and strategy != "rerank":
+        raise InputError(f"--primitives adds candidates to rerank, not to {strategy}: add --strategy rerank")
+    return decode_config(shipped, strategy, args.n, refine, device, pick("k", args.k), primitives)
+
+
+def _engine(args: argparse.Namespace, shipped, device: str, thorough: bool = False):
+    """The engine decoding with ``_config``; with ``thorough``, also with ``THOROUGH`` (the web app's choice)."""
+    from img2cad.engine import THOROUGH, Engine, decode_config
+
+    cfg = _config(args, shipped, device)
     try:
-        return Engine(shipped, cfg, workers=args.workers)
+        return Engine(shipped, cfg, workers=args.workers, thorough=decode_config(shipped, device=device, **THOROUGH) if thorough else None)
     except ValueError as exc:  # e.g. a strategy that needs a retrieval index the folder lacks
         raise InputError(str(exc)) from None
 
@@ -140,7 +149,7 @@ def serve_main(args: argparse.Namespace) -> int:
     from img2cad.app import serve
 
     device = _device(args.device)
-    return serve(_engine(args, load_shipped(args.model, device, args.index), device), host=args.host, port=args.port)
+    return serve(_engine(args, load_shipped(args.model, device, args.index), device, thorough=True), host=args.host, port=args.port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--primitives", action="store_true",
                        help="rerank: add a box, an L or U section, a cylinder and a tube fit to the image, and the "
                             "profile prisms read off it, to the candidates (slower; helps parts made of one extruded sketch)")
+        p.add_argument("--thorough", action="store_true",
+                       help="the slower setting chosen on validation images: rerank with 16 retrieved programs, the "
+                            "primitives and prisms, and 48 refinement renders (--strategy, --k, --refine override it)")
 
     p = sub.add_parser("predict", help="write program, STEP, STL, comparison and candidates for each image")
     p.add_argument("images", nargs="+", metavar="IMAGE")

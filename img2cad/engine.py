@@ -25,8 +25,14 @@ from img2cad.shipped import Shipped
 EXPORT_TIMEOUT = 30.0  # seconds for the chosen program's final run: tessellation and STEP / STL export on top
 
 
+# ``--thorough``: the slower setting chosen on validation images for the shipped model (16
+# retrieved programs, 48 refinement renders: docs/results/refine_study-val-k16.json; primitives and
+# prisms: docs/results/prism-bosses-val-real10.json), as decode_config arguments.
+THOROUGH = {"strategy": "rerank", "k": 16, "refine": 48, "primitives": True}
+
+
 def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None = None, refine: int | None = None,
-                  device: str = "cpu", k: int | None = None) -> DecodeConfig:
+                  device: str = "cpu", k: int | None = None, primitives: bool | None = None) -> DecodeConfig:
     """The model folder's default decoding options with the user's choices on top."""
     known = {f.name for f in dataclasses.fields(DecodeConfig)}
     options = {k: v for k, v in shipped.decoding.items() if k in known}
@@ -38,6 +44,8 @@ def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None =
         options["refine_evaluations"] = refine
     if k is not None:  # retrieved training programs added to the candidates
         options["k_retrieval"] = k
+    if primitives is not None:  # rerank: primitives and prisms fit to the image as candidates too
+        options["primitives"] = primitives
     options["device"] = device
     return DecodeConfig(**options)
 
@@ -99,36 +107,43 @@ class Prediction:
 
 
 class Engine:
-    """A loaded model folder, its sandbox pool and a ``Predictor`` for one decoding config."""
+    """A loaded model folder, its sandbox pool and a ``Predictor`` for one decoding config (and, given
+    ``thorough``, a second one that ``predict(image, thorough=True)`` uses: the web app's choice)."""
 
-    def __init__(self, shipped: Shipped, cfg: DecodeConfig, workers: int = 2):
-        self.shipped, self.cfg = shipped, cfg
+    def __init__(self, shipped: Shipped, cfg: DecodeConfig, workers: int = 2, thorough: DecodeConfig | None = None):
+        self.shipped, self.cfg, self.thorough = shipped, cfg, thorough
         self.pool = SandboxPool(workers)
         try:
-            self.predictor = Predictor(shipped.model, shipped.tokenizer, shipped.processor, cfg, self.pool, shipped.index,
-                                       critic=shipped.critic)
+            self.predictors = {t: Predictor(shipped.model, shipped.tokenizer, shipped.processor, c, self.pool, shipped.index,
+                                            critic=shipped.critic) for t, c in ((False, cfg), (True, thorough)) if c is not None}
         except Exception:
             self.pool.close()
             raise
 
+    def options_for(self, cfg: DecodeConfig) -> dict:
+        """What decides the output: the model's files and the decoding config."""
+        return {"model": self.shipped.name, "model_fingerprint": self.shipped.fingerprint, "decoding": dataclasses.asdict(cfg)}
+
     @property
     def options(self) -> dict:
-        """What decides the output: the model's files and the decoding config."""
-        return {"model": self.shipped.name, "model_fingerprint": self.shipped.fingerprint,
-                "decoding": dataclasses.asdict(self.cfg)}
+        return self.options_for(self.cfg)
 
-    def predict(self, image: Image.Image) -> Prediction:
+    def predict(self, image: Image.Image, thorough: bool = False) -> Prediction:
         import torch
 
+        if thorough and self.thorough is None:
+            raise ValueError("this engine has no thorough decoding config")
+        cfg = self.thorough if thorough else self.cfg
+        predictor = self.predictors[thorough]
         t0 = time.perf_counter()
         pixels = np.asarray(image.convert("RGB"))
-        torch.manual_seed(self.cfg.seed + zlib.crc32(hashlib.sha256(pixels.tobytes()).digest()))
-        cands = self.predictor.generate([image])[0]
-        chosen, info = self.predictor.select(cands, image)
-        opts = ExecOptions(timeout=max(self.cfg.timeout, EXPORT_TIMEOUT), want_geometry=True, export=("step", "stl"))
+        torch.manual_seed(cfg.seed + zlib.crc32(hashlib.sha256(pixels.tobytes()).digest()))
+        cands = predictor.generate([image])[0]
+        chosen, info = predictor.select(cands, image)
+        opts = ExecOptions(timeout=max(cfg.timeout, EXPORT_TIMEOUT), want_geometry=True, export=("step", "stl"))
         result = self.pool.run(chosen.code, opts)
         render = render_geometry(result.geometry) if result.ok and result.geometry is not None else None
-        return Prediction(image, chosen, cands, info, result, render, time.perf_counter() - t0, self.options)
+        return Prediction(image, chosen, cands, info, result, render, time.perf_counter() - t0, self.options_for(cfg))
 
     def close(self) -> None:
         self.pool.close()

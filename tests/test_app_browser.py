@@ -145,3 +145,13 @@ def test_upload_predicts_a_program_that_runs_and_a_step_file_downloads(server, b
     height = browser.execute_script("return document.body.scrollHeight")
     browser.set_window_size(1400, max(900, min(int(height) + 40, 2400)))
     assert browser.save_screenshot(str(shot))
+
+    # the Thorough box: the same picture again, decoded with the thorough config (primitives and
+    # prisms among the candidates), and still a program that runs
+    browser.find_element(By.CSS_SELECTOR, "#thorough input[type=checkbox]").click()
+    browser.find_element(By.ID, "predict").click()
+    WebDriverWait(browser, 900).until(lambda d: any(
+        "primitive" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#candidates [role=row][data-index]")))
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith("ok"))
+    result = pool.run(browser.execute_script(CODE_JS))
+    assert result.executable, (result.status, result.error)

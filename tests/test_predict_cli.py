@@ -116,7 +116,7 @@ def test_serve_takes_the_decoding_options_predict_takes(shipped, monkeypatch, ca
     served = []
 
     def fake_serve(engine, host, port):  # everything but Gradio's server (the browser test runs that)
-        served.append((engine.cfg, host, port))
+        served.append((engine.cfg, host, port, engine.thorough))
         engine.close()
         return 0
 
@@ -135,6 +135,14 @@ def test_serve_takes_the_decoding_options_predict_takes(shipped, monkeypatch, ca
     assert main(["serve", *model, "--strategy", "beam", "--primitives"]) == 2
     _one_error_line(capsys, "--primitives", "--strategy rerank")
     assert len(served) == 3
+    # --thorough: THOROUGH where the command line is silent; the app's second config is THOROUGH
+    thorough = served[-1][3]
+    assert (thorough.strategy, thorough.k_retrieval, thorough.refine_evaluations, thorough.primitives) == ("rerank", 16, 48, True)
+    assert main(["serve", *model, "--thorough", "--k", "3"]) == 0
+    cfg = served[-1][0]
+    assert (cfg.strategy, cfg.k_retrieval, cfg.refine_evaluations, cfg.primitives) == ("rerank", 3, 48, True)
+    assert main(["serve", *model, "--thorough", "--strategy", "beam"]) == 2
+    _one_error_line(capsys, "--refine", "--strategy rerank")
 
 
 def _blank(path, mode="RGB", colour=(255, 255, 255)):
