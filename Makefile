@@ -36,7 +36,7 @@ test: setup
 
 # The shipped model (models/img2cad-small) on the ten reference images and a few held-out synthetic ones.
 demo: setup
-	$(PY) -m scripts.demo_shipped
+	$(PY) -m scripts.demo_shipped --thorough
 
 # The training pipeline end to end on CPU: synthetic data, SFT, pairs, DPO, evaluation harness.
 demo-pipeline: setup

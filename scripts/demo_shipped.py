@@ -1,6 +1,7 @@
 """The shipped system out of the box: ``make demo`` (``python -m scripts.demo_shipped``).
 
 Runs the shipped model folder (``models/img2cad-small``, or ``--model``) with its default decoding
+(and, with ``--thorough``, then with ``img2cad.engine.THOROUGH``: rows named ``<data> thorough``)
 on the ten real GenCAD-Code reference images and the first ``--synthetic-limit`` held-out
 synthetic images (``data/synth-test``, when present). For every image it writes the comparison
 picture, the program and the STEP file; then it scores the programs against the ground truth
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}; {MODEL_MISSING_HINT}", file=sys.stderr)
         return 2
     from cad.data import to_image
-    from img2cad.engine import Engine, decode_config
+    from img2cad.engine import THOROUGH, Engine, decode_config
     from img2cad.images import InputError, normalise
     from reward.evaluate import evaluate_pairs
 
@@ -77,17 +78,19 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t_start = time.perf_counter()
     cfg = decode_config(shipped, device=args.device)
+    thorough = decode_config(shipped, device=args.device, **THOROUGH) if args.thorough else None
     summary_rows, per_image, gallery = [], [], ["# img2cad demo gallery", "",
                                                 f"Model `{shipped.name}`, decoding `{cfg.strategy}`; input | our render.", ""]
-    with Engine(shipped, cfg, workers=args.workers) as engine:
-        for name, rows in sets.items():
-            folder = out / name
+    runs = [(name, rows, False) for name, rows in sets.items()] + [(f"{name} thorough", rows, True) for name, rows in sets.items() if thorough]
+    with Engine(shipped, cfg, workers=args.workers, thorough=thorough) as engine:
+        for name, rows, is_thorough in runs:
+            folder = out / name.replace(" ", "-")
             folder.mkdir(parents=True, exist_ok=True)
             pairs, seconds = [], []
             gallery += [f"## {name}", "", "| id | status | Best IoU | input / prediction |", "|---|---|---|---|"]
             for r in rows:
                 try:
-                    pred = engine.predict(normalise(to_image(r["image"]), r["id"]))
+                    pred = engine.predict(normalise(to_image(r["image"]), r["id"]), thorough=is_thorough)
                 except (InputError, OSError, ValueError) as exc:  # counted as a failure, never dropped
                     pairs.append((r["id"], None, r["code"]))
                     per_image.append({"data": name, "id": r["id"], "status": "unreadable", "error": str(exc)})
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 if item["data"] == name and item["id"] in by_id:
                     item["iou"], item["iou_voxel"] = by_id[item["id"]]["iou"], by_id[item["id"]].get("iou_voxel")
                     iou = _fmt(item["iou"])
-                    gallery.append(f"| {item['id']} | {item['status']} | {iou} | ![{item['id']}]({name}/{item['id']}.compare.png) |")
+                    gallery.append(f"| {item['id']} | {item['status']} | {iou} | ![{item['id']}]({folder.name}/{item['id']}.compare.png) |")
             gallery.append("")
             summary_rows.append({"data": name, "n": scores["n"], "vsr": scores["vsr"], "exec_rate": scores["exec_rate"],
                                  "iou_best": scores["iou_best"], "iou_best_voxel": scores.get("iou_best_voxel"),
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_table(summary_rows)
     result = {"command": "python -m scripts.demo_shipped " + " ".join(sys.argv[1:]), "model": str(args.model),
               "model_fingerprint": shipped.fingerprint, "machine": {**machine(), "device": device},
-              "decoding": dataclasses.asdict(cfg), "seconds": round(time.perf_counter() - t_start, 1), "rows": summary_rows,
+              "decoding": dataclasses.asdict(cfg), "thorough": dataclasses.asdict(thorough) if thorough else None, "seconds": round(time.perf_counter() - t_start, 1), "rows": summary_rows,
               "per_image": per_image}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "gallery.md").write_text("\n".join(gallery + ["## Summary", ""] + table) + "\n")
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="outputs/demo-shipped")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--thorough", action="store_true", help="then run every set again with img2cad predict --thorough's setting")
     args = ap.parse_args(argv)
     if args.model is None:
         from img2cad.shipped import DEFAULT_MODEL
