@@ -1,5 +1,5 @@
 """Profile prisms read off the input image: one sketch, any outline and holes, extruded once; a
-prism with a boss standing on its cap; and the union of two prisms.
+prism with bosses standing on its cap; and the union of two prisms.
 
 Most GenCAD parts are one sketch extruded once (STATS.md: 57% of programs have one sketch), and
 the visible end face (the cap) of such a prism shows its whole profile: in the isometric view
@@ -21,9 +21,9 @@ inside the cap is drawn like a hole), for the reranker.
 
 A boss standing on a cap adds too little to the silhouette to show in the sweeps, but it hides
 a patch of the cap: the cap region has a hole (or a dent) there, with the boss's top inside it.
-The first good cap with such a top gets a candidate with the boss: the top's outline, moved along
-the view direction onto the cap, extruded to the height that fits the render best, the cap's
-depth then fit again with the boss in place.
+The first good cap with such tops gets a candidate with a boss in each such hole: the top's
+outline, moved along the view direction onto the cap, extruded to the height that fits the
+render best, the cap's depth then fit again with the bosses in place.
 
 Two bodies: the pair of caps whose sweeps together cover the silhouette best, when that beats
 the best single cap. Where one body hides part of the other's cap, the cap is completed with the
@@ -63,6 +63,7 @@ PRISMS = 3  # the best (region, axis) pairs written as candidates
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
 DEPTH_STEPS = 13  # depths tried, evenly spaced in log
 MIN_BOSS = 100  # holes of the cap of fewer pixels hold no boss
+MAX_BOSSES = 4  # bosses stood on one cap, at most
 BOSS_STEPS = 7  # boss heights tried, evenly spaced in log around the sweep's
 UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise)
 UNION_FIRSTS = 3  # the best single caps tried as the first of two
@@ -99,13 +100,18 @@ def face_regions(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     return label(grey)
 
 
+def flat_pixels(pixels: np.ndarray) -> np.ndarray:
+    """The pixels in the planar faces' flat grey (within ``FLAT_TOLERANCE`` in every channel)."""
+    return (np.abs(pixels[..., :3].astype(int) - GENCAD_STYLE.face_rgb) <= FLAT_TOLERANCE).all(-1)
+
+
 def planar_regions(pixels: np.ndarray) -> list[np.ndarray]:
     """The regions that may be planar faces, largest first: the flat grey regions (at least
     ``MIN_FLAT`` of their pixels flat); and the flat parts of a region that is partly flat and
     partly shaded, where a planar face meets a curved one along an edge drawn too faintly to
     separate them (a boss's foot on a plate)."""
     labels, count = face_regions(pixels)
-    flat = (np.abs(pixels[..., :3].astype(int) - GENCAD_STYLE.face_rgb) <= FLAT_TOLERANCE).all(-1)
+    flat = flat_pixels(pixels)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     flat_sizes = np.bincount(labels.ravel(), weights=flat.ravel(), minlength=count + 1)
     regions = [labels == i for i in range(1, count + 1) if flat_sizes[i] >= MIN_FLAT * sizes[i]]
@@ -405,66 +411,78 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     return program([a, b])
 
 
-def _boss_top(cap: Cap, regions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """(hole, top, sweep steps) of a boss standing on ``cap``, or None. A boss hides a patch of the
-    cap, so the cap region has a hole there, or a dent where the boss stands at its edge (a part
-    of the region's convex hull outside it); the boss's top is one of the planar ``regions`` in
-    that hole which, swept towards the cap, covers the hole (the walls below it). The largest such
-    top is taken."""
+def _boss_tops(cap: Cap, regions: list[np.ndarray], flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(hole, top, sweep steps) of each boss standing on ``cap``, largest top first (at most
+    ``MAX_BOSSES``). A boss hides a patch of the cap, so the cap region's ``flat`` pixels have a
+    hole there, or a dent where the boss stands at its edge (a part of their convex hull outside
+    them); the boss's top is one of the planar ``regions`` in that hole which, swept towards the
+    cap, covers the hole (the walls below it). Each hole's largest such top is taken. (Only the
+    flat pixels count: a cylinder's shaded wall joins the cap's region, no line drawn where its
+    outline meets the cap.)"""
     direction = screen_vector(-plane_basis(cap.axis)[2])
-    holes, count = label(_hull(cap.region) & ~cap.region)
-    tops = [(hole, region, steps) for hole in (holes == i for i in range(1, count + 1)) if hole.sum() >= MIN_BOSS
-            for region in regions if (region & hole).sum() >= 0.9 * region.sum()
-            for fit, steps, _ in [sweep(binary_fill_holes(region), hole, direction)] if fit >= MIN_FIT]
-    return max(tops, key=lambda t: int(t[1].sum()), default=None)
+    region = cap.region & flat
+    holes, count = label(_hull(region) & ~region)
+    tops = []
+    for hole in (holes == i for i in range(1, count + 1)):
+        if hole.sum() < MIN_BOSS:
+            continue
+        inside = [(hole, region, steps) for region in regions if (region & hole).sum() >= 0.9 * region.sum()
+                  for fit, steps, _ in [sweep(binary_fill_holes(region), hole, direction)] if fit >= MIN_FIT]
+        if inside:
+            tops.append(max(inside, key=lambda t: int(t[1].sum())))
+    return sorted(tops, key=lambda t: -int(t[1].sum()))[:MAX_BOSSES]
 
 
-def _bossed(cap: Cap, body: Body, top: tuple[np.ndarray, np.ndarray, int], pool: SandboxPool, target: RenderTarget,
-            objective: dict[str, float]) -> str | None:
-    """``body`` (the prism of ``cap``) with its hole filled and the boss of ``top`` (``_boss_top``)
-    standing there: the top's outline, unprojected onto the cap's plane, is the boss's sketch,
-    moved along the view direction (which keeps it in place on the screen) until the boss stands
-    on the cap; its height starts at the sweep's and is fit by ``objective`` on the executed
-    union, then the cap's depth is fit again with the boss in place."""
-    hole, region, steps = top
+def _bossed(cap: Cap, body: Body, tops: list[tuple[np.ndarray, np.ndarray, int]], pool: SandboxPool,
+            target: RenderTarget, objective: dict[str, float]) -> str | None:
+    """``body`` (the prism of ``cap``) with its holes filled and the bosses of ``tops``
+    (``_boss_tops``) standing there: each top's outline, unprojected onto the cap's plane, is a
+    boss's sketch, moved along the view direction (which keeps it in place on the screen) until
+    the boss stands on the cap. The heights start at the sweeps' and are fit by ``objective`` on
+    the executed union one boss at a time, largest first (the others at their heights so far);
+    then the cap's depth is fit again with the bosses in place."""
     normal = plane_basis(body.axis)[2]
-    outline, holes = profile(Cap(region, body.axis, 0.0))
-    base_outline, base_holes = profile(dataclasses.replace(cap, region=cap.region | hole))
+    filled = cap.region | np.logical_or.reduce([hole for hole, _, _ in tops])
+    base_outline, base_holes = profile(dataclasses.replace(cap, region=filled))
     base = dataclasses.replace(body, outline=base_outline, holes=tuple(base_holes))
     along = np.asarray(VIEW_DIR) / (np.asarray(VIEW_DIR) @ normal)  # a move along the view that raises by 1
+    sketches = [profile(Cap(region, body.axis, 0.0)) for _, region, _ in tops]
 
-    def boss(height: float) -> Body:
+    def boss(k: int, height: float) -> Body:
+        outline, holes = sketches[k]
         return Body(body.axis, outline, tuple(holes), height, tuple(height * along))
 
-    def score(height: float) -> float:
-        g = _execute([base, boss(height)], pool)
-        return -np.inf if g is None else _render_fit(g, target, objective)
+    heights = [max(steps / np.abs(screen_vector(normal)).max(), 1.0) for _, _, steps in tops]
+    for k, start in enumerate(heights):
+        def score(height: float) -> float:
+            g = _execute([base] + [boss(j, height if j == k else h) for j, h in enumerate(heights)], pool)
+            return -np.inf if g is None else _render_fit(g, target, objective)
 
-    height = max(steps / np.abs(screen_vector(normal)).max(), 1.0)
-    span = _span(height, body.axis)
-    height = _best(height * np.exp(np.linspace(-span, span, BOSS_STEPS)), score)
-    g_base, g_boss = _execute(base, pool), _execute(boss(height), pool)
-    if g_base is None or g_boss is None:
+        span = _span(start, body.axis)
+        heights[k] = _best(start * np.exp(np.linspace(-span, span, BOSS_STEPS)), score)
+    bosses = [boss(k, h) for k, h in enumerate(heights)]
+    g_base, g_bosses = _execute(base, pool), _execute(bosses, pool)
+    if g_base is None or g_bosses is None:
         return None
-    base = _fit_depth(base, g_base, target, objective, g_boss)  # the base's depth was fit with a hole where the boss stands
-    return program([base, boss(height)])
+    base = _fit_depth(base, g_base, target, objective, g_bosses)  # the base's depth was fit with holes where the bosses stand
+    return program([base, *bosses])
 
 
 def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: dict[str, float]) -> list[str]:
     """Prism programs read off ``image``: for each of the ``PRISMS`` best caps whose sweep fits
     the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
-    the first such cap with a boss standing in a hole (``_boss_top``), with the boss; then the
+    the first such cap with bosses standing in its holes (``_boss_tops``), with the bosses; then the
     union of two prisms, when two caps cover the silhouette clearly better than one."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     filled = binary_fill_holes(silhouette(pixels))
-    regions = planar_regions(pixels)
+    regions, flat = planar_regions(pixels), flat_pixels(pixels)
     caps = find_caps(pixels, regions)
     out: list[str] = []
     bossed = None
     for i, cap in enumerate([c for c in caps if c.fit >= MIN_FIT]):
-        top = _boss_top(cap, regions) if bossed is None else None
-        if i >= PRISMS and top is None:
+        tops = _boss_tops(cap, regions, flat) if bossed is None else []
+        if i >= PRISMS and not tops:
             continue
         body, _ = _body(cap, filled)
         g = _execute(body, pool)
@@ -475,8 +493,8 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
             out.append(program([body]))
             if body.holes:
                 out.append(program([dataclasses.replace(body, holes=())]))
-        if top is not None:
-            bossed = _bossed(cap, body, top, pool, target, objective)
+        if tops:
+            bossed = _bossed(cap, body, tops, pool, target, objective)
     if bossed is not None:
         out.append(bossed)
     if caps:

@@ -407,6 +407,21 @@ def test_prisms_stand_a_boss_on_the_cap_it_hides_a_patch_of(pool):
     assert iou[bossed[0]] > 0.85 and iou[bossed[0]] > max(iou.values()) - 1e-9, iou  # the plate alone: 0.79
 
 
+def test_prisms_stand_a_boss_in_each_hole_of_the_cap(pool):
+    """A block and a cylinder standing apart on one plate each leave their own hole in the plate's
+    cap: the boss candidate stands both on it (three sketches, one solid)."""
+    truth = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=wp0.add(wp0.moveTo(0,0).lineTo(1.4,0).lineTo(1.4,1.0).lineTo(0,1.0).close()).extrude(0.15)\n"
+             "wp1=cq.Workplane(cq.Plane(cq.Vector(0.2,0.3,0.15),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=solid.union(wp1.add(wp1.moveTo(0,0).lineTo(0.4,0).lineTo(0.4,0.3).lineTo(0,0.3).close()).extrude(0.15))\n"
+             "wp2=cq.Workplane(cq.Plane(cq.Vector(1.0,0.5,0.15),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=solid.union(wp2.add(wp2.moveTo(0,0).circle(0.15)).extrude(0.2))\n")
+    iou = _prism_ious(pool, truth)
+    bossed = [c for c in iou if c.count(".union(") == 2]
+    assert len(bossed) == 1 and pool.run(bossed[0], ExecOptions(want_geometry=True)).n_solids == 1, iou
+    assert iou[bossed[0]] > 0.85 and iou[bossed[0]] > max(iou.values()) - 1e-9, iou
+
+
 def test_the_flat_part_of_a_half_shaded_region_is_a_planar_region():
     """A planar face that meets a curved one along an edge drawn too faintly to part them (one
     region, half flat grey, half shaded) still gives its flat half as a region."""
