@@ -64,6 +64,7 @@ DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or
 DEPTH_STEPS = 13  # depths tried, evenly spaced in log
 MIN_BOSS = 100  # holes of the cap of fewer pixels hold no boss
 MAX_BOSSES = 4  # bosses stood on one cap, at most
+MIN_WALL = 2  # a top swept fewer pixels than this to cover its hole is a shallow pocket's floor (or flush): no boss
 BOSS_STEPS = 7  # boss heights tried, evenly spaced in log around the sweep's
 UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise)
 UNION_FIRSTS = 3  # the best single caps tried as the first of two
@@ -416,7 +417,8 @@ def _boss_tops(cap: Cap, regions: list[np.ndarray], flat: np.ndarray) -> list[tu
     ``MAX_BOSSES``). A boss hides a patch of the cap, so the cap region's ``flat`` pixels have a
     hole there, or a dent where the boss stands at its edge (a part of their convex hull outside
     them); the boss's top is one of the planar ``regions`` in that hole which, swept towards the
-    cap, covers the hole (the walls below it). Each hole's largest such top is taken. (Only the
+    cap, covers the hole (the walls below it, at least ``MIN_WALL`` pixels: a shallow pocket's
+    floor fills its hole as well, swept a pixel or none). Each hole's largest such top is taken. (Only the
     flat pixels count: a cylinder's shaded wall joins the cap's region, no line drawn where its
     outline meets the cap.)"""
     direction = screen_vector(-plane_basis(cap.axis)[2])
@@ -427,7 +429,7 @@ def _boss_tops(cap: Cap, regions: list[np.ndarray], flat: np.ndarray) -> list[tu
         if hole.sum() < MIN_BOSS:
             continue
         inside = [(hole, region, steps) for region in regions if (region & hole).sum() >= 0.9 * region.sum()
-                  for fit, steps, _ in [sweep(binary_fill_holes(region), hole, direction)] if fit >= MIN_FIT]
+                  for fit, steps, _ in [sweep(binary_fill_holes(region), hole, direction)] if fit >= MIN_FIT and steps >= MIN_WALL]
         if inside:
             tops.append(max(inside, key=lambda t: int(t[1].sum())))
     return sorted(tops, key=lambda t: -int(t[1].sum()))[:MAX_BOSSES]
