@@ -45,7 +45,7 @@ from scipy.ndimage import binary_dilation, binary_fill_holes, label
 from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, silhouette
 from cad.sandbox import ExecOptions, Geometry, SandboxPool
 from decoding.primitives import PLANES, SIZE, _render_fit, _stretched, _vector
-from reward.score import RenderTarget, mask_iou
+from reward.score import RenderTarget
 
 LINE = 60  # a pixel darker than this in every channel is a drawn edge
 SIZE_PX = 448  # the image is read at this size (GenCAD's)

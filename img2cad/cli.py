@@ -10,7 +10,6 @@ blank one stops the run with one line and exit code 2 before anything is decoded
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
