@@ -140,8 +140,7 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
     step = direction / np.abs(direction).max()
     swept = region | (base if base is not None else False)
     inter, union = int((swept & target).sum()), int((swept | target).sum())
-    iou = lambda: inter / union if union else 0.0  # noqa: E731 - mask_iou's number
-    best = (iou(), 0, swept.copy())
+    best = (inter / union if union else 0.0, 0, swept.copy())  # mask_iou's number
     rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
     if not len(rows):
         return best
@@ -155,9 +154,10 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
             hit = int((new & target[top:bottom, left:right]).sum())
             inter, union = inter + hit, union + int(new.sum()) - hit
             swept[top:bottom, left:right] |= moved
-        if iou() > best[0]:
-            best = (iou(), t, swept.copy())
-        elif iou() < best[0] - 0.05:  # past the silhouette's end
+        iou = inter / union if union else 0.0
+        if iou > best[0]:
+            best = (iou, t, swept.copy())
+        elif iou < best[0] - 0.05:  # past the silhouette's end
             break
     return best
 
@@ -422,8 +422,8 @@ def _boss_tops(cap: Cap, regions: list[np.ndarray], flat: np.ndarray) -> list[tu
     flat pixels count: a cylinder's shaded wall joins the cap's region, no line drawn where its
     outline meets the cap.)"""
     direction = screen_vector(-plane_basis(cap.axis)[2])
-    region = cap.region & flat
-    holes, count = label(_hull(region) & ~region)
+    cap_flat = cap.region & flat
+    holes, count = label(_hull(cap_flat) & ~cap_flat)
     tops = []
     for hole in (holes == i for i in range(1, count + 1)):
         if hole.sum() < MIN_BOSS:

@@ -109,8 +109,7 @@ def edge_distance(a: np.ndarray, b: np.ndarray, to_a: np.ndarray | None = None) 
     distance of every pixel to ``a``'s nearest line pixel, when already known."""
     if not a.any() or not b.any():
         return 0.0
-    to_b = _mean_distance(a, b)
-    d = (to_b + (to_a[b].mean() if to_a is not None else _mean_distance(b, a))) / 2.0
+    d = (_mean_distance(a, b) + (to_a[b].mean() if to_a is not None else _mean_distance(b, a))) / 2.0
     return float(max(0.0, 1.0 - d / (a.shape[1] / 16.0)))
 
 
