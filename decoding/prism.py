@@ -1,5 +1,5 @@
 """Profile prisms read off the input image: one sketch, any outline and holes, extruded once; a
-prism with bosses standing on its cap; and the union of two prisms.
+prism with bosses standing on its cap, or with pockets cut into it; and the union of two prisms.
 
 Most GenCAD parts are one sketch extruded once (STATS.md: 57% of programs have one sketch), and
 the visible end face (the cap) of such a prism shows its whole profile: in the isometric view
@@ -23,7 +23,10 @@ A boss standing on a cap adds too little to the silhouette to show in the sweeps
 a patch of the cap: the cap region has a hole (or a dent) there, with the boss's top inside it.
 The first good cap with such tops gets a candidate with a boss in each such hole: the top's
 outline, moved along the view direction onto the cap, extruded to the height that fits the
-render best, the cap's depth then fit again with the bosses in place.
+render best, the cap's depth then fit again with the bosses in place. A pocket leaves a hole in
+the cap region too, with its floor inside, below the cap: the floor swept up to the cap covers
+the hole. The first good cap with such floors gets a candidate with a pocket cut in each such
+hole, to the depth that fits the render best, and the holes seen in a floor cut through the rest.
 
 Two bodies: the pair of caps whose sweeps together cover the silhouette best, when that beats
 the best single cap. Where one body hides part of the other's cap, the cap is completed with the
@@ -36,6 +39,7 @@ its depth.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -45,9 +49,8 @@ from scipy.ndimage import binary_dilation, binary_fill_holes, label
 from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, silhouette
 from cad.sandbox import ExecOptions, Geometry, SandboxPool
 from decoding.primitives import PLANES, SIZE, _render_fit, _stretched, _vector
-from reward.score import RenderTarget
+from reward.score import RenderTarget, drawn_lines
 
-LINE = 60  # a pixel darker than this in every channel is a drawn edge
 SIZE_PX = 448  # the image is read at this size (GenCAD's)
 SWEEP_FACTOR = 4  # the sweep search runs on masks this many times smaller
 CAPS = 6  # the largest planar face regions tried as a cap
@@ -62,10 +65,11 @@ MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candi
 PRISMS = 3  # the best (region, axis) pairs written as candidates
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
 DEPTH_STEPS = 13  # depths tried, evenly spaced in log
-MIN_BOSS = 100  # holes of the cap of fewer pixels hold no boss
-MAX_BOSSES = 4  # bosses stood on one cap, at most
-MIN_WALL = 2  # a top swept fewer pixels than this to cover its hole is a shallow pocket's floor (or flush): no boss
-BOSS_STEPS = 7  # boss heights tried, evenly spaced in log around the sweep's
+MIN_INNER = 100  # holes of the cap of fewer pixels hold no boss or pocket
+MAX_INNER = 4  # bosses stood on one cap, or pockets cut into it, at most
+MIN_WALL = 2  # a boss's top or a pocket's floor swept fewer pixels than this to cover its hole is flush with the cap
+OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
+INNER_STEPS = 7  # boss heights or pocket depths tried, evenly spaced in log around the sweep's
 UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise)
 UNION_FIRSTS = 3  # the best single caps tried as the first of two
 UNION_STEPS = 21  # places along the view direction tried for the second body, twice (coarse, then fine)
@@ -97,7 +101,7 @@ def plane_basis(axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def face_regions(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     """Labels of the grey regions the drawn lines enclose (4-connected, so a 1-pixel line of any
     slope separates them) and their count."""
-    grey = silhouette(pixels) & ~(pixels[..., :3] < LINE).all(-1)
+    grey = silhouette(pixels) & ~drawn_lines(pixels)
     return label(grey)
 
 
@@ -194,13 +198,18 @@ def _circle(points: np.ndarray) -> tuple[float, float, float] | None:
     return float(cx), float(cy), float(r)
 
 
+def _to_plane(axis: int) -> np.ndarray:
+    """The map of screen offsets to the (u, v) coordinates of ``axis``'s sketch plane."""
+    x_dir, y_dir, _ = plane_basis(axis)
+    return np.linalg.inv(np.column_stack([screen_vector(x_dir), screen_vector(y_dir)]))
+
+
 def profile(cap: Cap, hidden: np.ndarray | None = None) -> tuple[Loop, list[Loop]]:
     """The cap's outline and holes in its sketch plane's (u, v) coordinates, in pixels: contours
     of the region grown by one pixel (half a drawn line each side), unprojected from the screen
     and simplified; contour pixels in ``hidden`` (where another body hides the cap) do not count
     when testing for a circle."""
-    x_dir, y_dir, _ = plane_basis(cap.axis)
-    to_plane = np.linalg.inv(np.column_stack([screen_vector(x_dir), screen_vector(y_dir)]))
+    to_plane = _to_plane(cap.axis)
     grown = binary_dilation(cap.region, np.ones((3, 3), bool)).astype(np.uint8)
     contours, hierarchy = cv2.findContours(grown, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     outer = max((i for i in range(len(contours)) if hierarchy[0][i][3] < 0), key=lambda i: cv2.contourArea(contours[i]))
@@ -244,13 +253,15 @@ def _loop(loop: Loop, scale: float, centre: np.ndarray) -> str:
 @dataclasses.dataclass(frozen=True)
 class Body:
     """One extruded sketch, in pixel units: its cap lies in the plane through ``shift`` with the
-    normal of ``axis`` (``plane_basis``), the prism extends ``depth`` behind it."""
+    normal of ``axis`` (``plane_basis``), the prism extends ``depth`` behind it; ``cut`` bodies
+    are cut from the bodies before them, the others joined to them."""
 
     axis: int
     outline: Loop
     holes: tuple[Loop, ...]
     depth: float
     shift: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    cut: bool = False
 
     def corners(self) -> np.ndarray:
         x_dir, y_dir, normal = plane_basis(self.axis)
@@ -260,9 +271,10 @@ class Body:
 
 
 def program(bodies: list[Body], normalise: bool = True) -> str:
-    """The GenCAD program of the union of ``bodies`` (one sketch each), centred at the origin and
-    scaled so its largest side is ``SIZE`` (as they are, in pixel units, without ``normalise``)."""
-    corners = np.concatenate([b.corners() for b in bodies])
+    """The GenCAD program of ``bodies`` (one sketch each; the first joined to nothing), centred at
+    the origin and scaled so the largest side of what is joined is ``SIZE`` (as they are, in pixel
+    units, without ``normalise``)."""
+    corners = np.concatenate([b.corners() for b in bodies if not b.cut])
     lo, hi = corners.min(0), corners.max(0)
     scale, centre = (SIZE / (hi - lo).max(), (lo + hi) / 2) if normalise else (1.0, np.zeros(3))
     lines, n_loop = ["import cadquery as cq"], 0
@@ -276,7 +288,7 @@ def program(bodies: list[Body], normalise: bool = True) -> str:
             names.append(f"loop{n_loop}")
             n_loop += 1
         lines.append(f"solid{i}=wp_sketch{i}" + "".join(f".add({n})" for n in names) + f".extrude({b.depth * scale:.6g})")
-        lines.append("solid=solid0" if i == 0 else f"solid=solid.union(solid{i})")
+        lines.append("solid=solid0" if i == 0 else f"solid=solid.{'cut' if b.cut else 'union'}(solid{i})")
     return "\n".join(lines) + "\n"
 
 
@@ -412,68 +424,128 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     return program([a, b])
 
 
-def _boss_tops(cap: Cap, regions: list[np.ndarray], flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """(hole, top, sweep steps) of each boss standing on ``cap``, largest top first (at most
-    ``MAX_BOSSES``). A boss hides a patch of the cap, so the cap region's ``flat`` pixels have a
-    hole there, or a dent where the boss stands at its edge (a part of their convex hull outside
-    them); the boss's top is one of the planar ``regions`` in that hole which, swept towards the
-    cap, covers the hole (the walls below it, at least ``MIN_WALL`` pixels: a shallow pocket's
-    floor fills its hole as well, swept a pixel or none). Each hole's largest such top is taken. (Only the
+class Inner(NamedTuple):
+    """A face seen through a hole of the cap: a boss's top or a pocket's floor."""
+
+    hole: np.ndarray  # the hole (or dent) of the cap's flat pixels
+    face: np.ndarray  # the planar region inside it
+    steps: int  # screen steps the face was swept to cover the hole
+
+
+def _inner_faces(cap: Cap, regions: list[np.ndarray], flat: np.ndarray, sign: int) -> list[Inner]:
+    """The boss tops (``sign`` -1) or the pocket floors (+1) seen through the holes of ``cap``,
+    largest first (at most ``MAX_INNER``). A boss hides a patch of the cap, so the cap region's
+    ``flat`` pixels have a hole there, or a dent where the boss stands at its edge (a part of
+    their convex hull outside them); the boss's top is one of the planar ``regions`` in that hole
+    which, swept towards the cap (down its normal), covers the hole. A pocket's opening is a hole
+    too, and its floor, swept up the normal to the cap, covers it (the floor's holes filled, or its
+    convex hull: a hole through the floor that the pocket's wall hides in part is a dent in it). Either sweep must be at least
+    ``MIN_WALL`` pixels: a face that covers its hole swept a pixel or none is flush with the cap,
+    or a shallow pocket's floor seen as a boss. Each hole's largest such face is taken. (Only the
     flat pixels count: a cylinder's shaded wall joins the cap's region, no line drawn where its
     outline meets the cap.)"""
-    direction = screen_vector(-plane_basis(cap.axis)[2])
+    direction = screen_vector(sign * plane_basis(cap.axis)[2])
     cap_flat = cap.region & flat
     holes, count = label(_hull(cap_flat) & ~cap_flat)
-    tops = []
+    found = []
     for hole in (holes == i for i in range(1, count + 1)):
-        if hole.sum() < MIN_BOSS:
+        if hole.sum() < MIN_INNER:
             continue
-        inside = [(hole, region, steps) for region in regions if (region & hole).sum() >= 0.9 * region.sum()
-                  for fit, steps, _ in [sweep(binary_fill_holes(region), hole, direction)] if fit >= MIN_FIT and steps >= MIN_WALL]
+        inside = [Inner(hole, region, steps) for region in regions if (region & hole).sum() >= 0.9 * region.sum()
+                  for shape in ([binary_fill_holes(region)] + ([_hull(region)] if sign > 0 else []))
+                  for fit, steps, _ in [sweep(shape, hole, direction)]
+                  if fit >= MIN_FIT and steps >= MIN_WALL]
         if inside:
-            tops.append(max(inside, key=lambda t: int(t[1].sum())))
-    return sorted(tops, key=lambda t: -int(t[1].sum()))[:MAX_BOSSES]
+            found.append(max(inside, key=lambda t: int(t.face.sum())))
+    return sorted(found, key=lambda t: -int(t.face.sum()))[:MAX_INNER]
 
 
-def _bossed(cap: Cap, body: Body, tops: list[tuple[np.ndarray, np.ndarray, int]], pool: SandboxPool,
-            target: RenderTarget, objective: dict[str, float]) -> str | None:
-    """``body`` (the prism of ``cap``) with its holes filled and the bosses of ``tops``
-    (``_boss_tops``) standing there: each top's outline, unprojected onto the cap's plane, is a
-    boss's sketch, moved along the view direction (which keeps it in place on the screen) until
-    the boss stands on the cap. The heights start at the sweeps' and are fit by ``objective`` on
-    the executed union one boss at a time, largest first (the others at their heights so far);
-    then the cap's depth is fit again with the bosses in place."""
-    normal = plane_basis(body.axis)[2]
-    filled = cap.region | np.logical_or.reduce([hole for hole, _, _ in tops])
-    base_outline, base_holes = profile(dataclasses.replace(cap, region=filled))
-    base = dataclasses.replace(body, outline=base_outline, holes=tuple(base_holes))
-    along = np.asarray(VIEW_DIR) / (np.asarray(VIEW_DIR) @ normal)  # a move along the view that raises by 1
-    sketches = [profile(Cap(region, body.axis, 0.0)) for _, region, _ in tops]
+def _fill_holes(cap: Cap, body: Body, inner: list[Inner]) -> Body:
+    """``body`` (the prism of ``cap``) with the holes of ``inner`` filled."""
+    outline, holes = profile(dataclasses.replace(cap, region=cap.region | np.logical_or.reduce([t.hole for t in inner])))
+    return dataclasses.replace(body, outline=outline, holes=tuple(holes))
 
-    def boss(k: int, height: float) -> Body:
-        outline, holes = sketches[k]
-        return Body(body.axis, outline, tuple(holes), height, tuple(height * along))
 
-    heights = [max(steps / np.abs(screen_vector(normal)).max(), 1.0) for _, _, steps in tops]
-    for k, start in enumerate(heights):
-        def score(height: float) -> float:
-            g = _execute([base] + [boss(j, height if j == k else h) for j, h in enumerate(heights)], pool)
+def _fit_one_by_one(bodies, starts: list[float], axis: int, pool: SandboxPool, target: RenderTarget,
+                    objective: dict[str, float]) -> list[float]:
+    """The lengths for ``bodies(lengths)`` (a list of bodies to execute) fit by ``objective`` one
+    at a time, from ``starts``, each over ``INNER_STEPS`` evenly spaced in log (the others at
+    their lengths so far)."""
+    lengths = list(starts)
+    for k, start in enumerate(starts):
+        def score(length: float) -> float:
+            g = _execute(bodies([length if j == k else x for j, x in enumerate(lengths)]), pool)
             return -np.inf if g is None else _render_fit(g, target, objective)
 
-        span = _span(start, body.axis)
-        heights[k] = _best(start * np.exp(np.linspace(-span, span, BOSS_STEPS)), score)
-    bosses = [boss(k, h) for k, h in enumerate(heights)]
-    g_base, g_bosses = _execute(base, pool), _execute(bosses, pool)
+        span = _span(start, axis)
+        lengths[k] = _best(start * np.exp(np.linspace(-span, span, INNER_STEPS)), score)
+    return lengths
+
+
+def _pixels_along(steps: int, axis: int) -> float:
+    """Screen steps of a sweep along ``axis`` as a length in pixels along it (at least 1)."""
+    return max(steps / np.abs(screen_vector(plane_basis(axis)[2])).max(), 1.0)
+
+
+def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
+            target: RenderTarget, objective: dict[str, float]) -> str | None:
+    """``body`` (the prism of ``cap``) with its holes filled and the bosses of ``tops``
+    (``_inner_faces``) standing there: each top's outline, unprojected onto the cap's plane, is a
+    boss's sketch, moved along the view direction (which keeps it in place on the screen) until
+    the boss stands on the cap. The heights start at the sweeps' and are fit by ``objective`` on
+    the executed union one boss at a time, largest first; then the cap's depth is fit again with
+    the bosses in place."""
+    base = _fill_holes(cap, body, tops)
+    along = _along(body.axis)
+    sketches = [profile(Cap(t.face, body.axis, 0.0)) for t in tops]
+
+    def bosses(heights: list[float]) -> list[Body]:
+        return [Body(body.axis, outline, tuple(holes), h, tuple(h * along)) for (outline, holes), h in zip(sketches, heights)]
+
+    heights = _fit_one_by_one(lambda hs: [base, *bosses(hs)], [_pixels_along(t.steps, body.axis) for t in tops],
+                              body.axis, pool, target, objective)
+    g_base, g_bosses = _execute(base, pool), _execute(bosses(heights), pool)
     if g_base is None or g_bosses is None:
         return None
     base = _fit_depth(base, g_base, target, objective, g_bosses)  # the base's depth was fit with holes where the bosses stand
-    return program([base, *bosses])
+    return program([base, *bosses(heights)])
+
+
+def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
+              target: RenderTarget, objective: dict[str, float]) -> str:
+    """``body`` (the prism of ``cap``) with its holes filled and the pockets of ``floors``
+    (``_inner_faces``) cut into its cap: a pocket's opening is its hole, cut to the depth that
+    fits the render best (from the sweep's, one pocket at a time, largest first); the holes of a
+    floor are cut through the rest of the body, from the floor down (their outline is seen on the
+    floor, so their sketch is moved along the view direction down to it). Each cut starts
+    ``OVERCUT`` above the face it opens, so that the numbers' rounding leaves no film over it."""
+    base = _fill_holes(cap, body, floors)
+    along, up = _along(body.axis), OVERCUT * plane_basis(body.axis)[2]
+    rim = binary_dilation(cap.region, np.ones((3, 3), bool))
+    openings = [profile(Cap(t.hole & ~rim, body.axis, 0.0))[0] for t in floors]
+    through = [profile(Cap(t.face, body.axis, 0.0))[1] for t in floors]
+
+    def cuts(depths: list[float]) -> list[Body]:
+        pockets = [Body(body.axis, o, (), d + OVERCUT, tuple(up), cut=True) for o, d in zip(openings, depths)]
+        return pockets + [Body(body.axis, h, (), body.depth + OVERCUT, tuple(up - d * along), cut=True)
+                          for loops, d in zip(through, depths) for h in loops]
+
+    depths = _fit_one_by_one(lambda ds: [base, *cuts(ds)], [_pixels_along(t.steps, body.axis) for t in floors],
+                             body.axis, pool, target, objective)
+    return program([base, *cuts(depths)])
+
+
+def _along(axis: int) -> np.ndarray:
+    """A move along the view direction (which keeps a point in place on the screen) that raises
+    a point by 1 along ``axis``'s normal."""
+    return np.asarray(VIEW_DIR) / (np.asarray(VIEW_DIR) @ plane_basis(axis)[2])
 
 
 def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: dict[str, float]) -> list[str]:
     """Prism programs read off ``image``: for each of the ``PRISMS`` best caps whose sweep fits
     the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
-    the first such cap with bosses standing in its holes (``_boss_tops``), with the bosses; then the
+    the first such cap with bosses standing in its holes, with the bosses, and the first with pockets
+    seen through its holes, with the pockets (``_inner_faces``); then the
     union of two prisms, when two caps cover the silhouette clearly better than one."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
@@ -481,10 +553,11 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     regions, flat = planar_regions(pixels), flat_pixels(pixels)
     caps = find_caps(pixels, regions)
     out: list[str] = []
-    bossed = None
+    bossed = pocketed = None
     for i, cap in enumerate([c for c in caps if c.fit >= MIN_FIT]):
-        tops = _boss_tops(cap, regions, flat) if bossed is None else []
-        if i >= PRISMS and not tops:
+        tops = _inner_faces(cap, regions, flat, -1) if bossed is None else []
+        floors = _inner_faces(cap, regions, flat, +1) if pocketed is None else []
+        if i >= PRISMS and not tops and not floors:
             continue
         body, _ = _body(cap, filled)
         g = _execute(body, pool)
@@ -497,8 +570,9 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
                 out.append(program([dataclasses.replace(body, holes=())]))
         if tops:
             bossed = _bossed(cap, body, tops, pool, target, objective)
-    if bossed is not None:
-        out.append(bossed)
+        if floors:
+            pocketed = _pocketed(cap, body, floors, pool, target, objective)
+    out += [c for c in (bossed, pocketed) if c is not None]
     if caps:
         union = _union(caps, pixels, regions, filled, pool, target, objective)
         if union is not None:

@@ -75,14 +75,14 @@ def _nonzero_number(text: str) -> bool:
         return False
 
 
-def _lines(img: np.ndarray) -> np.ndarray:
+def drawn_lines(img: np.ndarray) -> np.ndarray:
     """The drawn edges of a render: its near-black pixels (every channel below 60)."""
     a = np.asarray(img)
     return (a[..., 0] < 60) & (a[..., 1] < 60) & (a[..., 2] < 60)  # a channel at a time: about 9x faster than .all(-1)
 
 
 def _edges(lines: np.ndarray) -> np.ndarray:
-    """The drawn edges (``_lines``) dilated by one pixel."""
+    """The drawn edges (``drawn_lines``) dilated by one pixel."""
     out = lines.copy()
     out[1:] |= lines[:-1]
     out[:-1] |= lines[1:]
@@ -150,7 +150,7 @@ class RenderTarget:
         if isinstance(image, cls):
             return image
         pixels = np.asarray(image.convert("RGB"))
-        lines = _lines(pixels)
+        lines = drawn_lines(pixels)
         grey = None
         if critic is not None:
             from reward.critic import grey as to_grey
@@ -174,7 +174,7 @@ def compare_render(ours: np.ndarray, target: RenderTarget) -> dict:
     from cad.render import silhouette
     from decoding.retrieval import embed
 
-    lines = _lines(ours)
+    lines = drawn_lines(ours)
     terms = {"silhouette": mask_iou(target.silhouette, silhouette(ours)),
              "edges": mask_iou(target.edges, _edges(lines)),
              "edges_coarse": mask_iou(target.coarse, _coarse(lines)),

@@ -422,14 +422,30 @@ def test_prisms_stand_a_boss_in_each_hole_of_the_cap(pool):
     assert iou[bossed[0]] > 0.85 and iou[bossed[0]] > max(iou.values()) - 1e-9, iou
 
 
+def test_prisms_cut_a_pocket_with_a_hole_in_its_floor_into_the_cap(pool):
+    """A pocket in a thick plate opens a hole in the plate's cap with its floor inside: the pocket
+    candidate cuts it back to the depth of the render, and the hole seen in the floor through."""
+    truth = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=wp0.add(wp0.moveTo(0,0).lineTo(1.4,0).lineTo(1.4,1.0).lineTo(0,1.0).close()).extrude(0.3)\n"
+             "wp1=cq.Workplane(cq.Plane(cq.Vector(0.3,0.25,0.3),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=solid.cut(wp1.add(wp1.moveTo(0,0).lineTo(0.7,0).lineTo(0.7,0.5).lineTo(0,0.5).close()).extrude(-0.15))\n"
+             "wp2=cq.Workplane(cq.Plane(cq.Vector(0.5,0.62,0.15),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=solid.cut(wp2.add(wp2.moveTo(0,0).circle(0.1)).extrude(-0.15))\n")
+    iou = _prism_ious(pool, truth)
+    pocketed = [c for c in iou if ".cut(" in c]
+    assert len(pocketed) == 1 and pocketed[0].count(".cut(") == 2 and pocketed[0].count(".circle(") == 1, iou
+    assert pool.run(pocketed[0], ExecOptions(want_geometry=True)).n_solids == 1
+    assert iou[pocketed[0]] > 0.9 and iou[pocketed[0]] > max(iou.values()) - 1e-9, iou
+
+
 def test_the_flat_part_of_a_half_shaded_region_is_a_planar_region():
     """A planar face that meets a curved one along an edge drawn too faintly to part them (one
     region, half flat grey, half shaded) still gives its flat half as a region."""
     from cad.render import GENCAD_STYLE
-    from decoding.prism import LINE, planar_regions
+    from decoding.prism import planar_regions
 
     pixels = np.full((448, 448, 3), 255, np.uint8)
-    pixels[100:300, 100:300] = LINE - 20  # the outline, drawn
+    pixels[100:300, 100:300] = 40  # the outline, drawn (below 60 in every channel)
     pixels[102:298, 102:200] = GENCAD_STYLE.face_rgb  # the planar face
     pixels[102:298, 200:298] = np.array(GENCAD_STYLE.face_rgb) + 25  # the curved face's shading, no line between
     regions = planar_regions(pixels)
