@@ -69,6 +69,8 @@ MIN_INNER = 100  # holes of the cap of fewer pixels hold no boss or pocket
 MAX_INNER = 4  # bosses stood on one cap, or pockets cut into it, at most
 MIN_WALL = 2  # a boss's top or a pocket's floor swept fewer pixels than this to cover its hole is flush with the cap
 OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
+MIN_FLOOR = 0.5  # a pocket stops at least this many pixels above the bottom of its prism
+LEVEL_TOLERANCE = 0.01  # a point within this many pixels of a pocket's floor plane lies on it
 INNER_STEPS = 7  # boss heights or pocket depths tried, evenly spaced in log around the sweep's
 UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise)
 UNION_FIRSTS = 3  # the best single caps tried as the first of two
@@ -439,7 +441,8 @@ def _inner_faces(cap: Cap, regions: list[np.ndarray], flat: np.ndarray, sign: in
     their convex hull outside them); the boss's top is one of the planar ``regions`` in that hole
     which, swept towards the cap (down its normal), covers the hole. A pocket's opening is a hole
     too, and its floor, swept up the normal to the cap, covers it (the floor's holes filled, or its
-    convex hull: a hole through the floor that the pocket's wall hides in part is a dent in it). Either sweep must be at least
+    convex hull: a hole through the floor that the pocket's wall hides in part is a dent in it),
+    and better than swept down (a thin boss's top covers its hole either way). Either sweep must be at least
     ``MIN_WALL`` pixels: a face that covers its hole swept a pixel or none is flush with the cap,
     or a shallow pocket's floor seen as a boss. Each hole's largest such face is taken. (Only the
     flat pixels count: a cylinder's shaded wall joins the cap's region, no line drawn where its
@@ -454,7 +457,8 @@ def _inner_faces(cap: Cap, regions: list[np.ndarray], flat: np.ndarray, sign: in
         inside = [Inner(hole, region, steps) for region in regions if (region & hole).sum() >= 0.9 * region.sum()
                   for shape in ([binary_fill_holes(region)] + ([_hull(region)] if sign > 0 else []))
                   for fit, steps, _ in [sweep(shape, hole, direction)]
-                  if fit >= MIN_FIT and steps >= MIN_WALL]
+                  if fit >= MIN_FIT and steps >= MIN_WALL
+                  and (sign < 0 or fit > sweep(shape, hole, -direction)[0])]
         if inside:
             found.append(max(inside, key=lambda t: int(t.face.sum())))
     return sorted(found, key=lambda t: -int(t.face.sum()))[:MAX_INNER]
@@ -466,30 +470,14 @@ def _fill_holes(cap: Cap, body: Body, inner: list[Inner]) -> Body:
     return dataclasses.replace(body, outline=outline, holes=tuple(holes))
 
 
-def _fit_one_by_one(bodies, starts: list[float], axis: int, pool: SandboxPool, target: RenderTarget,
-                    objective: dict[str, float]) -> list[float]:
-    """The lengths for ``bodies(lengths)`` (a list of bodies to execute) fit by ``objective`` one
-    at a time, from ``starts``, each over ``INNER_STEPS`` evenly spaced in log (the others at
-    their lengths so far)."""
-    lengths = list(starts)
-    for k, start in enumerate(starts):
-        def score(length: float) -> float:
-            g = _execute(bodies([length if j == k else x for j, x in enumerate(lengths)]), pool)
-            return -np.inf if g is None else _render_fit(g, target, objective)
-
-        span = _span(start, axis)
-        lengths[k] = _best(start * np.exp(np.linspace(-span, span, INNER_STEPS)), score)
-    return lengths
-
-
 def _pixels_along(steps: int, axis: int) -> float:
     """Screen steps of a sweep along ``axis`` as a length in pixels along it (at least 1)."""
     return max(steps / np.abs(screen_vector(plane_basis(axis)[2])).max(), 1.0)
 
 
 def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
-            target: RenderTarget, objective: dict[str, float]) -> str | None:
-    """``body`` (the prism of ``cap``) with its holes filled and the bosses of ``tops``
+            target: RenderTarget, objective: dict[str, float]) -> list[Body] | None:
+    """``body`` (the prism of ``cap``) with its holes filled, then the bosses of ``tops``
     (``_inner_faces``) standing there: each top's outline, unprojected onto the cap's plane, is a
     boss's sketch, moved along the view direction (which keeps it in place on the screen) until
     the boss stands on the cap. The heights start at the sweeps' and are fit by ``objective`` on
@@ -502,37 +490,72 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
     def bosses(heights: list[float]) -> list[Body]:
         return [Body(body.axis, outline, tuple(holes), h, tuple(h * along)) for (outline, holes), h in zip(sketches, heights)]
 
-    heights = _fit_one_by_one(lambda hs: [base, *bosses(hs)], [_pixels_along(t.steps, body.axis) for t in tops],
-                              body.axis, pool, target, objective)
+    heights = [_pixels_along(t.steps, body.axis) for t in tops]
+    for k, start in enumerate(list(heights)):
+        def score(height: float) -> float:
+            g = _execute([base, *bosses([height if j == k else h for j, h in enumerate(heights)])], pool)
+            return -np.inf if g is None else _render_fit(g, target, objective)
+
+        span = _span(start, body.axis)
+        heights[k] = _best(start * np.exp(np.linspace(-span, span, INNER_STEPS)), score)
     g_base, g_bosses = _execute(base, pool), _execute(bosses(heights), pool)
     if g_base is None or g_bosses is None:
         return None
     base = _fit_depth(base, g_base, target, objective, g_bosses)  # the base's depth was fit with holes where the bosses stand
-    return program([base, *bosses(heights)])
+    return [base, *bosses(heights)]
 
 
 def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
-              target: RenderTarget, objective: dict[str, float]) -> str:
-    """``body`` (the prism of ``cap``) with its holes filled and the pockets of ``floors``
+              target: RenderTarget, objective: dict[str, float]) -> list[Body] | None:
+    """``body`` (the prism of ``cap``) with its holes filled, then the pockets of ``floors``
     (``_inner_faces``) cut into its cap: a pocket's opening is its hole, cut to the depth that
-    fits the render best (from the sweep's, one pocket at a time, largest first); the holes of a
-    floor are cut through the rest of the body, from the floor down (their outline is seen on the
-    floor, so their sketch is moved along the view direction down to it). Each cut starts
-    ``OVERCUT`` above the face it opens, so that the numbers' rounding leaves no film over it."""
+    fits the render best (``INNER_STEPS`` around the sweep's, one pocket at a time, largest first,
+    on one executed mesh whose floor is moved: ``_deepened``); the holes of a floor are cut
+    through the rest of the body, from the floor down (their outline is seen on the floor, so their
+    sketch is moved along the view direction down to the floor's start depth, and stays there
+    across the fit as the floor moves). Each cut starts ``OVERCUT`` above the
+    face it opens, so that the numbers' rounding leaves no film over it."""
     base = _fill_holes(cap, body, floors)
     along, up = _along(body.axis), OVERCUT * plane_basis(body.axis)[2]
     rim = binary_dilation(cap.region, np.ones((3, 3), bool))
     openings = [profile(Cap(t.hole & ~rim, body.axis, 0.0))[0] for t in floors]
     through = [profile(Cap(t.face, body.axis, 0.0))[1] for t in floors]
 
-    def cuts(depths: list[float]) -> list[Body]:
-        pockets = [Body(body.axis, o, (), d + OVERCUT, tuple(up), cut=True) for o, d in zip(openings, depths)]
-        return pockets + [Body(body.axis, h, (), body.depth + OVERCUT, tuple(up - d * along), cut=True)
-                          for loops, d in zip(through, depths) for h in loops]
+    deepest, normal = body.depth - MIN_FLOOR, plane_basis(body.axis)[2]
+    starts = [min(_pixels_along(t.steps, body.axis), deepest) for t in floors]
 
-    depths = _fit_one_by_one(lambda ds: [base, *cuts(ds)], [_pixels_along(t.steps, body.axis) for t in floors],
-                             body.axis, pool, target, objective)
-    return program([base, *cuts(depths)])
+    def cuts(depths: list[float]) -> list[Body]:  # a floor's holes stay where they are seen at its start depth
+        pockets = [Body(body.axis, o, (), d + OVERCUT, tuple(up), cut=True) for o, d in zip(openings, depths)]
+        return pockets + [Body(body.axis, h, (), body.depth + OVERCUT, tuple(up - s * along + (s - d) * normal), cut=True)
+                          for loops, s, d in zip(through, starts, depths) for h in loops]
+
+    depths = list(starts)
+    g = _execute([base, *cuts(depths)], pool)
+    if g is None:
+        return None
+    for k, start in enumerate(starts):
+        span = _span(start, body.axis)
+        tried = np.minimum(start * np.exp(np.linspace(-span, span, INNER_STEPS)), deepest)
+        best = _best(tried, lambda d: _render_fit(_deepened(g, body.axis, openings[k], start, d), target, objective))
+        g, depths[k] = _deepened(g, body.axis, openings[k], start, best), best
+    return [base, *cuts(depths)]
+
+
+def _deepened(g: Geometry, axis: int, opening: Loop, depth: float, to: float) -> Geometry:
+    """``g`` (executed in pixel units, the cap's plane at 0 along ``axis``) with its vertices and
+    edge points at ``depth`` below the cap inside ``opening``'s bounds moved to ``to`` below it:
+    a pocket's floor, with the feet of its walls and the tops of the holes through it, moved to
+    another depth (the walls are prisms along the axis, so this is the pocket at that depth)."""
+    x_dir, y_dir, normal = plane_basis(axis)
+    lo, hi = _bounds(opening)
+
+    def moved(points: np.ndarray) -> np.ndarray:
+        p = np.array(points, dtype=float)
+        u, v, w = p @ x_dir, p @ y_dir, p @ normal
+        floor = (np.abs(w + depth) < LEVEL_TOLERANCE) & (u > lo[0] - 1) & (u < hi[0] + 1) & (v > lo[1] - 1) & (v < hi[1] + 1)
+        return p + (floor * (depth - to))[..., None] * normal
+
+    return dataclasses.replace(g, vertices=moved(g.vertices), edges=moved(g.edges))
 
 
 def _along(axis: int) -> np.ndarray:
@@ -545,15 +568,16 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     """Prism programs read off ``image``: for each of the ``PRISMS`` best caps whose sweep fits
     the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
     the first such cap with bosses standing in its holes, with the bosses, and the first with pockets
-    seen through its holes, with the pockets (``_inner_faces``); then the
-    union of two prisms, when two caps cover the silhouette clearly better than one."""
+    seen through its holes, with the pockets (``_inner_faces``), and both when that is one cap
+    (in holes apart); then the union of two prisms, when two caps cover the silhouette clearly
+    better than one."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     filled = binary_fill_holes(silhouette(pixels))
     regions, flat = planar_regions(pixels), flat_pixels(pixels)
     caps = find_caps(pixels, regions)
     out: list[str] = []
-    bossed = pocketed = None
+    bossed = pocketed = None  # (cap, its inner faces, the bodies: the cap's prism first)
     for i, cap in enumerate([c for c in caps if c.fit >= MIN_FIT]):
         tops = _inner_faces(cap, regions, flat, -1) if bossed is None else []
         floors = _inner_faces(cap, regions, flat, +1) if pocketed is None else []
@@ -569,10 +593,15 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
             if body.holes:
                 out.append(program([dataclasses.replace(body, holes=())]))
         if tops:
-            bossed = _bossed(cap, body, tops, pool, target, objective)
+            bodies = _bossed(cap, body, tops, pool, target, objective)
+            bossed = None if bodies is None else (cap, tops, bodies)
         if floors:
-            pocketed = _pocketed(cap, body, floors, pool, target, objective)
-    out += [c for c in (bossed, pocketed) if c is not None]
+            bodies = _pocketed(cap, body, floors, pool, target, objective)
+            pocketed = None if bodies is None else (cap, floors, bodies)
+    out += [program(bodies) for _, _, bodies in filter(None, (bossed, pocketed))]
+    if bossed and pocketed and bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in bossed[1] for f in pocketed[1]):
+        cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
+        out.append(program([_fill_holes(cap, base, tops + pocketed[1]), *bosses, *pocketed[2][1:]]))
     if caps:
         union = _union(caps, pixels, regions, filled, pool, target, objective)
         if union is not None:

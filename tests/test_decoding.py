@@ -438,6 +438,43 @@ def test_prisms_cut_a_pocket_with_a_hole_in_its_floor_into_the_cap(pool):
     assert iou[pocketed[0]] > 0.9 and iou[pocketed[0]] > max(iou.values()) - 1e-9, iou
 
 
+def test_prisms_stand_bosses_and_cut_pockets_on_one_cap(pool):
+    """A block standing on a plate and a pocket cut into it beside the block: one candidate has
+    both on the plate's prism."""
+    truth = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=wp0.add(wp0.moveTo(0,0).lineTo(1.4,0).lineTo(1.4,1.0).lineTo(0,1.0).close()).extrude(0.25)\n"
+             "wp1=cq.Workplane(cq.Plane(cq.Vector(0.15,0.3,0.25),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=solid.union(wp1.add(wp1.moveTo(0,0).lineTo(0.4,0).lineTo(0.4,0.4).lineTo(0,0.4).close()).extrude(0.15))\n"
+             "wp2=cq.Workplane(cq.Plane(cq.Vector(0.8,0.25,0.25),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+             "solid=solid.cut(wp2.add(wp2.moveTo(0,0).lineTo(0.45,0).lineTo(0.45,0.5).lineTo(0,0.5).close()).extrude(-0.12))\n")
+    iou = _prism_ious(pool, truth)
+    both = [c for c in iou if ".union(" in c and ".cut(" in c]
+    assert len(both) == 1 and pool.run(both[0], ExecOptions(want_geometry=True)).n_solids == 1, iou
+    assert iou[both[0]] > 0.9 and iou[both[0]] > max(iou.values()) - 1e-9, iou
+
+
+def test_a_pockets_moved_floor_is_the_pocket_cut_to_that_depth(pool):
+    """The pocket depth fit moves the floor of one executed mesh (``_deepened``): the result is the
+    mesh CadQuery makes at that depth, walls, the hole through the floor and drawn edges included."""
+    import trimesh
+
+    from cad.render import render_geometry
+    from decoding.prism import Body, _deepened, _execute
+
+    base = Body(2, np.array([[0.0, 0.0], [120.0, 0.0], [120.0, 80.0], [0.0, 80.0]]), (), 30.0)
+    opening = np.array([[20.0, 20.0], [70.0, 20.0], [70.0, 60.0], [20.0, 60.0]])
+
+    def pocket(depth: float) -> list[Body]:
+        return [base, Body(2, opening, (), depth + 1.0, (0.0, 0.0, 1.0), cut=True),
+                Body(2, (45.0, 40.0, 8.0), (), 31.0, (0.0, 0.0, 1.0 - depth), cut=True)]  # through the floor
+
+    moved, made = _deepened(_execute(pocket(10.0), pool), 2, opening, 10.0, 18.0), _execute(pocket(18.0), pool)
+    volume = [trimesh.Trimesh(g.vertices, g.triangles).volume for g in (moved, made)]
+    assert volume[0] == pytest.approx(volume[1], rel=1e-6) and volume[0] < 120 * 80 * 30 - 50 * 40 * 17
+    a, b = (render_geometry(g) for g in (moved, made))
+    assert (a != b).any(-1).mean() < 1e-3
+
+
 def test_the_flat_part_of_a_half_shaded_region_is_a_planar_region():
     """A planar face that meets a curved one along an edge drawn too faintly to part them (one
     region, half flat grey, half shaded) still gives its flat half as a region."""
