@@ -442,11 +442,11 @@ def _inner_faces(cap: Cap, regions: list[np.ndarray], flat: np.ndarray, sign: in
     which, swept towards the cap (down its normal), covers the hole. A pocket's opening is a hole
     too, and its floor, swept up the normal to the cap, covers it (the floor's holes filled, or its
     convex hull: a hole through the floor that the pocket's wall hides in part is a dent in it),
-    and better than swept down (a thin boss's top covers its hole either way). Either sweep must be at least
-    ``MIN_WALL`` pixels: a face that covers its hole swept a pixel or none is flush with the cap,
-    or a shallow pocket's floor seen as a boss. Each hole's largest such face is taken. (Only the
-    flat pixels count: a cylinder's shaded wall joins the cap's region, no line drawn where its
-    outline meets the cap.)"""
+    and better than swept down (a thin boss's top covers its hole either way). Either sweep must
+    be at least ``MIN_WALL`` pixels: a face that covers its hole swept a pixel or none is flush
+    with the cap, or a shallow pocket's floor seen as a boss. Each hole's largest such face is
+    taken. (Only the flat pixels count: a cylinder's shaded wall joins the cap's region, no line
+    drawn where its outline meets the cap.)"""
     direction = screen_vector(sign * plane_basis(cap.axis)[2])
     cap_flat = cap.region & flat
     holes, count = label(_hull(cap_flat) & ~cap_flat)
@@ -513,8 +513,9 @@ def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
     on one executed mesh whose floor is moved: ``_deepened``); the holes of a floor are cut
     through the rest of the body, from the floor down (their outline is seen on the floor, so their
     sketch is moved along the view direction down to the floor's start depth, and stays there
-    across the fit as the floor moves). Each cut starts ``OVERCUT`` above the
-    face it opens, so that the numbers' rounding leaves no film over it."""
+    across the fit as the floor moves), twice the body's depth long, so that they still go
+    through when the body is deepened (with bosses on the same cap). Each cut starts ``OVERCUT``
+    above the face it opens, so that the numbers' rounding leaves no film over it."""
     base = _fill_holes(cap, body, floors)
     along, up = _along(body.axis), OVERCUT * plane_basis(body.axis)[2]
     rim = binary_dilation(cap.region, np.ones((3, 3), bool))
@@ -526,7 +527,7 @@ def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
 
     def cuts(depths: list[float]) -> list[Body]:  # a floor's holes stay where they are seen at its start depth
         pockets = [Body(body.axis, o, (), d + OVERCUT, tuple(up), cut=True) for o, d in zip(openings, depths)]
-        return pockets + [Body(body.axis, h, (), body.depth + OVERCUT, tuple(up - s * along + (s - d) * normal), cut=True)
+        return pockets + [Body(body.axis, h, (), 2 * body.depth + OVERCUT, tuple(up - s * along + (s - d) * normal), cut=True)
                           for loops, s, d in zip(through, starts, depths) for h in loops]
 
     depths = list(starts)
