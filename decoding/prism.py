@@ -450,9 +450,10 @@ def _inner_faces(cap: Cap, regions: list[np.ndarray], flat: np.ndarray, sign: in
     direction = screen_vector(sign * plane_basis(cap.axis)[2])
     cap_flat = cap.region & flat
     holes, count = label(_hull(cap_flat) & ~cap_flat)
+    rim = _rim(cap) if sign > 0 else None
     found = []
     for hole in (holes == i for i in range(1, count + 1)):
-        if hole.sum() < MIN_INNER:
+        if hole.sum() < MIN_INNER or (rim is not None and not (hole & ~rim).any()):  # a pocket needs an opening to cut
             continue
         inside = [Inner(hole, region, steps) for region in regions if (region & hole).sum() >= 0.9 * region.sum()
                   for shape in ([binary_fill_holes(region)] + ([_hull(region)] if sign > 0 else []))
@@ -462,6 +463,12 @@ def _inner_faces(cap: Cap, regions: list[np.ndarray], flat: np.ndarray, sign: in
         if inside:
             found.append(max(inside, key=lambda t: int(t.face.sum())))
     return sorted(found, key=lambda t: -int(t.face.sum()))[:MAX_INNER]
+
+
+def _rim(cap: Cap) -> np.ndarray:
+    """The cap's region grown by a pixel (half a drawn line): a pocket's opening is its hole
+    outside it."""
+    return binary_dilation(cap.region, np.ones((3, 3), bool))
 
 
 def _fill_holes(cap: Cap, body: Body, inner: list[Inner]) -> Body:
@@ -518,7 +525,7 @@ def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
     above the face it opens, so that the numbers' rounding leaves no film over it."""
     base = _fill_holes(cap, body, floors)
     along, up = _along(body.axis), OVERCUT * plane_basis(body.axis)[2]
-    rim = binary_dilation(cap.region, np.ones((3, 3), bool))
+    rim = _rim(cap)
     openings = [profile(Cap(t.hole & ~rim, body.axis, 0.0))[0] for t in floors]
     through = [profile(Cap(t.face, body.axis, 0.0))[1] for t in floors]
 
