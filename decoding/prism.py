@@ -360,9 +360,8 @@ def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[st
 def _swept(region: np.ndarray, axis: int, filled: np.ndarray, base: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """(depth in pixels, swept mask): ``region`` (holes filled) swept along ``axis`` at full size
     to cover ``filled`` (what ``base`` covers already does not count)."""
-    direction = screen_vector(-plane_basis(axis)[2])
-    _, steps, swept = sweep(binary_fill_holes(region), filled, direction, base)
-    return max(steps / np.abs(direction).max(), 1.0), swept  # screen steps to pixels along the axis
+    _, steps, swept = sweep(binary_fill_holes(region), filled, screen_vector(-plane_basis(axis)[2]), base)
+    return _pixels_along(steps, axis), swept
 
 
 def _hull(region: np.ndarray) -> np.ndarray:
@@ -434,28 +433,36 @@ class Inner(NamedTuple):
     steps: int  # screen steps the face was swept to cover the hole
 
 
-def _inner_faces(cap: Cap, regions: list[np.ndarray], flat: np.ndarray, sign: int) -> list[Inner]:
-    """The boss tops (``sign`` -1) or the pocket floors (+1) seen through the holes of ``cap``,
-    largest first (at most ``MAX_INNER``). A boss hides a patch of the cap, so the cap region's
-    ``flat`` pixels have a hole there, or a dent where the boss stands at its edge (a part of
-    their convex hull outside them); the boss's top is one of the planar ``regions`` in that hole
-    which, swept towards the cap (down its normal), covers the hole. A pocket's opening is a hole
-    too, and its floor, swept up the normal to the cap, covers it (the floor's holes filled, or its
-    convex hull: a hole through the floor that the pocket's wall hides in part is a dent in it),
-    and better than swept down (a thin boss's top covers its hole either way). Either sweep must
-    be at least ``MIN_WALL`` pixels: a face that covers its hole swept a pixel or none is flush
-    with the cap, or a shallow pocket's floor seen as a boss. Each hole's largest such face is
-    taken. (Only the flat pixels count: a cylinder's shaded wall joins the cap's region, no line
-    drawn where its outline meets the cap.)"""
-    direction = screen_vector(sign * plane_basis(cap.axis)[2])
+def _cap_holes(cap: Cap, regions: list[np.ndarray], flat: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """The holes of ``cap`` that may hold a boss's top or a pocket's floor, each with the planar
+    ``regions`` inside it: the holes of the cap region's ``flat`` pixels, or their dents (the parts
+    of their convex hull outside them), of at least ``MIN_INNER`` pixels. (Only the flat pixels
+    count: a cylinder's shaded wall joins the cap's region, no line drawn where its outline meets
+    the cap.)"""
     cap_flat = cap.region & flat
     holes, count = label(_hull(cap_flat) & ~cap_flat)
+    return [(hole, [r for r in regions if (r & hole).sum() >= 0.9 * r.sum()])
+            for hole in (holes == i for i in range(1, count + 1)) if hole.sum() >= MIN_INNER]
+
+
+def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sign: int) -> list[Inner]:
+    """The boss tops (``sign`` -1) or the pocket floors (+1) seen through the ``holes`` of ``cap``
+    (``_cap_holes``), largest first (at most ``MAX_INNER``). A boss hides a patch of the cap, so
+    the cap has a hole there, or a dent where the boss stands at its edge; the boss's top is one of
+    the planar regions in that hole which, swept towards the cap (down its normal), covers the
+    hole. A pocket's opening is a hole too, and its floor, swept up the normal to the cap, covers
+    it (the floor's holes filled, or its convex hull: a hole through the floor that the pocket's
+    wall hides in part is a dent in it), and better than swept down (a thin boss's top covers its
+    hole either way). Either sweep must be at least ``MIN_WALL`` pixels: a face that covers its
+    hole swept a pixel or none is flush with the cap, or a shallow pocket's floor seen as a boss.
+    Each hole's largest such face is taken."""
+    direction = screen_vector(sign * plane_basis(cap.axis)[2])
     rim = _rim(cap) if sign > 0 else None
     found = []
-    for hole in (holes == i for i in range(1, count + 1)):
-        if hole.sum() < MIN_INNER or (rim is not None and not (hole & ~rim).any()):  # a pocket needs an opening to cut
+    for hole, regions in holes:
+        if rim is not None and not (hole & ~rim).any():  # a pocket needs an opening to cut
             continue
-        inside = [Inner(hole, region, steps) for region in regions if (region & hole).sum() >= 0.9 * region.sum()
+        inside = [Inner(hole, region, steps) for region in regions
                   for shape in ([binary_fill_holes(region)] + ([_hull(region)] if sign > 0 else []))
                   for fit, steps, _ in [sweep(shape, hole, direction)]
                   if fit >= MIN_FIT and steps >= MIN_WALL
@@ -524,12 +531,13 @@ def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
     through when the body is deepened (with bosses on the same cap). Each cut starts ``OVERCUT``
     above the face it opens, so that the numbers' rounding leaves no film over it."""
     base = _fill_holes(cap, body, floors)
-    along, up = _along(body.axis), OVERCUT * plane_basis(body.axis)[2]
+    normal = plane_basis(body.axis)[2]
+    along, up = _along(body.axis), OVERCUT * normal
     rim = _rim(cap)
     openings = [profile(Cap(t.hole & ~rim, body.axis, 0.0))[0] for t in floors]
     through = [profile(Cap(t.face, body.axis, 0.0))[1] for t in floors]
 
-    deepest, normal = body.depth - MIN_FLOOR, plane_basis(body.axis)[2]
+    deepest = body.depth - MIN_FLOOR
     starts = [min(_pixels_along(t.steps, body.axis), deepest) for t in floors]
 
     def cuts(depths: list[float]) -> list[Body]:  # a floor's holes stay where they are seen at its start depth
@@ -587,8 +595,9 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     out: list[str] = []
     bossed = pocketed = None  # (cap, its inner faces, the bodies: the cap's prism first)
     for i, cap in enumerate([c for c in caps if c.fit >= MIN_FIT]):
-        tops = _inner_faces(cap, regions, flat, -1) if bossed is None else []
-        floors = _inner_faces(cap, regions, flat, +1) if pocketed is None else []
+        holes = _cap_holes(cap, regions, flat) if bossed is None or pocketed is None else []
+        tops = _inner_faces(cap, holes, -1) if bossed is None else []
+        floors = _inner_faces(cap, holes, +1) if pocketed is None else []
         if i >= PRISMS and not tops and not floors:
             continue
         body, _ = _body(cap, filled)
