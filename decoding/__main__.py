@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--primitives", action="store_true",
                     help="rerank: add the box, L or U section, cylinder and tube fit to the image and the profile "
                          "prisms read off it as candidates (decoding.primitives, decoding.prism)")
+    ap.add_argument("--prisms", action="store_true",
+                    help="rerank: add the best cap's profile prism (with and without its holes, with its bosses or "
+                         "pockets) as candidates: the quick part of --primitives (decoding.prism)")
     ap.add_argument("--context-scale", type=float_in(0.0, 100.0, lo_open=True), default=None,
                     help="retrieval-conditioned model: rescale the programs it reads to this largest side (1.5: GenCAD's frame)")
     ap.add_argument("--template-bias", type=float_in(0.0, 1000.0), default=None,
@@ -85,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         require_model_dir(args.model)
     if args.refine and args.strategy != "rerank":
         raise InputError(f"--refine adjusts the program chosen by rerank, not {args.strategy}: add --strategy rerank")
-    if args.primitives and args.strategy != "rerank":
-        raise InputError(f"--primitives adds candidates to rerank, not to {args.strategy}: add --strategy rerank")
+    for flag in ("primitives", "prisms"):
+        if getattr(args, flag) and args.strategy != "rerank":
+            raise InputError(f"--{flag} adds candidates to rerank, not to {args.strategy}: add --strategy rerank")
     check_output_file(args.out, args.data)
     weights = parse_weights(args.weights) if args.weights else {}
     objective = parse_objective(args.refine_objective) if args.refine_objective else None
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device,
                        seed=args.seed, canonical_grid=args.canonical_grid, refine_evaluations=args.refine,
                        refine_objective=objective, template_bias=args.template_bias, context_scale=args.context_scale,
-                       copy_bias=args.copy_bias, context_k=args.context_k, primitives=args.primitives)
+                       copy_bias=args.copy_bias, context_k=args.context_k, primitives=args.primitives,
+                       prisms=args.prisms)
     cfg.weights.update(weights)
     index = None
     own_index = saved_index(args.model)

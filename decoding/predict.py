@@ -18,7 +18,8 @@ that re-renders it against the input (``decoding.refine``).
 ``k_retrieval > 0`` adds the k nearest training programs to the candidates of best-of-N and
 rerank, scored by the model's own log-probability of them; ``primitives=True`` adds to rerank's
 candidates a box, an L or U section, a cylinder and a tube fit to the input image (``decoding.primitives``)
-and the profile prisms read off it (``decoding.prism``);
+and the profile prisms read off it (``decoding.prism``); ``prisms=True`` adds the best cap's prisms alone
+(``fit_prisms(quick=True)``: a fraction of the fits' cost);
 ``grammar=True`` constrains sampling too; ``repair=True`` repairs every candidate.
 Execution and scoring of one batch overlap with generation of the next (a worker thread).
 """
@@ -85,6 +86,8 @@ class DecodeConfig:
     copy_bias: float = 0.0  # copy-head model: subtracted from the copy gate's vocabulary logit while decoding edits
     # (> 0: copy the retrieved programs' tokens more than as trained; sft.model.CopyHead)
     primitives: bool = False  # rerank: add the box, section, cylinder, tube and profile prisms fit to the input image (decoding.primitives, decoding.prism)
+    prisms: bool = False  # rerank: add the best cap's profile prism, with and without its holes, with its bosses or
+    # pockets (decoding.prism's quick subset; primitives include it)
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
     # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 
@@ -102,8 +105,9 @@ class DecodeConfig:
             raise ValueError(f"refine_groups {list(self.refine_groups)}: choose one or more of {ALL_GROUPS}")
         if self.refine_objective is not None:
             check_objective(self.refine_objective)
-        if self.primitives and self.strategy != "rerank":
-            raise ValueError(f"primitives are candidates of rerank, not of {self.strategy}: use strategy rerank")
+        for name in ("primitives", "prisms"):
+            if getattr(self, name) and self.strategy != "rerank":
+                raise ValueError(f"{name} are candidates of rerank, not of {self.strategy}: use strategy rerank")
 
 
 def parse_grid(text: str | int | None) -> int | None:
@@ -250,13 +254,14 @@ class Predictor:
                 out[i].extend(Candidate(code, float("nan"), 1, "retrieval", scores={"similarity": sim}) for code, sim in h[:k])
             if cfg.strategy != "retrieval" and self.retrieved_logprobs:
                 self.score_retrieved(px, out)
-        if cfg.primitives:
+        if cfg.primitives or cfg.prisms:
             if self.pool is None:
                 raise ValueError("primitives are fit by rendering: pass a SandboxPool")
             for i, image in enumerate(images):
                 target = RenderTarget.of(image)
-                out[i].extend(Candidate(code, float("nan"), 1, "primitive") for code in
-                              fit_primitives(target, self.pool, self.render_terms) + fit_prisms(target, self.pool, self.render_terms))
+                codes = (fit_primitives(target, self.pool, self.render_terms) + fit_prisms(target, self.pool, self.render_terms)
+                         if cfg.primitives else fit_prisms(target, self.pool, self.render_terms, quick=True))
+                out[i].extend(Candidate(code, float("nan"), 1, "primitive") for code in codes)
         if cfg.repair:
             for cands in out:
                 for c in cands:

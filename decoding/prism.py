@@ -580,13 +580,15 @@ def _along(axis: int) -> np.ndarray:
     return np.asarray(VIEW_DIR) / (np.asarray(VIEW_DIR) @ plane_basis(axis)[2])
 
 
-def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: dict[str, float]) -> list[str]:
+def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: dict[str, float],
+               quick: bool = False) -> list[str]:
     """Prism programs read off ``image``: for each of the ``PRISMS`` best caps whose sweep fits
     the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
     the first such cap with bosses standing in its holes, with the bosses, and the first with pockets
     seen through its holes, with the pockets (``_inner_faces``), and both when that is one cap
     (in holes apart); then the union of two prisms, when two caps cover the silhouette clearly
-    better than one."""
+    better than one. ``quick``: the best cap alone (its prism with its holes and without, and with
+    its bosses or pockets), no other cap and no union."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     filled = binary_fill_holes(silhouette(pixels))
@@ -594,7 +596,8 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     caps = find_caps(pixels, regions)
     out: list[str] = []
     bossed = pocketed = None  # (cap, its inner faces, the bodies: the cap's prism first)
-    for i, cap in enumerate([c for c in caps if c.fit >= MIN_FIT]):
+    good = [c for c in caps if c.fit >= MIN_FIT][:1 if quick else None]
+    for i, cap in enumerate(good):
         holes = _cap_holes(cap, regions, flat) if bossed is None or pocketed is None else []
         tops = _inner_faces(cap, holes, -1) if bossed is None else []
         floors = _inner_faces(cap, holes, +1) if pocketed is None else []
@@ -619,7 +622,7 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     if bossed and pocketed and bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in bossed[1] for f in pocketed[1]):
         cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
         out.append(program([_fill_holes(cap, base, tops + pocketed[1]), *bosses, *pocketed[2][1:]]))
-    if caps:
+    if caps and not quick:
         union = _union(caps, pixels, regions, filled, pool, target, objective)
         if union is not None:
             out.append(union)

@@ -116,6 +116,8 @@ def describe(cfg) -> str:
     parts = [f"{cfg.strategy} with {cfg.k_retrieval} retrieved programs"]
     if cfg.primitives:
         parts.append("primitives and prisms fit to the picture")
+    elif cfg.prisms:
+        parts.append("a prism read off the picture")
     if cfg.refine_evaluations:
         parts.append(f"{cfg.refine_evaluations} refinement renders")
     return ", ".join(parts)

@@ -115,19 +115,20 @@ def predict_main(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace, shipped, device: str):
-    """The model folder's decoding.json with the command line's --strategy, --n, --k, --refine and
-    --primitives on top (with --thorough, those it leaves out come from ``THOROUGH``)."""
+    """The model folder's decoding.json with the command line's --strategy, --n, --k, --refine,
+    --primitives and --no-prisms on top (with --thorough, those it leaves out come from ``THOROUGH``)."""
     from img2cad.engine import THOROUGH, decode_config
 
     preset = THOROUGH if args.thorough else {}
     pick = lambda name, given: given if given is not None else preset.get(name)  # noqa: E731
     refine, primitives = pick("refine", args.refine), pick("primitives", args.primitives or None)
+    prisms = False if args.no_prisms else None
     strategy = pick("strategy", args.strategy) or decode_config(shipped, device=device).strategy
     if refine and strategy != "rerank":
         raise InputError(f"--refine adjusts the program chosen by rerank, not {strategy}: add --strategy rerank")
     if primitives and strategy != "rerank":
         raise InputError(f"--primitives adds candidates to rerank, not to {strategy}: add --strategy rerank")
-    return decode_config(shipped, strategy, args.n, refine, device, pick("k", args.k), primitives)
+    return decode_config(shipped, strategy, args.n, refine, device, pick("k", args.k), primitives, prisms)
 
 
 def _engine(args: argparse.Namespace, shipped, device: str, thorough: bool = False):
@@ -171,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--primitives", action="store_true",
                        help="rerank: add a box, an L or U section, a cylinder and a tube fit to the image, and the "
                             "profile prisms read off it, to the candidates (slower; helps parts made of one extruded sketch)")
+        p.add_argument("--no-prisms", action="store_true",
+                       help="leave out the best cap's profile prism that rerank adds to the candidates when the model "
+                            "folder's decoding.json says prisms: true")
         p.add_argument("--thorough", action="store_true",
                        help="the slower setting chosen on validation images: rerank with 16 retrieved programs, the "
                             "primitives and prisms, and 48 refinement renders (--strategy, --k, --refine override it)")

@@ -32,8 +32,10 @@ THOROUGH = {"strategy": "rerank", "k": 16, "refine": 48, "primitives": True}
 
 
 def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None = None, refine: int | None = None,
-                  device: str = "cpu", k: int | None = None, primitives: bool | None = None) -> DecodeConfig:
-    """The model folder's default decoding options with the user's choices on top."""
+                  device: str = "cpu", k: int | None = None, primitives: bool | None = None,
+                  prisms: bool | None = None) -> DecodeConfig:
+    """The model folder's default decoding options with the user's choices on top. The folder's
+    prism candidates (``prisms``) belong to rerank: another strategy leaves them out."""
     known = {f.name for f in dataclasses.fields(DecodeConfig)}
     options = {k: v for k, v in shipped.decoding.items() if k in known}
     if strategy is not None:
@@ -46,6 +48,10 @@ def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None =
         options["k_retrieval"] = k
     if primitives is not None:  # rerank: primitives and prisms fit to the image as candidates too
         options["primitives"] = primitives
+    if prisms is not None:  # rerank: the best cap's prism as a candidate too
+        options["prisms"] = prisms
+    elif options.get("strategy") != "rerank":
+        options["prisms"] = False
     options["device"] = device
     return DecodeConfig(**options)
 

@@ -334,21 +334,35 @@ def test_primitives_fit_the_proportions_of_a_box_a_channel_and_a_tube_from_their
         DecodeConfig(strategy="beam", primitives=True)
 
 
+HEXAGON = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+           "loop0=wp.moveTo(0.6,0).lineTo(0.3,0.52).lineTo(-0.3,0.52).lineTo(-0.6,0).lineTo(-0.3,-0.52)"
+           ".lineTo(0.3,-0.52).close()\nloop1=wp.moveTo(0.2,0).circle(0.1)\nloop2=wp.moveTo(-0.25,0.1).circle(0.12)\n"
+           "solid=wp.add(loop0).add(loop1).add(loop2).extrude(0.25)\n")  # a hexagon plate with two holes, along z
+
+
+BOSSED_PLATE = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+                "solid=wp0.add(wp0.moveTo(0,0).lineTo(1.4,0).lineTo(1.4,1.0).lineTo(0,1.0).close()).extrude(0.15)\n"
+                "wp1=cq.Workplane(cq.Plane(cq.Vector(0.5,0.35,0.15),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+                "solid=solid.union(wp1.add(wp1.moveTo(0,0).lineTo(0.4,0).lineTo(0.4,0.3).lineTo(0,0.3).close()).extrude(0.12))\n")
+
+
+BLOCK_ON_DISC = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+                 "solid=wp0.add(wp0.moveTo(0,0).circle(0.7)).extrude(0.25)\n"
+                 "wp1=cq.Workplane(cq.Plane(cq.Vector(-0.15,-0.4,0.25),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+                 "solid=solid.union(wp1.add(wp1.moveTo(0,0).lineTo(0.3,0).lineTo(0.3,0.8).lineTo(0,0.8).close()).extrude(0.45))\n")
+
+
 def test_prisms_read_an_outline_with_holes_and_the_depth_off_the_render(pool):
     from cad.geometry import best_iou
     from decoding.prism import fit_prisms
 
     objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
-    # a T section with a round hole, extruded along world -y; a hexagon plate with two holes, along z
+    # a T section with a round hole, extruded along world -y; HEXAGON
     tee = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0.4,0),cq.Vector(1,0,0),cq.Vector(0,-1,0)))\n"
            "loop0=wp.moveTo(0,0).lineTo(0.3,0).lineTo(0.3,0.6).lineTo(0.7,0.6).lineTo(0.7,0.8).lineTo(-0.4,0.8)"
            ".lineTo(-0.4,0.6).lineTo(0,0.6).close()\nloop1=wp.moveTo(0.15,0.3).circle(0.08)\n"
            "solid=wp.add(loop0).add(loop1).extrude(0.9)\n")
-    hexagon = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
-               "loop0=wp.moveTo(0.6,0).lineTo(0.3,0.52).lineTo(-0.3,0.52).lineTo(-0.6,0).lineTo(-0.3,-0.52)"
-               ".lineTo(0.3,-0.52).close()\nloop1=wp.moveTo(0.2,0).circle(0.1)\nloop2=wp.moveTo(-0.25,0.1).circle(0.12)\n"
-               "solid=wp.add(loop0).add(loop1).add(loop2).extrude(0.25)\n")
-    for truth, holes in ((tee, 1), (hexagon, 2)):
+    for truth, holes in ((tee, 1), (HEXAGON, 2)):
         gt = pool.run(truth, ExecOptions(want_geometry=True))
         fits = fit_prisms(_image_of(pool, truth), pool, objective)
         assert fits and fits[0].count(".circle(") == holes  # the best cap's prism, holes written as circles
@@ -357,14 +371,27 @@ def test_prisms_read_an_outline_with_holes_and_the_depth_off_the_render(pool):
         assert max(np.subtract(pred.bbox[3:], pred.bbox[:3])) == pytest.approx(1.5, rel=1e-3)  # GenCAD's size
 
 
+def test_quick_prisms_are_the_best_cap_alone(pool):
+    from decoding.prism import fit_prisms
+
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    image = _image_of(pool, HEXAGON)
+    quick, full = fit_prisms(image, pool, objective, quick=True), fit_prisms(image, pool, objective)
+    assert [q.count(".circle(") for q in quick] == [2, 0] and quick == full[:2]  # with its holes and without
+    quick = fit_prisms(_image_of(pool, BOSSED_PLATE), pool, objective, quick=True)
+    assert len(quick) == 3 and ".union(" in quick[2]  # and with its boss
+    image = _image_of(pool, BLOCK_ON_DISC)  # no cap alone sweeps to the silhouette: the full fit has the union only
+    quick, full = fit_prisms(image, pool, objective, quick=True), fit_prisms(image, pool, objective)
+    assert not quick and len(full) == 1 and ".union(" in full[0]
+    with pytest.raises(ValueError, match="prisms"):
+        DecodeConfig(strategy="beam", prisms=True)
+
+
 def test_prisms_join_a_block_standing_on_a_disc(pool):
     from cad.geometry import best_iou
     from decoding.prism import fit_prisms
 
-    truth = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
-             "solid=wp0.add(wp0.moveTo(0,0).circle(0.7)).extrude(0.25)\n"
-             "wp1=cq.Workplane(cq.Plane(cq.Vector(-0.15,-0.4,0.25),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
-             "solid=solid.union(wp1.add(wp1.moveTo(0,0).lineTo(0.3,0).lineTo(0.3,0.8).lineTo(0,0.8).close()).extrude(0.45))\n")
+    truth = BLOCK_ON_DISC
     gt = pool.run(truth, ExecOptions(want_geometry=True))
     fits = [c for c in fit_prisms(_image_of(pool, truth), pool, {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0})
             if ".union(" in c]
@@ -395,13 +422,9 @@ def test_prisms_read_a_pallet_whose_end_face_is_thin_strips(pool):
 
 
 def test_prisms_stand_a_boss_on_the_cap_it_hides_a_patch_of(pool):
-    """A short block on a wide plate adds too little to the silhouette to be read as a second cap,
+    """A short block on a wide plate (BOSSED_PLATE) adds too little to the silhouette to be read as a second cap,
     but it leaves a hole in the plate's cap with its top inside: the boss candidate puts it back."""
-    truth = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
-             "solid=wp0.add(wp0.moveTo(0,0).lineTo(1.4,0).lineTo(1.4,1.0).lineTo(0,1.0).close()).extrude(0.15)\n"
-             "wp1=cq.Workplane(cq.Plane(cq.Vector(0.5,0.35,0.15),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
-             "solid=solid.union(wp1.add(wp1.moveTo(0,0).lineTo(0.4,0).lineTo(0.4,0.3).lineTo(0,0.3).close()).extrude(0.12))\n")
-    iou = _prism_ious(pool, truth)
+    iou = _prism_ious(pool, BOSSED_PLATE)
     bossed = [c for c in iou if ".union(" in c]
     assert len(bossed) == 1 and pool.run(bossed[0], ExecOptions(want_geometry=True)).n_solids == 1, iou
     assert iou[bossed[0]] > 0.85 and iou[bossed[0]] > max(iou.values()) - 1e-9, iou  # the plate alone: 0.79

@@ -35,9 +35,10 @@ def test_plan_covers_the_study_and_runs_shared_configurations_once():
     assert sorted(v.cfg.n for v in variants if "bestofn" in v.labels) == [1, 3, 6, 10]
     assert [v.labels["grammar"].split(":")[0] for v in variants if "grammar" in v.labels] == [
         "none", "validate + repair only", "basic", "full"]
-    # none, heuristic, full, full + refinement, full + primitives, full + primitives + refinement
-    assert len([v for v in variants if "rerank" in v.labels]) == 6
-    assert [v.cfg.primitives for v in variants if "rerank" in v.labels] == [False] * 4 + [True] * 2
+    # none, heuristic, full, full + refinement, full + prisms, full + primitives, full + primitives + refinement
+    assert len([v for v in variants if "rerank" in v.labels]) == 7
+    assert [v.cfg.primitives for v in variants if "rerank" in v.labels] == [False] * 5 + [True] * 2
+    assert [v.cfg.prisms for v in variants if "rerank" in v.labels] == [False] * 4 + [True] + [False] * 2
     # best-of-6 serves the main table and the N ablation from one cache entry
     assert [v for v in variants if v.key == "bestof6"][0].labels.keys() == {"bestofn", "main"}
 

@@ -110,6 +110,24 @@ def test_predict_writes_five_files_per_image_and_is_deterministic(shipped, tmp_p
     assert retrieved(json.loads((tmp_path / "c" / "00144800_0.json").read_text())) == 1
 
 
+def test_the_model_folders_prisms_are_rerank_candidates_only():
+    from types import SimpleNamespace
+
+    from img2cad.engine import decode_config
+
+    folder = SimpleNamespace(decoding={"strategy": "rerank", "k_retrieval": 2, "prisms": True})  # decoding.json
+    assert decode_config(folder).prisms
+    assert not decode_config(folder, strategy="beam").prisms  # beam adds no candidates: the folder's prisms go
+    assert not decode_config(folder, prisms=False).prisms  # --no-prisms
+    assert _config_of(["--no-prisms"], folder).prisms is False and _config_of([], folder).prisms
+
+
+def _config_of(argv: list[str], folder):
+    from img2cad.cli import _config, parser
+
+    return _config(parser().parse_args(["predict", "x.png", "--out", "o", *argv]), folder, "cpu")
+
+
 def test_serve_takes_the_decoding_options_predict_takes(shipped, monkeypatch, capsys):
     import img2cad.app
 
