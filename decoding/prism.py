@@ -128,6 +128,18 @@ def planar_regions(pixels: np.ndarray) -> list[np.ndarray]:
     return sorted(regions, key=lambda r: -int(r.sum()))
 
 
+def _holes_filled(region: np.ndarray) -> np.ndarray:
+    """``region`` with its holes filled: ``binary_fill_holes`` run on the region's box, the same
+    mask (a background pixel on the box's edge touches the background outside it) at the box's cost."""
+    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
+    if not len(rows):
+        return region.copy()
+    (y0, y1), (x0, x1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+    out = np.zeros_like(region)
+    out[y0:y1, x0:x1] = binary_fill_holes(region[y0:y1, x0:x1])
+    return out
+
+
 def _small(mask: np.ndarray, share: float = 0.5) -> np.ndarray:
     """``mask`` at the sweep's size: a small pixel is set where at least ``share`` of its pixels are
     (with ``share`` 0, where any is: a region keeps its thin strips, a plate's edge a few pixels wide)."""
@@ -142,30 +154,53 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
     """(best IoU, steps, swept mask): ``region`` swept one pixel at a time along ``direction`` (a
     screen vector), its union with ``base`` (what other bodies cover) compared with ``target``
     after each step. The IoU is kept up to date from the pixels each step adds, inside the
-    region's box, so a step costs the region's box rather than the whole image."""
+    region's box, so a step costs the region's box rather than the whole image. The sweep stops
+    once the moved region has passed the target's box (no step after that can raise the IoU), and
+    the mask is rebuilt once for the best step."""
     step = direction / np.abs(direction).max()
     swept = region | (base if base is not None else False)
     inter, union = int((swept & target).sum()), int((swept | target).sum())
-    best = (inter / union if union else 0.0, 0, swept.copy())  # mask_iou's number
+    best_iou, best_t = (inter / union if union else 0.0), 0  # mask_iou's number
     rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
-    if not len(rows):
-        return best
+    t_rows, t_cols = np.nonzero(target.any(1))[0], np.nonzero(target.any(0))[0]
+    if not len(rows) or not len(t_rows):
+        return best_iou, best_t, swept
     (y0, y1), (x0, x1), (h, w) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1), region.shape
-    for t in range(1, int(np.hypot(*target.shape))):
+
+    def moved(t: int):
+        """(the screen slice the region covers after ``t`` steps, the region's part inside it), or None."""
         dx, dy = int(round(t * step[0])), int(round(t * step[1]))
         top, bottom, left, right = max(y0 + dy, 0), min(y1 + dy, h), max(x0 + dx, 0), min(x1 + dx, w)
-        if top < bottom and left < right:
-            moved = region[top - dy:bottom - dy, left - dx:right - dx]
-            new = moved & ~swept[top:bottom, left:right]
-            hit = int((new & target[top:bottom, left:right]).sum())
-            inter, union = inter + hit, union + int(new.sum()) - hit
-            swept[top:bottom, left:right] |= moved
-        iou = inter / union if union else 0.0
-        if iou > best[0]:
-            best = (iou, t, swept.copy())
-        elif iou < best[0] - 0.05:  # past the silhouette's end
+        if top >= bottom or left >= right:
+            return None
+        return (slice(top, bottom), slice(left, right)), region[top - dy:bottom - dy, left - dx:right - dx]
+
+    def past(t: int) -> bool:  # the moved box lies beyond the target's box along the direction of motion
+        dx, dy = int(round(t * step[0])), int(round(t * step[1]))
+        return ((step[0] > 0 and x0 + dx > t_cols[-1]) or (step[0] < 0 and x1 + dx <= t_cols[0])
+                or (step[1] > 0 and y0 + dy > t_rows[-1]) or (step[1] < 0 and y1 + dy <= t_rows[0]))
+
+    mask = swept.copy()
+    for t in range(1, int(np.hypot(*target.shape))):
+        if past(t):
             break
-    return best
+        hit = moved(t)
+        if hit is not None:
+            at, part = hit
+            new = part & ~mask[at]
+            gain = int((new & target[at]).sum())
+            inter, union = inter + gain, union + int(new.sum()) - gain
+            mask[at] |= part
+        iou = inter / union if union else 0.0
+        if iou > best_iou:
+            best_iou, best_t = iou, t
+        elif iou < best_iou - 0.05:  # past the silhouette's end
+            break
+    for t in range(1, best_t + 1):  # the mask at the best step
+        hit = moved(t)
+        if hit is not None:
+            swept[hit[0]] |= hit[1]
+    return best_iou, best_t, swept
 
 
 def find_caps(pixels: np.ndarray, regions: list[np.ndarray], base: np.ndarray | None = None,
@@ -179,7 +214,7 @@ def find_caps(pixels: np.ndarray, regions: list[np.ndarray], base: np.ndarray | 
     small_target = _small(target)
     caps = []
     for index, region in regions:
-        small_region = _small(binary_fill_holes(region), share=0)
+        small_region = _small(_holes_filled(region), share=0)
         for axis in range(3):
             direction = screen_vector(-plane_basis(axis)[2])
             fit, _, swept = sweep(small_region, small_target, direction, base)
@@ -463,7 +498,7 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
         if rim is not None and not (hole & ~rim).any():  # a pocket needs an opening to cut
             continue
         inside = [Inner(hole, region, steps) for region in regions
-                  for shape in ([binary_fill_holes(region)] + ([_hull(region)] if sign > 0 else []))
+                  for shape in ([_holes_filled(region)] + ([_hull(region)] if sign > 0 else []))
                   for fit, steps, _ in [sweep(shape, hole, direction)]
                   if fit >= MIN_FIT and steps >= MIN_WALL
                   and (sign < 0 or fit > sweep(shape, hole, -direction)[0])]

@@ -563,3 +563,27 @@ def test_the_sweeps_running_iou_is_the_iou_of_what_it_swept():
         direction = rng.normal(size=2)
         got, want = sweep(region, target, direction, base), reference(region, target, direction, base)
         assert got[:2] == want[:2] and np.array_equal(got[2], want[2])
+    for _ in range(40):  # a small target the region passes while the IoU is still low: sweep stops there early
+        region, target, base = (np.zeros((60, 80), bool) for _ in range(3))
+        region[rng.integers(0, 50):, rng.integers(0, 70):][:rng.integers(2, 10), :rng.integers(2, 10)] = True
+        y, x = rng.integers(0, 56), rng.integers(0, 76)
+        target[y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = True
+        direction = rng.normal(size=2)
+        got, want = sweep(region, target, direction, base), reference(region, target, direction, base)
+        assert got[:2] == want[:2] and np.array_equal(got[2], want[2])
+
+
+def test_holes_filled_on_the_regions_box_is_binary_fill_holes():
+    from scipy.ndimage import binary_fill_holes
+
+    from decoding.prism import _holes_filled
+
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        region = np.zeros((50, 70), bool)
+        y, x, h, w = rng.integers(0, 40), rng.integers(0, 60), rng.integers(3, 20), rng.integers(3, 20)
+        region[y:y + h, x:x + w] = True  # a frame (cut by the image's edge at times) around random pixels
+        inner = region[y + 1:y + h - 1, x + 1:x + w - 1]
+        inner[...] = rng.random(inner.shape) < 0.6
+        assert np.array_equal(_holes_filled(region), binary_fill_holes(region))
+    assert not _holes_filled(np.zeros((5, 5), bool)).any()
