@@ -128,13 +128,19 @@ def planar_regions(pixels: np.ndarray) -> list[np.ndarray]:
     return sorted(regions, key=lambda r: -int(r.sum()))
 
 
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of ``mask``'s set pixels, ends excluded; None when it has none."""
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    return (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) if len(rows) else None
+
+
 def _holes_filled(region: np.ndarray) -> np.ndarray:
     """``region`` with its holes filled: ``binary_fill_holes`` run on the region's box, the same
     mask (a background pixel on the box's edge touches the background outside it) at the box's cost."""
-    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
-    if not len(rows):
+    box = _box(region)
+    if box is None:
         return region.copy()
-    (y0, y1), (x0, x1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+    y0, y1, x0, x1 = box
     out = np.zeros_like(region)
     out[y0:y1, x0:x1] = binary_fill_holes(region[y0:y1, x0:x1])
     return out
@@ -161,30 +167,31 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
     swept = region | (base if base is not None else False)
     inter, union = int((swept & target).sum()), int((swept | target).sum())
     best_iou, best_t = (inter / union if union else 0.0), 0  # mask_iou's number
-    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
-    t_rows, t_cols = np.nonzero(target.any(1))[0], np.nonzero(target.any(0))[0]
-    if not len(rows) or not len(t_rows):
+    box, target_box = _box(region), _box(target)
+    if box is None or target_box is None:
         return best_iou, best_t, swept
-    (y0, y1), (x0, x1), (h, w) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1), region.shape
+    (y0, y1, x0, x1), (ty0, ty1, tx0, tx1), (h, w) = box, target_box, region.shape
 
-    def moved(t: int):
-        """(the screen slice the region covers after ``t`` steps, the region's part inside it), or None."""
-        dx, dy = int(round(t * step[0])), int(round(t * step[1]))
+    def shift(t: int) -> tuple[int, int]:
+        return int(round(t * step[0])), int(round(t * step[1]))
+
+    def past(dx: int, dy: int) -> bool:  # the moved box lies beyond the target's box along the direction of motion
+        return ((step[0] > 0 and x0 + dx >= tx1) or (step[0] < 0 and x1 + dx <= tx0)
+                or (step[1] > 0 and y0 + dy >= ty1) or (step[1] < 0 and y1 + dy <= ty0))
+
+    def moved(dx: int, dy: int):
+        """(the screen slice the region covers moved by (dx, dy), the region's part inside it), or None."""
         top, bottom, left, right = max(y0 + dy, 0), min(y1 + dy, h), max(x0 + dx, 0), min(x1 + dx, w)
         if top >= bottom or left >= right:
             return None
         return (slice(top, bottom), slice(left, right)), region[top - dy:bottom - dy, left - dx:right - dx]
 
-    def past(t: int) -> bool:  # the moved box lies beyond the target's box along the direction of motion
-        dx, dy = int(round(t * step[0])), int(round(t * step[1]))
-        return ((step[0] > 0 and x0 + dx > t_cols[-1]) or (step[0] < 0 and x1 + dx <= t_cols[0])
-                or (step[1] > 0 and y0 + dy > t_rows[-1]) or (step[1] < 0 and y1 + dy <= t_rows[0]))
-
     mask = swept.copy()
     for t in range(1, int(np.hypot(*target.shape))):
-        if past(t):
+        dx, dy = shift(t)
+        if past(dx, dy):
             break
-        hit = moved(t)
+        hit = moved(dx, dy)
         if hit is not None:
             at, part = hit
             new = part & ~mask[at]
@@ -197,7 +204,7 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
         elif iou < best_iou - 0.05:  # past the silhouette's end
             break
     for t in range(1, best_t + 1):  # the mask at the best step
-        hit = moved(t)
+        hit = moved(*shift(t))
         if hit is not None:
             swept[hit[0]] |= hit[1]
     return best_iou, best_t, swept
@@ -395,7 +402,7 @@ def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[st
 def _swept(region: np.ndarray, axis: int, filled: np.ndarray, base: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """(depth in pixels, swept mask): ``region`` (holes filled) swept along ``axis`` at full size
     to cover ``filled`` (what ``base`` covers already does not count)."""
-    _, steps, swept = sweep(binary_fill_holes(region), filled, screen_vector(-plane_basis(axis)[2]), base)
+    _, steps, swept = sweep(_holes_filled(region), filled, screen_vector(-plane_basis(axis)[2]), base)
     return _pixels_along(steps, axis), swept
 
 
