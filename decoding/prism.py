@@ -63,6 +63,7 @@ CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this
 MIN_SEEN = 0.4  # the share of a contour that must be seen (not hidden by another body) to test it for a circle
 MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candidate
 PRISMS = 3  # the best (region, axis) pairs written as candidates
+QUICK_PRISMS = 2  # the same, in the quick fit (the best cap by the sweep is often a plate's thin end face)
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
 DEPTH_STEPS = 13  # depths tried, evenly spaced in log
 MIN_INNER = 100  # holes of the cap of fewer pixels hold no boss or pocket
@@ -629,8 +630,8 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     the first such cap with bosses standing in its holes, with the bosses, and the first with pockets
     seen through its holes, with the pockets (``_inner_faces``), and both when that is one cap
     (in holes apart); then the union of two prisms, when two caps cover the silhouette clearly
-    better than one. ``quick``: the best cap alone (its prism with its holes and without, and with
-    its bosses or pockets), no other cap and no union."""
+    better than one. ``quick``: the ``QUICK_PRISMS`` best caps' prisms (with and without their
+    holes), the bosses and pockets as in the full fit, and no union."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     filled = binary_fill_holes(silhouette(pixels))
@@ -638,19 +639,20 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     caps = find_caps(pixels, regions)
     out: list[str] = []
     bossed = pocketed = None  # (cap, its inner faces, the bodies: the cap's prism first)
-    good = [c for c in caps if c.fit >= MIN_FIT][:1 if quick else None]
+    good = [c for c in caps if c.fit >= MIN_FIT]
+    prisms = QUICK_PRISMS if quick else PRISMS
     for i, cap in enumerate(good):
         holes = _cap_holes(cap, regions, flat) if bossed is None or pocketed is None else []
         tops = _inner_faces(cap, holes, -1) if bossed is None else []
         floors = _inner_faces(cap, holes, +1) if pocketed is None else []
-        if i >= PRISMS and not tops and not floors:
+        if i >= prisms and not tops and not floors:
             continue
         body, _ = _body(cap, filled)
         g = _execute(body, pool)
         if g is None:
             continue
         body = _fit_depth(body, g, target, objective)
-        if i < PRISMS:
+        if i < prisms:
             out.append(program([body]))
             if body.holes:
                 out.append(program([dataclasses.replace(body, holes=())]))

@@ -117,7 +117,7 @@ def describe(cfg) -> str:
     if cfg.primitives:
         parts.append("primitives and prisms fit to the picture")
     elif cfg.prisms:
-        parts.append("a prism read off the picture")
+        parts.append("prisms read off the picture")
     if cfg.refine_evaluations:
         parts.append(f"{cfg.refine_evaluations} refinement renders")
     return ", ".join(parts)

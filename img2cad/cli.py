@@ -173,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
                        help="rerank: add a box, an L or U section, a cylinder and a tube fit to the image, and the "
                             "profile prisms read off it, to the candidates (slower; helps parts made of one extruded sketch)")
         p.add_argument("--no-prisms", action="store_true",
-                       help="leave out the best cap's profile prism that rerank adds to the candidates when the model "
+                       help="leave out the profile prisms that rerank adds to the candidates when the model "
                             "folder's decoding.json says prisms: true")
         p.add_argument("--thorough", action="store_true",
                        help="the slower setting chosen on validation images: rerank with 16 retrieved programs, the "

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cad.render import render_geometry, silhouette_iou
 from cad.sandbox import ExecOptions, ExecResult, SandboxPool
+import decoding.predict
 from decoding.predict import DecodeConfig, Predictor
 from decoding.rerank import Candidate
 from img2cad.shipped import Shipped
@@ -48,7 +49,7 @@ def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None =
         options["k_retrieval"] = k
     if primitives is not None:  # rerank: primitives and prisms fit to the image as candidates too
         options["primitives"] = primitives
-    if prisms is not None:  # rerank: the best cap's prism as a candidate too
+    if prisms is not None:  # rerank: the two best caps' prisms as candidates too
         options["prisms"] = prisms
     elif options.get("strategy") != "rerank":
         options["prisms"] = False
@@ -127,8 +128,9 @@ class Engine:
             raise
 
     def options_for(self, cfg: DecodeConfig) -> dict:
-        """What decides the output: the model's files and the decoding config."""
-        return {"model": self.shipped.name, "model_fingerprint": self.shipped.fingerprint, "decoding": dataclasses.asdict(cfg)}
+        """What decides the output: the model's files, the decoding config and the decoding code's version."""
+        return {"model": self.shipped.name, "model_fingerprint": self.shipped.fingerprint, "decoding": dataclasses.asdict(cfg),
+                "decoding_version": decoding.predict.DECODING_VERSION}
 
     @property
     def options(self) -> dict:

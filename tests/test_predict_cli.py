@@ -72,7 +72,7 @@ def _one_error_line(capsys, *needles):
     return lines[0]
 
 
-def test_predict_writes_five_files_per_image_and_is_deterministic(shipped, tmp_path, capsys, pool):
+def test_predict_writes_five_files_per_image_and_is_deterministic(shipped, tmp_path, capsys, pool, monkeypatch):
     images = [str(REFERENCE / "images" / n) for n in IMAGES]
     common = ["--model", str(shipped["model"]), "--device", "cpu", "--workers", "1"]
     assert main(["predict", *images, "--out", str(tmp_path / "a"), *common]) == 0
@@ -101,6 +101,12 @@ def test_predict_writes_five_files_per_image_and_is_deterministic(shipped, tmp_p
     # unchanged input, model and options: kept; other options: redone
     assert main(["predict", images[0], "--out", str(tmp_path / "a"), *common]) == 0
     assert "(unchanged, kept)" in capsys.readouterr().out
+    import decoding.predict
+
+    monkeypatch.setattr(decoding.predict, "DECODING_VERSION", decoding.predict.DECODING_VERSION + 1)  # new decoding code: redone
+    assert main(["predict", images[0], "--out", str(tmp_path / "a"), *common]) == 0
+    assert "kept" not in capsys.readouterr().out
+    monkeypatch.undo()
     assert main(["predict", images[0], "--out", str(tmp_path / "a"), *common, "--strategy", "retrieval"]) == 0
     out = capsys.readouterr().out
     assert "kept" not in out and json.loads((tmp_path / "a" / "00144800_0.json").read_text())["chosen"]["source"] == "retrieval"
