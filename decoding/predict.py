@@ -21,7 +21,8 @@ candidates a box, an L or U section, a cylinder and a tube fit to the input imag
 and the profile prisms read off it (``decoding.prism``); ``prisms=True`` adds the two best caps' prisms
 and the bosses or pockets (``fit_prisms(quick=True)``: a fraction of the fits' cost);
 ``grammar=True`` constrains sampling too; ``repair=True`` repairs every candidate.
-Execution and scoring of one batch overlap with generation of the next (a worker thread).
+Execution and scoring of one batch overlap with generation of the next (a worker thread), and the
+primitives and prisms are fit to a batch's images while the model generates (another thread).
 """
 from __future__ import annotations
 
@@ -226,6 +227,24 @@ class Predictor:
         may be rows of the index itself (training images): their own row and copies of their
         program are then never retrieved."""
         cfg = self.cfg
+        fitting = cfg.primitives or cfg.prisms
+        if fitting and self.pool is None:
+            raise ValueError("primitives are fit by rendering: pass a SandboxPool")
+        with ThreadPoolExecutor(1) as fitter:  # the fits (renders, waits on the sandbox) run while the model generates
+            fits = fitter.submit(self.fit_candidates, images) if fitting else None
+            out = self.model_candidates(images, ids)
+            for cands, codes in zip(out, fits.result() if fits is not None else []):
+                cands.extend(Candidate(code, float("nan"), 1, "primitive") for code in codes)
+        if cfg.repair:
+            for cands in out:
+                for c in cands:
+                    if c.source not in NOT_MODEL:  # training programs and primitives need no repair
+                        c.code = repair_program(c.code, cfg.grammar_name).code
+        return out
+
+    def model_candidates(self, images, ids: list[str] | None = None) -> list[list[Candidate]]:
+        """The model's programs and the retrieved ones, per image (``generate`` without the fits or repair)."""
+        cfg = self.cfg
         out: list[list[Candidate]] = [[] for _ in images]
         sampling = cfg.strategy in ("bestofn", "rerank")
         k = 1 if cfg.strategy == "retrieval" else cfg.k_retrieval
@@ -254,19 +273,16 @@ class Predictor:
                 out[i].extend(Candidate(code, float("nan"), 1, "retrieval", scores={"similarity": sim}) for code, sim in h[:k])
             if cfg.strategy != "retrieval" and self.retrieved_logprobs:
                 self.score_retrieved(px, out)
-        if cfg.primitives or cfg.prisms:
-            if self.pool is None:
-                raise ValueError("primitives are fit by rendering: pass a SandboxPool")
-            for i, image in enumerate(images):
-                target = RenderTarget.of(image)
-                codes = (fit_primitives(target, self.pool, self.render_terms) + fit_prisms(target, self.pool, self.render_terms)
-                         if cfg.primitives else fit_prisms(target, self.pool, self.render_terms, quick=True))
-                out[i].extend(Candidate(code, float("nan"), 1, "primitive") for code in codes)
-        if cfg.repair:
-            for cands in out:
-                for c in cands:
-                    if c.source not in NOT_MODEL:  # training programs and primitives need no repair
-                        c.code = repair_program(c.code, cfg.grammar_name).code
+        return out
+
+    def fit_candidates(self, images) -> list[list[str]]:
+        """Per image, the programs fit to it: with ``primitives``, the primitives and all prisms; with
+        ``prisms``, the quick prisms (``decoding.prism.fit_prisms``)."""
+        cfg, out = self.cfg, []
+        for image in images:
+            target = RenderTarget.of(image)
+            out.append(fit_primitives(target, self.pool, self.render_terms) + fit_prisms(target, self.pool, self.render_terms)
+                       if cfg.primitives else fit_prisms(target, self.pool, self.render_terms, quick=True))
         return out
 
     def generate_edits(self, px: torch.Tensor, hits: list[list[tuple[str, float]]], out: list[list[Candidate]],

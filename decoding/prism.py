@@ -338,9 +338,13 @@ def program(bodies: list[Body], normalise: bool = True) -> str:
 
 
 def _execute(body: Body | list[Body], pool: SandboxPool) -> Geometry | None:
-    bodies = body if isinstance(body, list) else [body]
-    res = next(pool.imap([program(bodies, normalise=False)], ExecOptions(want_geometry=True)))
-    return res.geometry if res.executable and res.geometry is not None else None
+    return _execute_all([body if isinstance(body, list) else [body]], pool)[0]
+
+
+def _execute_all(parts: list[list[Body]], pool: SandboxPool) -> list[Geometry | None]:
+    """Each list of bodies executed in pixel units (the pool's workers at once), None where it fails."""
+    results = pool.imap([program(bodies, normalise=False) for bodies in parts], ExecOptions(want_geometry=True))
+    return [r.geometry if r.executable and r.geometry is not None else None for r in results]
 
 
 def _joined(a: Geometry, b: Geometry) -> Geometry:
@@ -443,7 +447,7 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1])[0]  # completed where the second hides it
     covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it
     b = _body(second, filled, covered, covered)[0]
-    ga, gb = _execute(a, pool), _execute(b, pool)
+    ga, gb = _execute_all([[a], [b]], pool)
     if ga is None or gb is None:
         return None
     a = _fit_depth(a, ga, target, objective)
@@ -549,13 +553,12 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
 
     heights = [_pixels_along(t.steps, body.axis) for t in tops]
     for k, start in enumerate(list(heights)):
-        def score(height: float) -> float:
-            g = _execute([base, *bosses([height if j == k else h for j, h in enumerate(heights)])], pool)
-            return -np.inf if g is None else _render_fit(g, target, objective)
-
         span = _span(start, body.axis)
-        heights[k] = _best(start * np.exp(np.linspace(-span, span, INNER_STEPS)), score)
-    g_base, g_bosses = _execute(base, pool), _execute(bosses(heights), pool)
+        tried = start * np.exp(np.linspace(-span, span, INNER_STEPS))
+        meshes = _execute_all([[base, *bosses([height if j == k else h for j, h in enumerate(heights)])] for height in tried], pool)
+        scores = [-np.inf if g is None else _render_fit(g, target, objective) for g in meshes]
+        heights[k] = float(tried[int(np.argmax(scores))])
+    g_base, g_bosses = _execute_all([[base], bosses(heights)], pool)
     if g_base is None or g_bosses is None:
         return None
     base = _fit_depth(base, g_base, target, objective, g_bosses)  # the base's depth was fit with holes where the bosses stand

@@ -121,6 +121,28 @@ def test_rerank_picks_the_candidate_that_renders_like_the_input(pool):
     assert chosen.scores["silhouette"] > 0.9
 
 
+def test_the_fits_run_while_the_model_generates(pool, monkeypatch):
+    import threading
+
+    predictor = Predictor(None, None, None, DecodeConfig(strategy="rerank", prisms=True), pool)
+    fitting, generating = threading.Event(), threading.Event()
+
+    def fits(images):  # each side waits for the other to have started: run one after the other, they time out
+        fitting.set()
+        assert generating.wait(20)
+        return [[BOX.format(1, 1, 1)] for _ in images]
+
+    def model(images, ids=None):
+        generating.set()
+        assert fitting.wait(20)
+        return [[Candidate(BOX.format(2, 1, 1), logprob=-1.0)] for _ in images]
+
+    monkeypatch.setattr(predictor, "fit_candidates", fits)
+    monkeypatch.setattr(predictor, "model_candidates", model)
+    cands = predictor.generate([Image.new("RGB", (64, 64), "white")])
+    assert [(c.source, c.code) for c in cands[0]] == [("beam", BOX.format(2, 1, 1)), ("primitive", BOX.format(1, 1, 1))]
+
+
 def test_retrieval_finds_the_training_image(tmp_path):
     from cad.data import load_gencad, to_image
     from cad.synth import synthesize
