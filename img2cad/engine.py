@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+import decoding.predict
 from cad.render import render_geometry, silhouette_iou
 from cad.sandbox import ExecOptions, ExecResult, SandboxPool
-import decoding.predict
 from decoding.predict import DecodeConfig, Predictor
 from decoding.rerank import Candidate
 from img2cad.shipped import Shipped

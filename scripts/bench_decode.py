@@ -1,6 +1,6 @@
 """Decoding cost: per-image latency of beam 4 against best-of-N + reranking for N in {1, 3, 6, 10}
-(each with ``--k`` retrieved candidates, N = 1 with the best cap's prism too, and N = 1 with each of ``--more-k``;
-``models/img2cad-small/decoding.json`` holds ``img2cad predict``'s default, N = 1 with 4 retrieved and the prism), as ratios measured in one run (with the time spent executing and scoring candidates, which overlaps
+(each with ``--k`` retrieved candidates, N = 1 with the quick prisms too, and N = 1 with each of ``--more-k``;
+``models/img2cad-small/decoding.json`` holds ``img2cad predict``'s default, N = 1 with 4 retrieved and the prisms), as ratios measured in one run (with the time spent executing and scoring candidates, which overlaps
 generation); plus grammar-constrained decoding overhead per token for each grammar and the
 repair rate on a corpus of broken programs (truncated and mutated reference rows).
 
