@@ -39,6 +39,7 @@ its depth.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import cv2
@@ -541,9 +542,10 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
     """``body`` (the prism of ``cap``) with its holes filled, then the bosses of ``tops``
     (``_inner_faces``) standing there: each top's outline, unprojected onto the cap's plane, is a
     boss's sketch, moved along the view direction (which keeps it in place on the screen) until
-    the boss stands on the cap. The heights start at the sweeps' and are fit by ``objective`` on
-    the executed union one boss at a time, largest first; then the cap's depth is fit again with
-    the bosses in place."""
+    the boss stands on the cap. The heights start at the sweeps' and are fit by ``objective`` one
+    boss at a time, largest first, on the base and the bosses executed once each and rendered
+    together (a boss stretched along the axis from the cap, its foot moved along with its sketch:
+    the same boss at another height); then the cap's depth is fit again with the bosses in place."""
     base = _fill_holes(cap, body, tops)
     along = _along(body.axis)
     sketches = [profile(Cap(t.face, body.axis, 0.0)) for t in tops]
@@ -551,18 +553,32 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
     def bosses(heights: list[float]) -> list[Body]:
         return [Body(body.axis, outline, tuple(holes), h, tuple(h * along)) for (outline, holes), h in zip(sketches, heights)]
 
-    heights = [_pixels_along(t.steps, body.axis) for t in tops]
-    for k, start in enumerate(list(heights)):
+    starts = [_pixels_along(t.steps, body.axis) for t in tops]
+    g_base, *g_starts = _execute_all([[base]] + [[b] for b in bosses(starts)], pool)
+    if g_base is None or any(g is None for g in g_starts):
+        return None
+    heights = list(starts)
+    for k, start in enumerate(starts):
+        def score(height: float) -> float:
+            tall = [height if j == k else h for j, h in enumerate(heights)]
+            meshes = [_raised(g, body.axis, s, h) for g, s, h in zip(g_starts, starts, tall)]
+            return _render_fit(functools.reduce(_joined, meshes, g_base), target, objective)
+
         span = _span(start, body.axis)
-        tried = start * np.exp(np.linspace(-span, span, INNER_STEPS))
-        meshes = _execute_all([[base, *bosses([height if j == k else h for j, h in enumerate(heights)])] for height in tried], pool)
-        scores = [-np.inf if g is None else _render_fit(g, target, objective) for g in meshes]
-        heights[k] = float(tried[int(np.argmax(scores))])
-    g_base, g_bosses = _execute_all([[base], bosses(heights)], pool)
-    if g_base is None or g_bosses is None:
+        heights[k] = _best(start * np.exp(np.linspace(-span, span, INNER_STEPS)), score)
+    g_bosses = _execute(bosses(heights), pool)
+    if g_bosses is None:
         return None
     base = _fit_depth(base, g_base, target, objective, g_bosses)  # the base's depth was fit with holes where the bosses stand
     return [base, *bosses(heights)]
+
+
+def _raised(g: Geometry, axis: int, height: float, to: float) -> Geometry:
+    """A boss executed ``height`` tall (its sketch moved ``height`` along the view direction, as
+    ``_bossed`` stands it on a cap in the plane through the origin) as it is ``to`` tall: stretched
+    along the axis from the cap's plane, and moved in that plane as its sketch moves."""
+    normal = plane_basis(axis)[2]
+    return _stretched(g, np.where(normal != 0, to / height, 1.0), (to - height) * (_along(axis) - normal))
 
 
 def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,

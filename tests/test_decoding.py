@@ -420,6 +420,20 @@ def test_quick_prisms_are_the_best_two_caps(pool):
         DecodeConfig(strategy="beam", prisms=True)
 
 
+def test_a_raised_boss_is_the_boss_executed_at_that_height(pool):
+    from decoding.prism import Body, _along, _execute, _raised
+
+    square = np.array([[30.0, 30.0], [50.0, 30.0], [50.0, 42.0], [30.0, 42.0]])
+    for axis in range(3):
+        boss = lambda h: Body(axis, square, ((40.0, 36.0, 3.0),), h, tuple(h * _along(axis)))  # noqa: E731 - a tube
+        start = _execute(boss(10.0), pool)
+        for height in (6.5, 14.0):
+            moved, executed = _raised(start, axis, 10.0, height), _execute(boss(height), pool)
+            for a, b in ((moved.vertices, executed.vertices), (moved.edges, executed.edges)):
+                a, b = (np.asarray(x).reshape(-1, 3) for x in (a, b))
+                assert a.shape == b.shape and np.allclose(np.sort(a, 0), np.sort(b, 0), atol=1e-6), (axis, height)
+
+
 def test_prisms_join_a_block_standing_on_a_disc(pool):
     from cad.geometry import best_iou
     from decoding.prism import fit_prisms
