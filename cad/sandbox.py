@@ -216,11 +216,21 @@ def _mass_properties(shape) -> np.ndarray:
     return np.array([props.Mass(), c.X(), c.Y(), c.Z(), *inertia], dtype=float)
 
 
+def _circle_points(circle, ts: np.ndarray) -> np.ndarray:
+    """The points of an OCCT circle (``gp_Circ``, placed) at parameters ``ts``: what
+    ``curve.Value(t)`` gives, computed as ``ElCLib::CircleValue`` does, at once rather than a call
+    per point (most of the edges' cost on a part with holes)."""
+    axes = circle.Position()
+    (ox, oy, oz), (xx, xy, xz), (yx, yy, yz) = ((v.X(), v.Y(), v.Z()) for v in (axes.Location(), axes.XDirection(), axes.YDirection()))
+    a1, a2 = circle.Radius() * np.cos(ts), circle.Radius() * np.sin(ts)
+    return np.stack([a1 * xx + a2 * yx + ox, a1 * xy + a2 * yy + oy, a1 * xz + a2 * yz + oz], axis=-1)
+
+
 def _tessellate(shape, solids: list, opts: ExecOptions) -> Geometry:
     from OCP.BRep import BRep_Tool
     from OCP.BRepAdaptor import BRepAdaptor_Curve, BRepAdaptor_Surface
     from OCP.BRepMesh import BRepMesh_IncrementalMesh
-    from OCP.GeomAbs import GeomAbs_Line, GeomAbs_Plane
+    from OCP.GeomAbs import GeomAbs_Circle, GeomAbs_Line, GeomAbs_Plane
     from OCP.TopAbs import TopAbs_EDGE, TopAbs_FACE, TopAbs_REVERSED
     from OCP.TopExp import TopExp
     from OCP.TopLoc import TopLoc_Location
@@ -263,11 +273,15 @@ def _tessellate(shape, solids: list, opts: ExecOptions) -> Geometry:
         edge = TopoDS.Edge_s(edge_faces.FindKey(i))
         if BRep_Tool.Degenerated_s(edge):
             continue
-        seam = any(BRep_Tool.IsClosed_s(edge, TopoDS.Face_s(f)) for f in edge_faces.FindFromIndex(i))
+        faces_of = edge_faces.FindFromIndex(i)  # Python iteration over an OCCT list costs ~0.2 ms; most edges have two faces
+        ancestors = (faces_of.First(), faces_of.Last()) if 0 < faces_of.Size() <= 2 else tuple(faces_of)
+        seam = any(BRep_Tool.IsClosed_s(edge, TopoDS.Face_s(f)) for f in ancestors)
         curve = BRepAdaptor_Curve(edge)
-        k = 2 if curve.GetType() == GeomAbs_Line else 48
+        kind = curve.GetType()
+        k = 2 if kind == GeomAbs_Line else 48
         ts = np.linspace(curve.FirstParameter(), curve.LastParameter(), k)
-        pts = np.array([[p.X(), p.Y(), p.Z()] for p in (curve.Value(t) for t in ts)])
+        pts = _circle_points(curve.Circle(), ts) if kind == GeomAbs_Circle else np.array(
+            [[p.X(), p.Y(), p.Z()] for p in (curve.Value(t) for t in ts)])
         segments.append(np.stack([pts[:-1], pts[1:]], axis=1))
         seams.append(np.full(k - 1, seam, dtype=bool))
     return Geometry(

@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cad.policy import check_source
@@ -151,6 +152,25 @@ def test_reference_programs_execute_to_valid_solids(pool, reference_rows):
         assert res.status == "ok", (row["deepcad_id"], res.error)
         assert res.executable and res.n_solids >= 1 and res.volume > 0
         assert res.geometry is not None and len(res.geometry.triangles) > 0
+
+
+def test_edges_of_a_drilled_cylinder(pool):
+    """A cylinder (radius 1, height 2) with a hole (radius 0.25): its four circles are drawn as 47
+    segments each, every point on its circle and a 47th of a turn apart, and its two cylindrical
+    faces' seams (and nothing else) are marked as seams."""
+    code = "import cadquery as cq\nsolid = cq.Workplane('XY').circle(1).extrude(2).faces('>Z').workplane().hole(0.5)\n"
+    g = pool.run(code, ExecOptions(want_geometry=True)).geometry
+    seg, seam = np.asarray(g.edges), np.asarray(g.edge_seam)
+    flat = np.isclose(seg[:, 0, 2], seg[:, 1, 2])  # segments in a plane z = const: the circles'
+    assert seam.sum() == 2 and not flat[seam].any()  # the seams are vertical lines
+    assert flat.sum() == 4 * 47 and (flat | seam).all()
+    for z in (0.0, 2.0):
+        for r in (1.0, 0.25):
+            ring = seg[flat & np.isclose(seg[:, 0, 2], z) & np.isclose(np.hypot(seg[:, 0, 0], seg[:, 0, 1]), r)]
+            assert len(ring) == 47
+            assert np.allclose(np.hypot(ring[..., 0], ring[..., 1]), r, atol=1e-9)
+            turn = np.angle(np.exp(1j * (np.arctan2(ring[:, 1, 1], ring[:, 1, 0]) - np.arctan2(ring[:, 0, 1], ring[:, 0, 0]))))
+            assert np.allclose(np.abs(turn), 2 * np.pi / 47)
 
 
 def test_policy_accepts_gencad_style(reference_rows):
