@@ -152,7 +152,7 @@ def _silhouette_fit(g: Geometry, target: np.ndarray) -> float:
 
 
 def _render_fit(g: Geometry, target: RenderTarget, objective: dict[str, float]) -> float:
-    return weighted(render_compare(ExecResult("ok", geometry=g), target), objective)
+    return weighted(render_compare(ExecResult("ok", geometry=g), target, objective), objective)
 
 
 def _search(units: dict, cheap, score, dims: int, starts: np.ndarray | None = None, shortlist: int = SHORTLIST,

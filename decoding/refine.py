@@ -81,7 +81,7 @@ def refine(code: str, image: Image.Image, pool: SandboxPool, max_evaluations: in
     target = RenderTarget.of(image)
 
     def scores(programs: list[str]) -> list[float]:
-        return [weighted(render_compare(res, target), weights) if res.executable and res.geometry is not None
+        return [weighted(render_compare(res, target, weights), weights) if res.executable and res.geometry is not None
                 else float("-inf") for res in pool.imap(programs, opts)]
 
     best_code, best = code, scores([code])[0]

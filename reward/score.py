@@ -26,6 +26,7 @@ when the program does not execute, else 10 x IoU (ground-truth IoU, or the silho
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,23 +104,26 @@ def _coarse(mask: np.ndarray, factor: int = 8) -> np.ndarray:
     return mask[:h, :w].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
 
 
-def edge_distance(a: np.ndarray, b: np.ndarray, to_a: np.ndarray | None = None) -> float:
+def edge_distance(a: np.ndarray, b: np.ndarray, to_a: np.ndarray | None = None,
+                  a_points: np.ndarray | None = None) -> float:
     """1 - (mean distance from each line pixel of one drawing to the other's nearest, both ways,
     averaged) / (width / 16), floored at 0; 0 when either drawing has no lines. ``to_a``: the
-    distance of every pixel to ``a``'s nearest line pixel, when already known."""
+    distance of every pixel to ``a``'s nearest line pixel, and ``a_points``, ``np.argwhere(a)``,
+    when already known."""
     if not a.any() or not b.any():
         return 0.0
-    d = (_mean_distance(a, b) + (to_a[b].mean() if to_a is not None else _mean_distance(b, a))) / 2.0
+    d = (_mean_distance(a, b, a_points) + (to_a[b].mean() if to_a is not None else _mean_distance(b, a))) / 2.0
     return float(max(0.0, 1.0 - d / (a.shape[1] / 16.0)))
 
 
-def _mean_distance(src: np.ndarray, dst: np.ndarray) -> float:
-    """The mean over ``src``'s pixels (row by row) of the Euclidean distance to ``dst``'s nearest
-    pixel: the same numbers as ``distance_transform_edt(~dst)[src].mean()``, from a k-d tree of
-    ``dst``'s pixels, 4x faster for line drawings."""
+def _mean_distance(src: np.ndarray, dst: np.ndarray, src_points: np.ndarray | None = None) -> float:
+    """The mean over ``src``'s pixels (row by row; ``src_points``, their ``np.argwhere``, when
+    already known) of the Euclidean distance to ``dst``'s nearest pixel: the same numbers as
+    ``distance_transform_edt(~dst)[src].mean()``, from a k-d tree of ``dst``'s pixels, 4x faster
+    for line drawings."""
     from scipy.spatial import cKDTree
 
-    distances, _ = cKDTree(np.argwhere(dst)).query(np.argwhere(src))
+    distances, _ = cKDTree(np.argwhere(dst)).query(np.argwhere(src) if src_points is None else src_points)
     return float(distances.mean())
 
 
@@ -135,6 +139,7 @@ class RenderTarget:
     lines: np.ndarray
     coarse: np.ndarray
     to_lines: np.ndarray  # each pixel's distance to the nearest line pixel
+    line_points: np.ndarray  # np.argwhere(lines)
     embedding: np.ndarray
     critic: object | None = None  # a reward.critic.RenderCritic: candidates then get the ``critic`` term
     grey: np.ndarray | None = None  # the input as the critic reads it
@@ -157,34 +162,36 @@ class RenderTarget:
 
             grey = to_grey(pixels)
         return cls(image, pixels, silhouette(pixels), _edges(lines), lines, _coarse(lines),
-                   distance_transform_edt(~lines), embed([image])[0], critic, grey)
+                   distance_transform_edt(~lines), np.argwhere(lines), embed([image])[0], critic, grey)
 
 
-def render_compare(result: ExecResult, image: Image.Image | RenderTarget) -> dict:
+def render_compare(result: ExecResult, image: Image.Image | RenderTarget, terms: Collection[str] = RENDERED_TERMS) -> dict:
     """The render terms (module docstring) of the candidate's render (``cad.render``, at the
-    input's resolution) against the input image (or its ``RenderTarget``)."""
+    input's resolution) against the input image (or its ``RenderTarget``); only those of ``terms``."""
     from cad.render import Style, render_geometry
 
     target = RenderTarget.of(image)
-    return compare_render(render_geometry(result.geometry, Style(size=target.pixels.shape[0])), target)
+    return compare_render(render_geometry(result.geometry, Style(size=target.pixels.shape[0])), target, terms)
 
 
-def compare_render(ours: np.ndarray, target: RenderTarget) -> dict:
-    """The render terms of a candidate already rendered (``ours``, the input's size) against ``target``."""
+def compare_render(ours: np.ndarray, target: RenderTarget, terms: Collection[str] = RENDERED_TERMS) -> dict:
+    """The render terms of a candidate already rendered (``ours``, the input's size) against
+    ``target``: those of ``terms`` (the critic's only where the target carries one)."""
     from cad.render import silhouette
     from decoding.retrieval import embed
 
     lines = drawn_lines(ours)
-    terms = {"silhouette": mask_iou(target.silhouette, silhouette(ours)),
-             "edges": mask_iou(target.edges, _edges(lines)),
-             "edges_coarse": mask_iou(target.coarse, _coarse(lines)),
-             "edge_distance": edge_distance(target.lines, lines, target.to_lines),
-             "pixel": float(target.embedding @ embed([Image.fromarray(ours)])[0])}
-    if target.critic is not None:
+    compute = {"silhouette": lambda: mask_iou(target.silhouette, silhouette(ours)),
+               "edges": lambda: mask_iou(target.edges, _edges(lines)),
+               "edges_coarse": lambda: mask_iou(target.coarse, _coarse(lines)),
+               "edge_distance": lambda: edge_distance(target.lines, lines, target.to_lines, target.line_points),
+               "pixel": lambda: float(target.embedding @ embed([Image.fromarray(ours)])[0])}
+    out = {t: f() for t, f in compute.items() if t in terms}
+    if target.critic is not None and CRITIC in terms:
         from reward.critic import critic_scores, grey
 
-        terms[CRITIC] = critic_scores(target.critic, target.grey, [grey(ours)])[0]
-    return terms
+        out[CRITIC] = critic_scores(target.critic, target.grey, [grey(ours)])[0]
+    return out
 
 
 def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.Image | RenderTarget | None = None,

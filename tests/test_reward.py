@@ -85,6 +85,8 @@ def test_render_terms_prefer_the_nearer_of_two_wrong_parts(pool):
     # the input's side prepared once (RenderTarget) still gives each term its full value on the same part
     assert render_compare(target, RenderTarget.of(image)) == same
     assert same["silhouette"] == same["edges"] == 1.0 and same["pixel"] == pytest.approx(1.0)
+    # only the terms asked for are computed, each with the value it has among all of them
+    assert render_compare(near, image, ("silhouette", "edge_distance")) == {t: a[t] for t in ("silhouette", "edge_distance")}
 
 
 def test_the_k_d_tree_line_distance_is_the_distance_transforms_to_the_last_bit():
