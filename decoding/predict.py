@@ -22,7 +22,8 @@ and the profile prisms read off it (``decoding.prism``); ``prisms=True`` adds th
 and the bosses or pockets (``fit_prisms(quick=True)``: a fraction of the fits' cost);
 ``grammar=True`` constrains sampling too; ``repair=True`` repairs every candidate.
 Execution and scoring of one batch overlap with generation of the next (a worker thread), and the
-primitives and prisms are fit to a batch's images while the model generates (another thread).
+primitives and prisms are fit to a batch's images while the model generates (another thread; on
+a CPU, the model then computes on one thread fewer, leaving a core to the fits).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import math
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,7 +56,7 @@ from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
 NOT_MODEL = ("retrieval", "primitive")  # candidate sources the model did not write
-DECODING_VERSION = 7  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
+DECODING_VERSION = 8  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
 @dataclass
@@ -134,6 +136,21 @@ def model_option_problem(cfg: DecodeConfig, model_config: dict | None, has_index
         return (f"copy_bias (--copy-bias) {cfg.copy_bias} needs a retrieval-conditioned model with a copy head "
                 "(copy_head: true); leave it out for this model")
     return None
+
+
+@contextmanager
+def cpu_threads_but_one(active: bool = True):
+    """Inside the block (when ``active``), torch computes on one CPU thread fewer (at least one),
+    leaving a core to work that runs beside it."""
+    threads = torch.get_num_threads()
+    if not active or threads == 1:
+        yield
+        return
+    torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Predictor:
@@ -232,7 +249,8 @@ class Predictor:
             raise ValueError("primitives are fit by rendering: pass a SandboxPool")
         with ThreadPoolExecutor(1) as fitter:  # the fits (renders, waits on the sandbox) run while the model generates
             fits = fitter.submit(self.fit_candidates, images) if fitting else None
-            out = self.model_candidates(images, ids)
+            with cpu_threads_but_one(fitting and self.device_is_cpu):  # ... on a core of their own
+                out = self.model_candidates(images, ids)
             for cands, codes in zip(out, fits.result() if fits is not None else []):
                 cands.extend(Candidate(code, float("nan"), 1, "primitive") for code in codes)
         if cfg.repair:
@@ -241,6 +259,10 @@ class Predictor:
                     if c.source not in NOT_MODEL:  # training programs and primitives need no repair
                         c.code = repair_program(c.code, cfg.grammar_name).code
         return out
+
+    @property
+    def device_is_cpu(self) -> bool:
+        return self.model is not None and next(self.model.parameters()).device.type == "cpu"
 
     def model_candidates(self, images, ids: list[str] | None = None) -> list[list[Candidate]]:
         """The model's programs and the retrieved ones, per image (``generate`` without the fits or repair)."""

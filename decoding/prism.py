@@ -66,7 +66,7 @@ MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candi
 PRISMS = 3  # the best (region, axis) pairs written as candidates
 QUICK_PRISMS = 2  # the same, in the quick fit (the best cap by the sweep is often a plate's thin end face)
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
-DEPTH_STEPS = 13  # depths tried, evenly spaced in log
+DEPTH_STEPS = 13  # the depths' grid, evenly spaced in log (9 of them tried, coarse to fine)
 MIN_INNER = 100  # holes of the cap of fewer pixels hold no boss or pocket
 MAX_INNER = 4  # bosses stood on one cap, or pockets cut into it, at most
 MIN_WALL = 2  # a boss's top or a pocket's floor swept fewer pixels than this to cover its hole is flush with the cap
@@ -380,6 +380,22 @@ def _best(values: np.ndarray, score) -> float:
     return float(max(values, key=score))
 
 
+def _best_coarse_to_fine(values: np.ndarray, score) -> float:
+    """The best of ``values`` by ``score`` among every other one (the ends included) and the two
+    beside the best of those: the best of all when it lies next to the coarse best (a smooth
+    score), at about two thirds of the scores."""
+    scores: dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in scores:
+            scores[i] = score(values[i])
+        return scores[i]
+
+    coarse = list(range(0, len(values), 2))
+    best = max(coarse, key=at)
+    return float(values[max(sorted({*coarse, *(i for i in (best - 1, best + 1) if 0 <= i < len(values))}), key=at)])
+
+
 def _span(depth: float, axis: int) -> float:
     """How far (in log) a fit tries either side of ``depth`` pixels along ``axis``: ``DEPTH_SPAN``,
     or two pixels if that is more (a thin plate's side is a few pixels tall)."""
@@ -388,9 +404,10 @@ def _span(depth: float, axis: int) -> float:
 
 def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[str, float],
                other: Geometry | None = None) -> Body:
-    """``body`` with the depth whose render (with ``other``, when given) fits best among
+    """``body`` with the depth whose render (with ``other``, when given) fits best on a grid of
     ``DEPTH_STEPS`` around its own (at least two pixels either way, a thin plate's side is a few
-    pixels tall), stretching its executed mesh ``g`` along its axis about its cap."""
+    pixels tall), searched coarse to fine (``_best_coarse_to_fine``), stretching its executed mesh
+    ``g`` along its axis about its cap."""
     normal = plane_basis(body.axis)[2]
     span = _span(body.depth, body.axis)
     cap = np.abs(normal) @ np.asarray(body.shift)  # the cap's world coordinate along the axis
@@ -402,7 +419,7 @@ def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[st
             return _render_fit(moved, target, objective)
         return _render_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
 
-    return dataclasses.replace(body, depth=body.depth * _best(np.exp(np.linspace(-span, span, DEPTH_STEPS)), score))
+    return dataclasses.replace(body, depth=body.depth * _best_coarse_to_fine(np.exp(np.linspace(-span, span, DEPTH_STEPS)), score))
 
 
 def _swept(region: np.ndarray, axis: int, filled: np.ndarray, base: np.ndarray | None = None) -> tuple[float, np.ndarray]:
@@ -489,8 +506,16 @@ def _cap_holes(cap: Cap, regions: list[np.ndarray], flat: np.ndarray) -> list[tu
     the cap.)"""
     cap_flat = cap.region & flat
     holes, count = label(_hull(cap_flat) & ~cap_flat)
-    return [(hole, [r for r in regions if (r & hole).sum() >= 0.9 * r.sum()])
-            for hole in (holes == i for i in range(1, count + 1)) if hole.sum() >= MIN_INNER]
+    numbered = np.zeros(flat.shape, np.int32)  # the regions are disjoint: each pixel's region number (0: none)
+    for i, r in enumerate(regions, 1):
+        numbered[r] = i
+    sizes = np.bincount(numbered.ravel(), minlength=len(regions) + 1)
+    found = []
+    for i in np.flatnonzero(np.bincount(holes.ravel(), minlength=count + 1)[1:] >= MIN_INNER) + 1:
+        hole = holes == i
+        inside = np.bincount(numbered[hole], minlength=len(regions) + 1)  # each region's pixels in the hole
+        found.append((hole, [r for j, r in enumerate(regions, 1) if inside[j] >= 0.9 * sizes[j]]))
+    return found
 
 
 def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sign: int) -> list[Inner]:

@@ -132,14 +132,24 @@ def test_the_fits_run_while_the_model_generates(pool, monkeypatch):
         assert generating.wait(20)
         return [[BOX.format(1, 1, 1)] for _ in images]
 
+    threads = []
+
     def model(images, ids=None):
         generating.set()
+        threads.append(torch.get_num_threads())
         assert fitting.wait(20)
         return [[Candidate(BOX.format(2, 1, 1), logprob=-1.0)] for _ in images]
 
     monkeypatch.setattr(predictor, "fit_candidates", fits)
     monkeypatch.setattr(predictor, "model_candidates", model)
-    cands = predictor.generate([Image.new("RGB", (64, 64), "white")])
+    monkeypatch.setattr(Predictor, "device_is_cpu", property(lambda self: True))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cands = predictor.generate([Image.new("RGB", (64, 64), "white")])
+        assert threads == [1] and torch.get_num_threads() == 2  # a core left to the fits while the model writes, then given back
+    finally:
+        torch.set_num_threads(before)
     assert [(c.source, c.code) for c in cands[0]] == [("beam", BOX.format(2, 1, 1)), ("primitive", BOX.format(1, 1, 1))]
 
 
@@ -418,6 +428,21 @@ def test_quick_prisms_are_the_best_two_caps(pool):
     assert not quick and len(full) == 1 and ".union(" in full[0]
     with pytest.raises(ValueError, match="prisms"):
         DecodeConfig(strategy="beam", prisms=True)
+
+
+def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
+    from decoding.prism import DEPTH_STEPS, _best_coarse_to_fine
+
+    values = np.arange(DEPTH_STEPS, dtype=float)
+    for peak in (0, 3, 6, 7, 12, 4.6):  # odd peaks lie between two coarse points
+        tried = []
+
+        def score(v: float) -> float:
+            tried.append(v)
+            return -abs(v - peak)
+
+        assert _best_coarse_to_fine(values, score) == round(peak)
+        assert len(tried) <= (DEPTH_STEPS + 1) // 2 + 2 and len(set(tried)) == len(tried)  # 9 of 13, none twice
 
 
 def test_a_raised_boss_is_the_boss_executed_at_that_height(pool):
