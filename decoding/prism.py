@@ -252,11 +252,12 @@ def _to_plane(axis: int) -> np.ndarray:
 
 def profile(cap: Cap, hidden: np.ndarray | None = None) -> tuple[Loop, list[Loop]]:
     """The cap's outline and holes in its sketch plane's (u, v) coordinates, in pixels: contours
-    of the region grown by one pixel (half a drawn line each side), unprojected from the screen
-    and simplified; contour pixels in ``hidden`` (where another body hides the cap) do not count
-    when testing for a circle."""
+    of the region grown into its four neighbours (onto the drawn line around it, whose pixels lie
+    on the edge; grown into all eight, it would cross a slanted line's staircase at its corners:
+    outlines a pixel too wide), unprojected from the screen and simplified; contour pixels in
+    ``hidden`` (where another body hides the cap) do not count when testing for a circle."""
     to_plane = _to_plane(cap.axis)
-    grown = binary_dilation(cap.region, np.ones((3, 3), bool)).astype(np.uint8)
+    grown = binary_dilation(cap.region).astype(np.uint8)  # scipy's default structure: the cross
     contours, hierarchy = cv2.findContours(grown, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     outer = max((i for i in range(len(contours)) if hierarchy[0][i][3] < 0), key=lambda i: cv2.contourArea(contours[i]))
     holes = [c for i, c in enumerate(contours) if hierarchy[0][i][3] == outer and cv2.contourArea(c) >= MIN_HOLE]
