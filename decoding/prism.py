@@ -547,9 +547,9 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
 
 
 def _rim(cap: Cap) -> np.ndarray:
-    """The cap's region grown by a pixel (half a drawn line): a pocket's opening is its hole
-    outside it."""
-    return binary_dilation(cap.region, np.ones((3, 3), bool))
+    """The cap's region grown into its four neighbours (onto the drawn line around it, as
+    ``profile`` grows it): a pocket's opening is its hole outside it."""
+    return binary_dilation(cap.region)
 
 
 def _fill_holes(cap: Cap, body: Body, inner: list[Inner]) -> Body:
