@@ -261,8 +261,13 @@ class Predictor:
         return out
 
     @property
+    def device(self) -> torch.device | None:
+        """Where the model's weights are (None without a model)."""
+        return next(self.model.parameters()).device if self.model is not None else None
+
+    @property
     def device_is_cpu(self) -> bool:
-        return self.model is not None and next(self.model.parameters()).device.type == "cpu"
+        return self.device is not None and self.device.type == "cpu"
 
     def model_candidates(self, images, ids: list[str] | None = None) -> list[list[Candidate]]:
         """The model's programs and the retrieved ones, per image (``generate`` without the fits or repair)."""
@@ -274,7 +279,7 @@ class Predictor:
         need = max(k, cfg.n if sampling and edits else 0, self.context_k if edits else 0)  # every set holds context_k programs
         hits = self.index.query(images, need, exclude_ids=ids) if need else None
         if cfg.strategy != "retrieval":
-            px = self.proc(images).to(next(self.model.parameters()).device)
+            px = self.proc(images).to(self.device)
         if cfg.strategy != "retrieval" and edits:
             self.generate_edits(px, hits, out, sampling)
         elif cfg.strategy != "retrieval":

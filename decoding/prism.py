@@ -385,16 +385,11 @@ def _best_coarse_to_fine(values: np.ndarray, score) -> float:
     """The best of ``values`` by ``score`` among every other one (the ends included) and the two
     beside the best of those: the best of all when it lies next to the coarse best (a smooth
     score), at about two thirds of the scores."""
-    scores: dict[int, float] = {}
-
-    def at(i: int) -> float:
-        if i not in scores:
-            scores[i] = score(values[i])
-        return scores[i]
-
+    at = functools.cache(lambda i: score(values[i]))  # no value scored twice
     coarse = list(range(0, len(values), 2))
     best = max(coarse, key=at)
-    return float(values[max(sorted({*coarse, *(i for i in (best - 1, best + 1) if 0 <= i < len(values))}), key=at)])
+    beside = [i for i in (best - 1, best + 1) if 0 <= i < len(values)]
+    return float(values[max(sorted({*coarse, *beside}), key=at)])  # in grid order: ties go to the first, as _best
 
 
 def _span(depth: float, axis: int) -> float:
