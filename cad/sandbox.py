@@ -537,6 +537,7 @@ class SandboxPool:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, ExecResult] = OrderedDict()
         self._cache_size = cache_size
+        self.closed = False
         with ThreadPoolExecutor(self.workers) as ex:
             for z in ex.map(lambda _: _Zygote(), range(self.workers)):
                 self._all.append(z)
@@ -552,6 +553,8 @@ class SandboxPool:
         return hashlib.sha256((repr(opts) + "\0" + code).encode("utf-8", "surrogatepass")).hexdigest()
 
     def run(self, code: str, opts: ExecOptions | None = None) -> ExecResult:
+        if self.closed:
+            raise RuntimeError("this SandboxPool is closed: run programs inside its `with` block, before close()")
         opts = opts or ExecOptions()
         key = self.cache_key(code, opts)
         with self._lock:
@@ -563,6 +566,8 @@ class SandboxPool:
             result = zygote.run(code, opts)
         except (EOFError, BrokenPipeError, TimeoutError, OSError) as exc:
             zygote.close()
+            if self.closed:  # closed while this program ran: no new worker for a closed pool
+                raise RuntimeError("this SandboxPool was closed while a program ran in it") from exc
             with self._lock:
                 self._all.remove(zygote)
             zygote = _Zygote()
@@ -596,6 +601,7 @@ class SandboxPool:
         return list(self.imap(codes, opts))
 
     def close(self) -> None:
+        self.closed = True
         for z in self._all:
             z.close()
         self._all.clear()

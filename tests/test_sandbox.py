@@ -123,6 +123,18 @@ def test_pool_keeps_serving_after_hostile_programs(pool, hostile_results, refere
     assert results[0].n_faces == 6 and results[0].n_solids == 1
 
 
+def test_a_closed_pool_refuses_programs_and_starts_no_worker():
+    """Using a pool after ``close`` (a generator of results read after its ``with`` block) says so,
+    instead of failing inside its crash recovery or starting a worker nobody closes."""
+    from cad.sandbox import SandboxPool
+
+    with SandboxPool(1) as own:
+        assert own.run(BOX).status == "ok"
+    with pytest.raises(RuntimeError, match="closed"):
+        own.run(BOX + "# another program\n")
+    assert own._all == []
+
+
 def test_no_state_leaks_between_programs(pool):
     """A program may mutate module state the policy allows it to reach (a dict in
     ``cq.selectors``) and set globals; the next program must not see either."""
