@@ -21,6 +21,7 @@ from cad.render import render_geometry, silhouette_iou
 from cad.sandbox import ExecOptions, ExecResult, SandboxPool
 from decoding.predict import DecodeConfig, Predictor
 from decoding.rerank import Candidate
+from img2cad.images import NORMALISE_VERSION
 from img2cad.shipped import Shipped
 
 EXPORT_TIMEOUT = 30.0  # seconds for the chosen program's final run: tessellation and STEP / STL export on top
@@ -128,9 +129,10 @@ class Engine:
             raise
 
     def options_for(self, cfg: DecodeConfig) -> dict:
-        """What decides the output: the model's files, the decoding config and the decoding code's version."""
+        """What decides the output: the model's files, the decoding config and the versions of the
+        decoding code and of the input normalisation (``img2cad.images``)."""
         return {"model": self.shipped.name, "model_fingerprint": self.shipped.fingerprint, "decoding": dataclasses.asdict(cfg),
-                "decoding_version": decoding.predict.DECODING_VERSION}
+                "decoding_version": decoding.predict.DECODING_VERSION, "normalise_version": NORMALISE_VERSION}
 
     @property
     def options(self) -> dict:

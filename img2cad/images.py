@@ -11,7 +11,10 @@ its projected bounding box fit to a 400 x 300 window. ``normalise`` turns any pi
 4. An image already in the training layout (part centred, filling 60-100 % of the 400 x 300
    window in one direction) is only resized to 448 px. Anything else (a photo, a tight crop, a
    small part on a large canvas) is cropped to the part and scaled so that its extent fits the
-   window, centred.
+   window, centred (area-averaged when shrunk, bilinear when enlarged: no overshoot beside lines).
+5. Redrawn in the renderer's palette (``restyle``), which the profile fits read exactly (black
+   one-pixel lines, one flat grey for planar faces): JPEG noise, resampling blur and the grey
+   fringe of an outline would otherwise hide the faces and lines.
 
 The result is deterministic: the same file gives the same pixels.
 """
@@ -22,13 +25,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cad.io import InputError  # a file that cannot be used: the message names it and says what to do
+from scipy.ndimage import binary_dilation, distance_transform_edt, grey_closing, label
 
+from cad.io import InputError  # a file that cannot be used: the message names it and says what to do
+from cad.render import GENCAD_STYLE
+
+NORMALISE_VERSION = 2  # raised whenever normalise gives other pixels: img2cad predict then redoes its earlier outputs
 SIZE = 448
 WINDOW = (400, 300)  # cad.render.Style: fit_width, fit_height times SIZE
 MIN_PART_PIXELS = 16
-
-
+PART_BELOW = 216  # restyle: grey levels below this are the part (the renders' faces are at most ~180)
+LINE_BELOW = 60  # ... below this a line (reward.score.drawn_lines' threshold)
+LINE_CONTRAST = 30  # ... a pixel this much darker than its 5 x 5 grey closing lies on a line
+PLANAR_BAND = 6  # ... a face whose pixels lie mostly (PLANAR_SHARE) this close to the planar grey is planar,
+PLANAR_SHARE = 0.8
+PLANAR_SNAP = 15  # ... and its pixels this close to it are set to it (elsewhere only those within FLAT_SNAP)
+FLAT_SNAP = 3
+CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -112,15 +125,54 @@ def normalise(img: Image.Image, name: str = "image") -> Image.Image:
         side = max(h, w)
         square = Image.new("L", (side, side), 255)
         square.paste(Image.fromarray(grey), ((side - w) // 2, (side - h) // 2))
-        canvas = square if side == SIZE else square.resize((SIZE, SIZE), Image.LANCZOS)
+        canvas = _resized(square, (SIZE, SIZE))
     else:
         ys, xs = np.nonzero(mask)
         crop = Image.fromarray(grey[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
         scale = min(WINDOW[0] / crop.width, WINDOW[1] / crop.height)
         size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
-        crop = crop.resize(size, Image.LANCZOS)
+        crop = _resized(crop, size)
         canvas.paste(crop, ((SIZE - size[0]) // 2, (SIZE - size[1]) // 2))
-    return canvas.convert("RGB")
+    return Image.fromarray(restyle(np.asarray(canvas)))
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``img`` at ``size``: area-averaged when shrunk, bilinear when enlarged (neither rings)."""
+    if img.size == size:
+        return img
+    return img.resize(size, Image.BOX if size[0] < img.width else Image.BILINEAR)
+
+
+def restyle(grey: np.ndarray) -> np.ndarray:
+    """An (H, W) grey picture of a part on white as an (H, W, 3) render in ``cad.render``'s
+    palette: lines black and one pixel across (the darkest pixel across a dark ridge), the pixels
+    beside a line given their face's grey (the nearest pixel off the line and its neighbours), the
+    blend of the outline with the background outside it white, and planar faces (``PLANAR_SHARE``
+    of their pixels within ``PLANAR_BAND`` of the planar grey) in exactly the renderer's planar
+    colour. A render in that palette comes back unchanged but for isolated pixels."""
+    g = grey.astype(np.int16)
+    part = g < PART_BELOW
+    dark = grey_closing(g, size=(5, 5)) - g
+    pad = np.pad(dark, 1, mode="edge")
+    ridge = ((dark >= pad[1:-1, :-2]) & (dark >= pad[1:-1, 2:])) | ((dark >= pad[:-2, 1:-1]) & (dark >= pad[2:, 1:-1]))
+    lines = (g < LINE_BELOW) | (part & (dark > LINE_CONTRAST) & ridge)
+    beside = binary_dilation(lines) & ~lines
+    known = part & ~lines & ~beside
+    if known.any():
+        near = distance_transform_edt(~known, return_distances=False, return_indices=True)
+        g = np.where(beside & part, g[near[0], near[1]], g)
+    part &= ~(beside & binary_dilation(~part, CROSS))  # the outline's blend with the background
+    faces, count = label(part & ~lines)
+    planar_grey = GENCAD_STYLE.face_rgb[0]
+    off = np.abs(g - planar_grey)
+    share = (np.bincount(faces.ravel(), weights=(off <= PLANAR_BAND).ravel(), minlength=count + 1)
+             / np.maximum(np.bincount(faces.ravel(), minlength=count + 1), 1))
+    snap = (faces > 0) & (((share[faces] >= PLANAR_SHARE) & (off <= PLANAR_SNAP)) | (off <= FLAT_SNAP))
+    out = np.repeat(np.clip(g, 0, 255).astype(np.uint8)[..., None], 3, -1)
+    out[snap] = GENCAD_STYLE.face_rgb
+    out[~part] = 255
+    out[lines] = 0
+    return out
 
 
 def load_input(path: str | Path) -> Image.Image:

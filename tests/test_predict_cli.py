@@ -107,6 +107,12 @@ def test_predict_writes_five_files_per_image_and_is_deterministic(shipped, tmp_p
     assert main(["predict", images[0], "--out", str(tmp_path / "a"), *common]) == 0
     assert "kept" not in capsys.readouterr().out
     monkeypatch.undo()
+    import img2cad.engine
+
+    monkeypatch.setattr(img2cad.engine, "NORMALISE_VERSION", img2cad.engine.NORMALISE_VERSION + 1)  # new input normalisation: redone
+    assert main(["predict", images[0], "--out", str(tmp_path / "a"), *common]) == 0
+    assert "kept" not in capsys.readouterr().out
+    monkeypatch.undo()
     assert main(["predict", images[0], "--out", str(tmp_path / "a"), *common, "--strategy", "retrieval"]) == 0
     out = capsys.readouterr().out
     assert "kept" not in out and json.loads((tmp_path / "a" / "00144800_0.json").read_text())["chosen"]["source"] == "retrieval"
@@ -275,6 +281,30 @@ def test_training_style_renders_pass_unchanged_and_other_pictures_are_normalised
         assert _sil_iou(out, ref) > 0.93, name
     assert np.array_equal(np.asarray(normalise(Image.fromarray(colour.clip(0, 255).astype(np.uint8)))),
                           np.asarray(load_input(tmp_path / "colour.png")))  # deterministic
+
+
+def test_jpeg_and_resized_renders_come_back_in_the_renderers_palette():
+    """A JPEG of a render and an enlarged copy normalise to the render's own faces and lines:
+    the planar grey where the render has it (what the profile fits read) and its one-pixel
+    black lines, not the noise, blur and overshoot of the copies."""
+    from scipy.ndimage import binary_dilation
+
+    from decoding.prism import flat_pixels
+    from reward.score import drawn_lines
+
+    ref = _reference(IMAGES[0])
+    r = np.asarray(ref)
+    buf = io.BytesIO()
+    ref.save(buf, "JPEG", quality=85)
+    copies = {"jpeg": Image.open(io.BytesIO(buf.getvalue())), "800 px": ref.resize((800, 800), Image.BICUBIC)}
+    for name, copy in copies.items():
+        out = np.asarray(normalise(copy))
+        flat, flat_ref = flat_pixels(out), flat_pixels(r)
+        assert (flat & flat_ref).sum() / (flat | flat_ref).sum() > 0.93, name  # 0.71 for the JPEG left as it is
+        lines, lines_ref = drawn_lines(out), drawn_lines(r)
+        assert (lines_ref & binary_dilation(lines)).sum() > 0.98 * lines_ref.sum(), name  # every line kept
+        assert (lines & ~binary_dilation(lines_ref)).sum() < 0.02 * lines.sum(), name  # and no others
+        assert ((out < 250).any(-1) != (r < 250).any(-1)).sum() < 0.001 * r[..., 0].size, name  # same silhouette
 
 
 def test_sandbox_exports_step_and_stl_from_the_child(pool):

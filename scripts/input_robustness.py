@@ -1,0 +1,69 @@
+"""How ``img2cad predict`` holds up when the picture is not GenCAD's exact render: the reference
+rows' images as they are, saved as JPEG (quality 85), halved to 224 px and enlarged to 800 px
+(bicubic), each read by ``img2cad.images.load_input`` and decoded by the shipped model's default
+(``img2cad.engine.Engine``), then scored against the rows' programs (exact Best IoU).
+
+    python scripts/input_robustness.py --out docs/results/input_robustness-real10.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cad.sandbox import SandboxPool  # noqa: E402
+from img2cad.images import NORMALISE_VERSION, load_input  # noqa: E402
+from reward.evaluate import evaluate_pairs  # noqa: E402
+from scripts._common import REFERENCE, machine, reference_rows, write_json  # noqa: E402
+
+COPIES = {
+    "as_is": lambda im: (im, "png"),
+    "jpeg85": lambda im: (im, "jpg"),
+    "224px": lambda im: (im.resize((224, 224), Image.LANCZOS), "png"),
+    "800px": lambda im: (im.resize((800, 800), Image.BICUBIC), "png"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    from img2cad.engine import Engine, decode_config
+    from img2cad.shipped import DEFAULT_MODEL, load_shipped
+
+    rows = reference_rows()
+    shipped = load_shipped(args.model or DEFAULT_MODEL)
+    cfg = decode_config(shipped)
+    result = {"benchmark": "input_robustness", "command": "python " + " ".join(sys.argv), "model": shipped.name,
+              "normalise_version": NORMALISE_VERSION, "decoding": cfg.strategy, "n": len(rows), "machine": machine(),
+              "copies": {}}
+    with tempfile.TemporaryDirectory() as tmp, Engine(shipped, cfg, workers=args.workers) as engine, \
+            SandboxPool(args.workers) as pool:
+        for name, make in COPIES.items():
+            pairs, seconds = [], 0.0
+            for row in tqdm(rows, desc=name, unit="img"):
+                img, ext = make(Image.open(REFERENCE / row["image"]).convert("RGB"))
+                path = Path(tmp) / f"{row['deepcad_id']}-{name}.{ext}"
+                img.save(path, **({"quality": 85} if ext == "jpg" else {}))
+                t0 = time.perf_counter()
+                pred = engine.predict(load_input(path))
+                seconds += time.perf_counter() - t0
+                pairs.append((row["deepcad_id"], pred.chosen.code, row["cadquery"]))
+            summary, scored = evaluate_pairs(pairs, pool, progress=False)
+            result["copies"][name] = {"iou_best": summary["iou_best"], "vsr": summary["vsr"],
+                                      "seconds_per_image": round(seconds / len(rows), 3),
+                                      "iou": {r["id"]: None if r["iou"] is None else round(r["iou"], 4) for r in scored}}
+    write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
