@@ -13,8 +13,12 @@ its projected bounding box fit to a 400 x 300 window. ``normalise`` turns any pi
    small part on a large canvas) is cropped to the part and scaled so that its extent fits the
    window, centred (area-averaged when shrunk, bilinear when enlarged: no overshoot beside lines).
 5. Redrawn in the renderer's palette (``restyle``), which the profile fits read exactly (black
-   one-pixel lines, one flat grey for planar faces): JPEG noise, resampling blur and the grey
-   fringe of an outline would otherwise hide the faces and lines.
+   one-pixel lines, one flat grey for planar faces; the part's greys scaled to it where it is
+   missing): JPEG noise, resampling blur, a tint and the grey fringe of an outline would otherwise
+   hide the faces and lines.
+
+A 448 x 448 picture in the layout, in the renderer's greys, on pure white is a render and is
+used unchanged.
 
 The result is deterministic: the same file gives the same pixels.
 """
@@ -30,7 +34,7 @@ from scipy.ndimage import binary_dilation, distance_transform_edt, grey_closing,
 from cad.io import InputError  # a file that cannot be used: the message names it and says what to do
 from cad.render import GENCAD_STYLE
 
-NORMALISE_VERSION = 2  # raised whenever normalise gives other pixels: img2cad predict then redoes its earlier outputs
+NORMALISE_VERSION = 3  # raised whenever normalise gives other pixels: img2cad predict then redoes its earlier outputs
 SIZE = 448
 WINDOW = (400, 300)  # cad.render.Style: fit_width, fit_height times SIZE
 MIN_PART_PIXELS = 16
@@ -116,7 +120,7 @@ def normalise(img: Image.Image, name: str = "image") -> Image.Image:
     if mask.sum() < MIN_PART_PIXELS:
         raise InputError(f"{name}: nothing drawn (the image is one flat colour); give a picture of a part")
     layout = in_training_layout(mask)
-    if layout and rgb.shape[:2] == (SIZE, SIZE) and not ((rgb < 250).any(-1) & ~mask).any():
+    if layout and rgb.shape[:2] == (SIZE, SIZE) and not ((rgb < 250).any(-1) & ~mask).any() and _render_grey(rgb):
         return Image.fromarray(rgb)  # already a training-style render: unchanged
     grey = _grey(rgb, mask, background)
     h, w = grey.shape
@@ -136,6 +140,13 @@ def normalise(img: Image.Image, name: str = "image") -> Image.Image:
     return Image.fromarray(restyle(np.asarray(canvas)))
 
 
+def _render_grey(rgb: np.ndarray) -> bool:
+    """Every pixel in the renderer's greys: red equal to green, blue at most 8 below (the planar
+    grey is (141, 141, 138), curved faces shade it)."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    return bool((r == g).all() and ((g - b >= 0) & (g - b <= 8)).all())
+
+
 def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     """``img`` at ``size``: area-averaged when shrunk, bilinear when enlarged (neither rings)."""
     if img.size == size:
@@ -143,14 +154,30 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize(size, Image.BOX if size[0] < img.width else Image.BILINEAR)
 
 
+def _levelled(g: np.ndarray) -> np.ndarray:
+    """The part's grey levels scaled so that their most common one (in renders, the planar faces')
+    is the renderer's planar grey, where few pixels are near that grey already and one level holds
+    at least ``PLANAR_SHARE`` / 8 of the part (a tinted or darker copy of a render)."""
+    planar = GENCAD_STYLE.face_rgb[0]
+    part = g < PART_BELOW
+    hist = np.bincount(g[part].ravel(), minlength=256)
+    if hist[planar - PLANAR_BAND:planar + PLANAR_BAND + 1].sum() >= 0.1 * part.sum():
+        return g
+    mode = LINE_BELOW + int(np.argmax(hist[LINE_BELOW:PART_BELOW]))
+    if hist[mode - 2:mode + 3].sum() < PLANAR_SHARE / 8 * part.sum():
+        return g
+    return np.where(part, np.minimum(np.rint(g * (planar / mode)), PART_BELOW - 1), g).astype(np.int16)
+
+
 def restyle(grey: np.ndarray) -> np.ndarray:
     """An (H, W) grey picture of a part on white as an (H, W, 3) render in ``cad.render``'s
-    palette: lines black and one pixel across (the darkest pixel across a dark ridge), the pixels
+    palette: grey levels scaled so that the most common is the planar grey (``_levelled``, where
+    it is missing), lines black and one pixel across (the darkest pixel across a dark ridge), the pixels
     beside a line given their face's grey (the nearest pixel off the line and its neighbours), the
     blend of the outline with the background outside it white, and planar faces (``PLANAR_SHARE``
     of their pixels within ``PLANAR_BAND`` of the planar grey) in exactly the renderer's planar
     colour. A render in that palette comes back unchanged but for isolated pixels."""
-    g = grey.astype(np.int16)
+    g = _levelled(grey.astype(np.int16))
     part = g < PART_BELOW
     dark = grey_closing(g, size=(5, 5)) - g
     pad = np.pad(dark, 1, mode="edge")

@@ -1,6 +1,6 @@
 """How ``img2cad predict`` holds up when the picture is not GenCAD's exact render: the reference
-rows' images as they are, saved as JPEG (quality 85), halved to 224 px and enlarged to 800 px
-(bicubic), each read by ``img2cad.images.load_input`` and decoded by the shipped model's default
+rows' images as they are, saved as JPEG (quality 85), halved to 224 px, enlarged to 800 px
+(bicubic), with the part tinted orange and with the colours inverted (light on black), each read by ``img2cad.images.load_input`` and decoded by the shipped model's default
 (``img2cad.engine.Engine``), then scored against the rows' programs (exact Best IoU).
 
     python scripts/input_robustness.py --out docs/results/input_robustness-real10.json
@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,7 +28,15 @@ COPIES = {
     "jpeg85": lambda im: (im, "jpg"),
     "224px": lambda im: (im.resize((224, 224), Image.LANCZOS), "png"),
     "800px": lambda im: (im.resize((800, 800), Image.BICUBIC), "png"),
+    "tinted": lambda im: (Image.fromarray(_tinted(np.asarray(im))), "png"),
+    "inverted": lambda im: (ImageOps.invert(im), "png"),
 }
+
+
+def _tinted(a: np.ndarray) -> np.ndarray:
+    """A render's part in orange (its channels scaled by 1, 0.55 and 0.3), the background kept."""
+    part = (a < 250).any(-1, keepdims=True)
+    return np.where(part, a * np.array([1.0, 0.55, 0.3]), a).astype(np.uint8)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -284,7 +284,7 @@ def test_training_style_renders_pass_unchanged_and_other_pictures_are_normalised
 
 
 def test_jpeg_and_resized_renders_come_back_in_the_renderers_palette():
-    """A JPEG of a render and an enlarged copy normalise to the render's own faces and lines:
+    """A JPEG of a render, an enlarged copy and a tinted one normalise to the render's own faces and lines:
     the planar grey where the render has it (what the profile fits read) and its one-pixel
     black lines, not the noise, blur and overshoot of the copies."""
     from scipy.ndimage import binary_dilation
@@ -296,7 +296,9 @@ def test_jpeg_and_resized_renders_come_back_in_the_renderers_palette():
     r = np.asarray(ref)
     buf = io.BytesIO()
     ref.save(buf, "JPEG", quality=85)
-    copies = {"jpeg": Image.open(io.BytesIO(buf.getvalue())), "800 px": ref.resize((800, 800), Image.BICUBIC)}
+    tinted = np.where((r < 250).any(-1, keepdims=True), r * np.array([1.0, 0.55, 0.3]), r).astype(np.uint8)
+    copies = {"jpeg": Image.open(io.BytesIO(buf.getvalue())), "800 px": ref.resize((800, 800), Image.BICUBIC),
+              "tinted": Image.fromarray(tinted)}
     for name, copy in copies.items():
         out = np.asarray(normalise(copy))
         flat, flat_ref = flat_pixels(out), flat_pixels(r)
