@@ -153,8 +153,13 @@ def project(points: np.ndarray) -> np.ndarray:
     return np.stack([points @ RIGHT, points @ UP, points @ VIEW_DIR], axis=-1)
 
 
-def render_geometry(geometry: Geometry, style: Style = GENCAD_STYLE) -> np.ndarray:
-    """Render an executed solid to an (H, W, 3) uint8 image in GenCAD's style."""
+Frame = tuple[float, float, float]  # (pixels per unit as a share of the image size, centre right, centre up)
+
+
+def render_geometry(geometry: Geometry, style: Style = GENCAD_STYLE, frame: Frame | None = None) -> np.ndarray:
+    """Render an executed solid to an (H, W, 3) uint8 image in GenCAD's style: its projected
+    bounding box fit to the style's window, or placed by ``frame`` (the projected point
+    ``frame[1:]`` at the image's centre, ``frame[0] * size`` pixels per unit)."""
     size = style.size
     verts = np.asarray(geometry.vertices, dtype=np.float64)
     tris = np.asarray(geometry.triangles, dtype=np.int64)
@@ -168,6 +173,8 @@ def render_geometry(geometry: Geometry, style: Style = GENCAD_STYLE) -> np.ndarr
     ext = np.maximum(c_hi - c_lo, 1e-9)
     scale = min(size * style.fit_width / ext[0], size * style.fit_height / ext[1])
     centre = (c_lo + c_hi) / 2.0
+    if frame is not None:
+        scale, centre = frame[0] * size, np.array(frame[1:], dtype=np.float64)
 
     def to_screen(points: np.ndarray) -> np.ndarray:
         p = project(points)

@@ -44,10 +44,11 @@ from cad.data import to_image
 from cad.io import FP_KEY, done_rows, fingerprint, prune_stale
 from cad.programs import normalize_scale
 from cad.sandbox import ExecOptions, SandboxPool
+from cad.render import Frame
 from decoding.grammar import GRAMMARS
 from decoding.grammar import repair as repair_program
 from decoding.primitives import fit_primitives
-from decoding.prism import fit_prisms
+from decoding.prism import framed_prisms
 from decoding.refine import ALL_GROUPS, DEFAULT_GROUPS, refine
 from decoding.rerank import (CRITIC, DEFAULT_WEIGHTS, RENDER_TERMS, Candidate, RenderTarget, check_objective, combined_score,
                              needs_render)
@@ -56,7 +57,7 @@ from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
 NOT_MODEL = ("retrieval", "primitive")  # candidate sources the model did not write
-DECODING_VERSION = 10  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
+DECODING_VERSION = 11  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
 @dataclass
@@ -251,8 +252,8 @@ class Predictor:
             fits = fitter.submit(self.fit_candidates, images) if fitting else None
             with cpu_threads_but_one(fitting and self.device_is_cpu):  # ... on a core of their own
                 out = self.model_candidates(images, ids)
-            for cands, codes in zip(out, fits.result() if fits is not None else []):
-                cands.extend(Candidate(code, float("nan"), 1, "primitive") for code in codes)
+            for cands, fitted in zip(out, fits.result() if fits is not None else []):
+                cands.extend(Candidate(code, float("nan"), 1, "primitive", frame=frame) for code, frame in fitted)
         if cfg.repair:
             for cands in out:
                 for c in cands:
@@ -302,14 +303,16 @@ class Predictor:
                 self.score_retrieved(px, out)
         return out
 
-    def fit_candidates(self, images) -> list[list[str]]:
-        """Per image, the programs fit to it: with ``primitives``, the primitives and all prisms; with
-        ``prisms``, the quick prisms (``decoding.prism.fit_prisms``)."""
+    def fit_candidates(self, images) -> list[list[tuple[str, Frame | None]]]:
+        """Per image, the programs fit to it, each with the frame that draws it where the image
+        shows it (None: the primitives, which fit proportions only): with ``primitives``, the
+        primitives and all prisms; with ``prisms``, the quick prisms (``decoding.prism.framed_prisms``)."""
         cfg, out = self.cfg, []
         for image in images:
             target = RenderTarget.of(image)
-            out.append(fit_primitives(target, self.pool, self.render_terms) + fit_prisms(target, self.pool, self.render_terms)
-                       if cfg.primitives else fit_prisms(target, self.pool, self.render_terms, quick=True))
+            prisms = framed_prisms(target, self.pool, self.render_terms, quick=not cfg.primitives)
+            primitives = fit_primitives(target, self.pool, self.render_terms) if cfg.primitives else []
+            out.append([(code, None) for code in primitives] + prisms)
         return out
 
     def generate_edits(self, px: torch.Tensor, hits: list[list[tuple[str, float]]], out: list[list[Candidate]],

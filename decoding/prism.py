@@ -15,9 +15,13 @@ times smaller, where a region keeps every small pixel it touches, so that a face
 (contours of the region, simplified; a contour that unprojects to a circle is written as one) are
 mapped from the screen back to the cap's plane, and the depth is then fit by the reranker's
 render terms, stretching one executed mesh along the axis (a prism stretched along its axis is the
-same prism, deeper), as ``decoding.primitives`` does. The programs are written in GenCAD's form
+same prism, deeper), as ``decoding.primitives`` does. The bodies are built in pixel units, where a
+point p lies at screen (p . RIGHT, -p . UP) of the image, so every fit draws them there
+(``PIXEL_FRAME``), not fit to the window: where the picture holds more than the bodies (a thin
+rod out of a block widens its frame), a body fit to the window alone would be drawn larger than
+the picture shows it, and its depth fit to that. The programs are written in GenCAD's form
 at GenCAD's size (largest side 1.5), one with the holes and one without (a pocket or a boss
-inside the cap is drawn like a hole), for the reranker.
+inside the cap is drawn like a hole), for the reranker, each with its frame (``program_frame``).
 
 A boss standing on a cap adds too little to the silhouette to show in the sweeps, but it hides
 a patch of the cap: the cap region has a hole (or a dent) there, with the boss's top inside it.
@@ -47,10 +51,10 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import binary_dilation, binary_fill_holes, label
 
-from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, silhouette
-from cad.sandbox import ExecOptions, Geometry, SandboxPool
-from decoding.primitives import PLANES, SIZE, _render_fit, _stretched, _vector
-from reward.score import RenderTarget, drawn_lines
+from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, Frame, silhouette
+from cad.sandbox import ExecOptions, ExecResult, Geometry, SandboxPool
+from decoding.primitives import PLANES, SIZE, _stretched, _vector
+from reward.score import RenderTarget, drawn_lines, render_compare, weighted
 
 SIZE_PX = 448  # the image is read at this size (GenCAD's)
 SWEEP_FACTOR = 4  # the sweep search runs on masks this many times smaller
@@ -321,9 +325,7 @@ def program(bodies: list[Body], normalise: bool = True) -> str:
     """The GenCAD program of ``bodies`` (one sketch each; the first joined to nothing), centred at
     the origin and scaled so the largest side of what is joined is ``SIZE`` (as they are, in pixel
     units, without ``normalise``)."""
-    corners = np.concatenate([b.corners() for b in bodies if not b.cut])
-    lo, hi = corners.min(0), corners.max(0)
-    scale, centre = (SIZE / (hi - lo).max(), (lo + hi) / 2) if normalise else (1.0, np.zeros(3))
+    scale, centre = _normalisation(bodies) if normalise else (1.0, np.zeros(3))
     lines, n_loop = ["import cadquery as cq"], 0
     for i, b in enumerate(bodies):
         x_dir, _, normal = plane_basis(b.axis)
@@ -337,6 +339,30 @@ def program(bodies: list[Body], normalise: bool = True) -> str:
         lines.append(f"solid{i}=wp_sketch{i}" + "".join(f".add({n})" for n in names) + f".extrude({b.depth * scale:.6g})")
         lines.append("solid=solid0" if i == 0 else f"solid=solid.{'cut' if b.cut else 'union'}(solid{i})")
     return "\n".join(lines) + "\n"
+
+
+PIXEL_FRAME: Frame = (1.0 / SIZE_PX, SIZE_PX / 2, -SIZE_PX / 2)  # draws a pixel-unit point p at (p . RIGHT, -p . UP)
+
+
+def _placed_fit(g: Geometry, target: RenderTarget, objective: dict[str, float]) -> float:
+    """``objective`` of a pixel-unit mesh drawn where the image shows it (``PIXEL_FRAME``), not fit
+    to the window: a body that explains part of the picture is compared where it is."""
+    return weighted(render_compare(ExecResult("ok", geometry=g), target, objective, frame=PIXEL_FRAME), objective)
+
+
+def _normalisation(bodies: list[Body]) -> tuple[float, np.ndarray]:
+    """(scale, centre) that ``program`` applies: pixel units to GenCAD's frame."""
+    corners = np.concatenate([b.corners() for b in bodies if not b.cut])
+    lo, hi = corners.min(0), corners.max(0)
+    return SIZE / (hi - lo).max(), (lo + hi) / 2
+
+
+def program_frame(bodies: list[Body]) -> Frame:
+    """The ``cad.render`` frame that draws ``program(bodies)`` where the image it was read from
+    shows them (a pixel-unit point p lies at screen (p . RIGHT, -p . UP) there), whatever else the
+    image holds; the default frame fits the bodies alone to the window."""
+    scale, centre = _normalisation(bodies)
+    return (1.0 / (scale * SIZE_PX), scale * (SIZE_PX / 2 - centre @ RIGHT), -scale * (SIZE_PX / 2 + centre @ UP))
 
 
 def _execute(body: Body | list[Body], pool: SandboxPool) -> Geometry | None:
@@ -412,8 +438,8 @@ def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[st
         scale = np.where(normal != 0, factor, 1.0)
         moved = _stretched(g, scale, np.abs(normal) * cap * (1 - factor))
         if other is None:
-            return _render_fit(moved, target, objective)
-        return _render_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
+            return _placed_fit(moved, target, objective)
+        return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
 
     return dataclasses.replace(body, depth=body.depth * _best_coarse_to_fine(np.exp(np.linspace(-span, span, DEPTH_STEPS)), score))
 
@@ -475,7 +501,7 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
 
     def score(t: float) -> float:
         moved = _stretched(gb, 1.0, t * view)
-        return _render_fit(_joined(ga, moved), target, objective) if _meet(ga, moved) else -np.inf
+        return _placed_fit(_joined(ga, moved), target, objective) if _meet(ga, moved) else -np.inf
 
     t = _best(np.linspace(*span, UNION_STEPS), score)
     step = (span[1] - span[0]) / (UNION_STEPS - 1)
@@ -483,7 +509,7 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     if score(t) == -np.inf:
         return None
     b = _fit_depth(dataclasses.replace(b, shift=tuple(t * view)), _stretched(gb, 1.0, t * view), target, objective, ga)
-    return program([a, b])
+    return [a, b]
 
 
 class Inner(NamedTuple):
@@ -583,7 +609,7 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
         def score(height: float) -> float:
             tall = [height if j == k else h for j, h in enumerate(heights)]
             meshes = [_raised(g, body.axis, s, h) for g, s, h in zip(g_starts, starts, tall)]
-            return _render_fit(functools.reduce(_joined, meshes, g_base), target, objective)
+            return _placed_fit(functools.reduce(_joined, meshes, g_base), target, objective)
 
         span = _span(start, body.axis)
         heights[k] = _best(start * np.exp(np.linspace(-span, span, INNER_STEPS)), score)
@@ -635,7 +661,7 @@ def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
     for k, start in enumerate(starts):
         span = _span(start, body.axis)
         tried = np.minimum(start * np.exp(np.linspace(-span, span, INNER_STEPS)), deepest)
-        best = _best(tried, lambda d: _render_fit(_deepened(g, body.axis, openings[k], start, d), target, objective))
+        best = _best(tried, lambda d: _placed_fit(_deepened(g, body.axis, openings[k], start, d), target, objective))
         g, depths[k] = _deepened(g, body.axis, openings[k], start, best), best
     return [base, *cuts(depths)]
 
@@ -665,7 +691,14 @@ def _along(axis: int) -> np.ndarray:
 
 def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: dict[str, float],
                quick: bool = False) -> list[str]:
-    """Prism programs read off ``image``: for each of the ``PRISMS`` best caps whose sweep fits
+    """The programs of ``framed_prisms``."""
+    return [code for code, _ in framed_prisms(image, pool, objective, quick)]
+
+
+def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: dict[str, float],
+                  quick: bool = False) -> list[tuple[str, Frame]]:
+    """Prism programs read off ``image``, each with the frame that draws it where the image shows
+    it (``program_frame``): for each of the ``PRISMS`` best caps whose sweep fits
     the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
     the first such cap with bosses standing in its holes, with the bosses, and the first with pockets
     seen through its holes, with the pockets (``_inner_faces``), and both when that is one cap
@@ -677,7 +710,7 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
     filled = binary_fill_holes(silhouette(pixels))
     regions, flat = planar_regions(pixels), flat_pixels(pixels)
     caps = find_caps(pixels, regions)
-    out: list[str] = []
+    out: list[list[Body]] = []
     bossed = pocketed = None  # (cap, its inner faces, the bodies: the cap's prism first)
     good = [c for c in caps if c.fit >= MIN_FIT]
     prisms = QUICK_PRISMS if quick else PRISMS
@@ -693,21 +726,24 @@ def fit_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objective: 
             continue
         body = _fit_depth(body, g, target, objective)
         if i < prisms:
-            out.append(program([body]))
+            out.append([body])
             if body.holes:
-                out.append(program([dataclasses.replace(body, holes=())]))
+                out.append([dataclasses.replace(body, holes=())])
         if tops:
             bodies = _bossed(cap, body, tops, pool, target, objective)
             bossed = None if bodies is None else (cap, tops, bodies)
         if floors:
             bodies = _pocketed(cap, body, floors, pool, target, objective)
             pocketed = None if bodies is None else (cap, floors, bodies)
-    out += [program(bodies) for _, _, bodies in filter(None, (bossed, pocketed))]
+    out += [bodies for _, _, bodies in filter(None, (bossed, pocketed))]
     if bossed and pocketed and bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in bossed[1] for f in pocketed[1]):
         cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
-        out.append(program([_fill_holes(cap, base, tops + pocketed[1]), *bosses, *pocketed[2][1:]]))
+        out.append([_fill_holes(cap, base, tops + pocketed[1]), *bosses, *pocketed[2][1:]])
     if caps and not quick:
         union = _union(caps, pixels, regions, filled, pool, target, objective)
         if union is not None:
             out.append(union)
-    return list(dict.fromkeys(out))
+    framed: dict[str, Frame] = {}
+    for bodies in out:
+        framed.setdefault(program(bodies), program_frame(bodies))
+    return list(framed.items())

@@ -73,6 +73,7 @@ class Candidate:
     result: ExecResult | None = None
     scores: dict = field(default_factory=dict)
     total: float = float("-inf")
+    frame: tuple[float, float, float] | None = None  # where the image shows it (a fit read off the image: decoding.prism)
 
 
 def combined_score(c: Candidate, image: Image.Image | RenderTarget | None, weights: dict | None = None) -> float:
@@ -82,6 +83,6 @@ def combined_score(c: Candidate, image: Image.Image | RenderTarget | None, weigh
     if c.result is None or not c.result.executable:
         c.scores, c.total = {}, float("-inf")
         return c.total
-    c.scores = candidate_terms(c.code, c.result, w, image=image, logprob=c.logprob, tokens=c.tokens)
+    c.scores = candidate_terms(c.code, c.result, w, image=image, logprob=c.logprob, tokens=c.tokens, frame=c.frame)
     c.total = weighted(c.scores, w)
     return c.total

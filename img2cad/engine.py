@@ -152,7 +152,8 @@ class Engine:
         chosen, info = predictor.select(cands, image)
         opts = ExecOptions(timeout=max(cfg.timeout, EXPORT_TIMEOUT), want_geometry=True, export=("step", "stl"))
         result = self.pool.run(chosen.code, opts)
-        render = render_geometry(result.geometry) if result.ok and result.geometry is not None else None
+        frame = chosen.frame if chosen.scores.get("framed") else None  # a fit of part of the picture: drawn where it shows it
+        render = render_geometry(result.geometry, frame=frame) if result.ok and result.geometry is not None else None
         return Prediction(image, chosen, cands, info, result, render, time.perf_counter() - t0, self.options_for(cfg))
 
     def close(self) -> None:

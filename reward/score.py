@@ -165,13 +165,15 @@ class RenderTarget:
                    distance_transform_edt(~lines), np.argwhere(lines), embed([image])[0], critic, grey)
 
 
-def render_compare(result: ExecResult, image: Image.Image | RenderTarget, terms: Collection[str] = RENDERED_TERMS) -> dict:
+def render_compare(result: ExecResult, image: Image.Image | RenderTarget, terms: Collection[str] = RENDERED_TERMS,
+                   frame: tuple[float, float, float] | None = None) -> dict:
     """The render terms (module docstring) of the candidate's render (``cad.render``, at the
-    input's resolution) against the input image (or its ``RenderTarget``); only those of ``terms``."""
+    input's resolution, fit to the window or placed by ``frame``) against the input image (or its
+    ``RenderTarget``); only those of ``terms``."""
     from cad.render import Style, render_geometry
 
     target = RenderTarget.of(image)
-    return compare_render(render_geometry(result.geometry, Style(size=target.pixels.shape[0])), target, terms)
+    return compare_render(render_geometry(result.geometry, Style(size=target.pixels.shape[0]), frame), target, terms)
 
 
 def compare_render(ours: np.ndarray, target: RenderTarget, terms: Collection[str] = RENDERED_TERMS) -> dict:
@@ -196,10 +198,16 @@ def compare_render(ours: np.ndarray, target: RenderTarget, terms: Collection[str
 
 def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.Image | RenderTarget | None = None,
                     reference: Geometry | None = None, logprob: float | None = None, tokens: int = 1,
-                    want: tuple[str, ...] = (), details: dict | None = None) -> dict:
+                    want: tuple[str, ...] = (), details: dict | None = None,
+                    frame: tuple[float, float, float] | None = None) -> dict:
     """The terms of one executed candidate that ``weights`` (non-zero) or ``want`` ask for and the
     inputs allow: render terms need ``image`` and a geometry, ``iou`` needs ``reference``, ``logprob``
-    a model score. ``executed`` and ``sanity`` are always there; ``details`` gets the IoU method."""
+    a model score. ``executed`` and ``sanity`` are always there; ``details`` gets the IoU method.
+    ``frame``: where the image shows the candidate (a fit read off it, ``decoding.prism``); its
+    render terms are then those of the better of that frame and the window fit (by ``weights``),
+    and ``framed`` says which (1: the frame). A fit of part of the picture (a block without the
+    thin rod that widens the picture's frame) fills the window alone, larger than the picture
+    shows it, and only its own frame compares it where it is."""
     need = {t for t, w in weights.items() if w} | set(want)
     terms = {"executed": float(result.executable), "sanity": sanity(code)}
     if "grammatical" in need:
@@ -210,7 +218,12 @@ def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.I
         terms["logprob"] = logprob / max(tokens, 1)
     if result.executable and result.geometry is not None:
         if image is not None and need & set(RENDERED_TERMS):
-            terms.update(render_compare(result, image))
+            rendered = render_compare(result, image)
+            if frame is not None:
+                placed = render_compare(result, image, frame=frame)
+                better = weighted(placed, weights) > weighted(rendered, weights)
+                rendered = {**(placed if better else rendered), "framed": float(better)}
+            terms.update(rendered)
         if reference is not None and "iou" in need:
             r = best_iou(result.geometry, reference)
             terms["iou"] = r.iou

@@ -130,7 +130,7 @@ def test_the_fits_run_while_the_model_generates(pool, monkeypatch):
     def fits(images):  # each side waits for the other to have started: run one after the other, they time out
         fitting.set()
         assert generating.wait(20)
-        return [[BOX.format(1, 1, 1)] for _ in images]
+        return [[(BOX.format(1, 1, 1), None)] for _ in images]
 
     threads = []
 
@@ -403,6 +403,39 @@ def test_prisms_read_an_outline_with_holes_and_the_depth_off_the_render(pool):
         assert max(np.subtract(pred.bbox[3:], pred.bbox[:3])) == pytest.approx(1.5, rel=1e-3)  # GenCAD's size
 
 
+BLOCK = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+         "solid=wp0.add(wp0.moveTo(0,0).lineTo(0.8,0).lineTo(0.8,0.6).lineTo(0,0.6).close()).extrude(0.5)\n")
+ROD = ("wp1=cq.Workplane(cq.Plane(cq.Vector(0.8,0.3,0.25),cq.Vector(0,1,0),cq.Vector(1,0,0)))\n"
+       "solid=solid.union(wp1.add(wp1.moveTo(0,0).circle(0.015)).extrude(1.2))\n")  # a thin rod out of the block's side
+
+
+def test_a_prism_is_drawn_where_the_picture_shows_it(pool):
+    """A prism read off a picture carries the frame that draws it where the picture shows it: for a
+    block alone that is where the window fit draws it; for a block whose thin rod widens the
+    picture, the block's prism fit to the window alone is drawn too large, and the reranker's
+    terms come from its own frame (``framed``)."""
+    from cad.render import silhouette
+    from decoding.prism import framed_prisms
+    from reward.score import candidate_terms, mask_iou
+
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    for code, rod in ((BLOCK, False), (BLOCK + ROD, True)):
+        image = _image_of(pool, code)
+        target = silhouette(np.asarray(image))
+        fits = framed_prisms(image, pool, objective, quick=True)
+        assert fits
+        result = pool.run(fits[0][0], ExecOptions(want_geometry=True))
+        placed = mask_iou(silhouette(render_geometry(result.geometry, frame=fits[0][1])), target)
+        fitted = mask_iou(silhouette(render_geometry(result.geometry)), target)
+        terms = candidate_terms(fits[0][0], result, objective, image=image, frame=fits[0][1])
+        if not rod:
+            assert placed > 0.97 and abs(placed - fitted) < 0.02, (placed, fitted)
+        else:
+            assert placed > 0.9 > fitted + 0.2, (placed, fitted)  # the rod is a sliver of the picture
+            assert terms["framed"] == 1.0 and terms["silhouette"] == pytest.approx(placed)
+            assert "framed" not in candidate_terms(fits[0][0], result, objective, image=image)  # no frame: the window fit
+
+
 THIN_PLATE = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
               "solid=wp.add(wp.moveTo(0,0).lineTo(1.46,0).lineTo(1.46,0.29).lineTo(0,0.29).close()).extrude(0.0234)\n")
 # a thin plate (GenCAD's 00946705): its end face swept along the length covers the silhouette a
@@ -422,7 +455,7 @@ def test_quick_prisms_are_the_best_two_caps(pool):
     gt = pool.run(THIN_PLATE, ExecOptions(want_geometry=True))
     quick = fit_prisms(_image_of(pool, THIN_PLATE), pool, objective, quick=True)
     ious = [best_iou(pool.run(q, ExecOptions(want_geometry=True)).geometry, gt.geometry).iou for q in quick]
-    assert QUICK_PRISMS == 2 and ious[0] < 0.85 < max(ious), ious  # the end face's prism first, the top face's better
+    assert QUICK_PRISMS == 2 and ious[0] < max(ious) - 0.05, ious  # the end face's prism first, the top face's better
     assert max(ious) > 0.93, ious  # its outline read on the drawn line (grown into eight neighbours: 3% too wide, 0.90)
     image = _image_of(pool, BLOCK_ON_DISC)  # no cap alone sweeps to the silhouette: the full fit has the union only
     quick, full = fit_prisms(image, pool, objective, quick=True), fit_prisms(image, pool, objective)
