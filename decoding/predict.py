@@ -407,7 +407,7 @@ class Predictor:
         chosen = max(executable, key=lambda c: c.total)
         if cfg.refine_evaluations and image is not None:
             r = refine(chosen.code, image, self.pool, cfg.refine_evaluations, cfg.timeout, objective=self.refine_objective,
-                       groups=tuple(cfg.refine_groups))
+                       groups=tuple(cfg.refine_groups), frame=chosen.frame if chosen.scores.get("framed") else None)
             info["refine"] = {"from": round(r.start_score, 4), "to": round(r.score, 4), "renders": r.evaluations}
             chosen.code = r.code
         return chosen, info

@@ -74,14 +74,17 @@ def _scaled(code: str, spans: list[Span], factor: float) -> str:
 
 def refine(code: str, image: Image.Image, pool: SandboxPool, max_evaluations: int = 24,
            timeout: float = 5.0, objective: dict[str, float] | None = None,
-           groups: tuple[str, ...] = DEFAULT_GROUPS, factors: tuple[float, ...] = FACTORS) -> Refinement:
-    """Greedy coordinate search; returns the input program unchanged when nothing renders closer."""
+           groups: tuple[str, ...] = DEFAULT_GROUPS, factors: tuple[float, ...] = FACTORS,
+           frame: tuple[float, float, float] | None = None) -> Refinement:
+    """Greedy coordinate search; returns the input program unchanged when nothing renders closer.
+    ``frame``: draw every trial there (``cad.render``) instead of fit to the window (a prism chosen
+    by where the image shows it, ``decoding.prism.program_frame``)."""
     opts = ExecOptions(timeout=timeout, want_geometry=True)
     weights = objective or SILHOUETTE
     target = RenderTarget.of(image)
 
     def scores(programs: list[str]) -> list[float]:
-        return [weighted(render_compare(res, target, weights), weights) if res.executable and res.geometry is not None
+        return [weighted(render_compare(res, target, weights, frame=frame), weights) if res.executable and res.geometry is not None
                 else float("-inf") for res in pool.imap(programs, opts)]
 
     best_code, best = code, scores([code])[0]

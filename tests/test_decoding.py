@@ -434,6 +434,10 @@ def test_a_prism_is_drawn_where_the_picture_shows_it(pool):
             assert placed > 0.9 > fitted + 0.2, (placed, fitted)  # the rod is a sliver of the picture
             assert terms["framed"] == 1.0 and terms["silhouette"] == pytest.approx(placed)
             assert "framed" not in candidate_terms(fits[0][0], result, objective, image=image)  # no frame: the window fit
+            from decoding.refine import refine
+
+            placed_start = refine(fits[0][0], image, pool, 1, objective=objective, frame=fits[0][1]).start_score
+            assert placed_start > refine(fits[0][0], image, pool, 1, objective=objective).start_score + 0.5  # refined in its frame
 
 
 THIN_PLATE = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
