@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
 from scipy.ndimage import binary_dilation, distance_transform_edt, grey_closing, label
 
 from cad.io import InputError  # a file that cannot be used: the message names it and says what to do
@@ -45,6 +44,7 @@ PLANAR_BAND = 6  # ... a face whose pixels lie mostly (PLANAR_SHARE) this close 
 PLANAR_SHARE = 0.8
 PLANAR_SNAP = 15  # ... and its pixels this close to it are set to it (elsewhere only those within FLAT_SNAP)
 FLAT_SNAP = 3
+LEVEL_SHARE = 0.1  # _levelled: fewer part pixels than this share near the planar grey, and more near the commonest level
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
 
@@ -156,15 +156,16 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def _levelled(g: np.ndarray) -> np.ndarray:
     """The part's grey levels scaled so that their most common one (in renders, the planar faces')
-    is the renderer's planar grey, where few pixels are near that grey already and one level holds
-    at least ``PLANAR_SHARE`` / 8 of the part (a tinted or darker copy of a render)."""
+    is the renderer's planar grey, where less than ``LEVEL_SHARE`` of the part lies within
+    ``PLANAR_BAND`` of that grey and at least that share within two levels of the most common one
+    (a tinted or darker copy of a render); else as they are."""
     planar = GENCAD_STYLE.face_rgb[0]
     part = g < PART_BELOW
     hist = np.bincount(g[part].ravel(), minlength=256)
-    if hist[planar - PLANAR_BAND:planar + PLANAR_BAND + 1].sum() >= 0.1 * part.sum():
+    if hist[planar - PLANAR_BAND:planar + PLANAR_BAND + 1].sum() >= LEVEL_SHARE * part.sum():
         return g
     mode = LINE_BELOW + int(np.argmax(hist[LINE_BELOW:PART_BELOW]))
-    if hist[mode - 2:mode + 3].sum() < PLANAR_SHARE / 8 * part.sum():
+    if hist[mode - 2:mode + 3].sum() < LEVEL_SHARE * part.sum():
         return g
     return np.where(part, np.minimum(np.rint(g * (planar / mode)), PART_BELOW - 1), g).astype(np.int16)
 
@@ -176,7 +177,8 @@ def restyle(grey: np.ndarray) -> np.ndarray:
     beside a line given their face's grey (the nearest pixel off the line and its neighbours), the
     blend of the outline with the background outside it white, and planar faces (``PLANAR_SHARE``
     of their pixels within ``PLANAR_BAND`` of the planar grey) in exactly the renderer's planar
-    colour. A render in that palette comes back unchanged but for isolated pixels."""
+    colour. The ten reference renders come back within 10 grey levels but for at most 135 pixels
+    each (curved faces lose the blue channel's few levels)."""
     g = _levelled(grey.astype(np.int16))
     part = g < PART_BELOW
     dark = grey_closing(g, size=(5, 5)) - g
