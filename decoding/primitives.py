@@ -151,8 +151,10 @@ def _silhouette_fit(g: Geometry, target: np.ndarray) -> float:
     return mask_iou(silhouette(render_geometry(g, Style(size=FIT_PX, lines=False))), target)
 
 
-def _render_fit(g: Geometry, target: RenderTarget, objective: dict[str, float]) -> float:
-    return weighted(render_compare(ExecResult("ok", geometry=g), target, objective), objective)
+def _render_fit(g: Geometry, target: RenderTarget, objective: dict[str, float],
+                frame: tuple[float, float, float] | None = None) -> float:
+    """``objective`` of the mesh's render fit to the window, or placed by ``frame`` (``cad.render``)."""
+    return weighted(render_compare(ExecResult("ok", geometry=g), target, objective, frame=frame), objective)
 
 
 def _search(units: dict, cheap, score, dims: int, starts: np.ndarray | None = None, shortlist: int = SHORTLIST,

@@ -52,9 +52,9 @@ from PIL import Image
 from scipy.ndimage import binary_dilation, binary_fill_holes, label
 
 from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, Frame, silhouette
-from cad.sandbox import ExecOptions, ExecResult, Geometry, SandboxPool
-from decoding.primitives import PLANES, SIZE, _stretched, _vector
-from reward.score import RenderTarget, drawn_lines, render_compare, weighted
+from cad.sandbox import ExecOptions, Geometry, SandboxPool
+from decoding.primitives import PLANES, SIZE, _render_fit, _stretched, _vector
+from reward.score import RenderTarget, drawn_lines
 
 SIZE_PX = 448  # the image is read at this size (GenCAD's)
 SWEEP_FACTOR = 4  # the sweep search runs on masks this many times smaller
@@ -347,7 +347,7 @@ PIXEL_FRAME: Frame = (1.0 / SIZE_PX, SIZE_PX / 2, -SIZE_PX / 2)  # draws a pixel
 def _placed_fit(g: Geometry, target: RenderTarget, objective: dict[str, float]) -> float:
     """``objective`` of a pixel-unit mesh drawn where the image shows it (``PIXEL_FRAME``), not fit
     to the window: a body that explains part of the picture is compared where it is."""
-    return weighted(render_compare(ExecResult("ok", geometry=g), target, objective, frame=PIXEL_FRAME), objective)
+    return _render_fit(g, target, objective, PIXEL_FRAME)
 
 
 def _normalisation(bodies: list[Body]) -> tuple[float, np.ndarray]:
