@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rerank: add the box, L or U section, cylinder and tube fit to the image and the profile "
                          "prisms read off it as candidates (decoding.primitives, decoding.prism)")
     ap.add_argument("--prisms", action="store_true",
-                    help="rerank: add the three best caps' profile prisms (with and without their holes) and the bosses "
-                         "or pockets as candidates: the quick part of --primitives (decoding.prism)")
+                    help="rerank: add the three best caps' profile prisms (with and without their holes), the bosses "
+                         "or pockets and the union of two prisms as candidates: the quick part of --primitives (decoding.prism)")
     ap.add_argument("--context-scale", type=float_in(0.0, 100.0, lo_open=True), default=None,
                     help="retrieval-conditioned model: rescale the programs it reads to this largest side (1.5: GenCAD's frame)")
     ap.add_argument("--template-bias", type=float_in(0.0, 1000.0), default=None,

@@ -704,7 +704,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     seen through its holes, with the pockets (``_inner_faces``), and both when that is one cap
     (in holes apart); then the union of two prisms, when two caps cover the silhouette clearly
     better than one. ``quick``: the ``QUICK_PRISMS`` best caps' prisms (with and without their
-    holes), the bosses and pockets as in the full fit, and no union."""
+    holes), and the bosses, pockets and union as in the full fit."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     filled = binary_fill_holes(silhouette(pixels))
@@ -739,7 +739,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     if bossed and pocketed and bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in bossed[1] for f in pocketed[1]):
         cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
         out.append([_fill_holes(cap, base, tops + pocketed[1]), *bosses, *pocketed[2][1:]])
-    if caps and not quick:
+    if caps:
         union = _union(caps, pixels, regions, filled, pool, target, objective)
         if union is not None:
             out.append(union)

@@ -50,7 +50,7 @@ def decode_config(shipped: Shipped, strategy: str | None = None, n: int | None =
         options["k_retrieval"] = k
     if primitives is not None:  # rerank: primitives and prisms fit to the image as candidates too
         options["primitives"] = primitives
-    if prisms is not None:  # rerank: the three best caps' prisms as candidates too
+    if prisms is not None:  # rerank: the three best caps' prisms and the union of two as candidates too
         options["prisms"] = prisms
     elif options.get("strategy") != "rerank":
         options["prisms"] = False

@@ -118,7 +118,7 @@ def plan(n: int = 6, k: int = 2, ns: tuple[int, ...] = (1, 3, 6, 10), max_new_to
                                                                                         "refine_objective": refine_objective}),
                            {"rerank": f"full + refinement ({refine} renders)"}))
     out.append(Variant(f"rerank{n}-k{k}-prisms", "sft", DecodeConfig(**{**asdict(rerank), "prisms": True}),
-                       {"rerank": "full + the three best caps' profile prisms (img2cad predict's default)"}))
+                       {"rerank": "full + the three best caps' profile prisms and the union of two (img2cad predict's default)"}))
     with_primitives = DecodeConfig(**{**asdict(rerank), "primitives": True})
     out.append(Variant(f"rerank{n}-k{k}-primitives", "sft", with_primitives,
                        {"rerank": "full + primitives (box, L or U section, cylinder, tube, profile prisms fit to the image)"}))

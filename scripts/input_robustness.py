@@ -4,6 +4,7 @@ rows' images as they are, saved as JPEG (quality 85), halved to 224 px, enlarged
 (``img2cad.engine.Engine``), then scored against the rows' programs (exact Best IoU).
 
     python scripts/input_robustness.py --out docs/results/input_robustness-real10.json
+    python scripts/input_robustness.py --copies 224px,jpeg85 --out /tmp/robustness.json  # some copies only
 """
 from __future__ import annotations
 
@@ -43,8 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--copies", default=",".join(COPIES), help="comma-separated copies to run (default: all)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    names = [c for c in args.copies.split(",") if c]
+    unknown = [c for c in names if c not in COPIES]
+    if unknown:
+        ap.error(f"--copies: unknown {', '.join(unknown)}; choose from {', '.join(COPIES)}")
     from img2cad.engine import Engine, decode_config
     from img2cad.shipped import DEFAULT_MODEL, load_shipped
 
@@ -56,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
               "copies": {}}
     with tempfile.TemporaryDirectory() as tmp, Engine(shipped, cfg, workers=args.workers) as engine, \
             SandboxPool(args.workers) as pool:
-        for name, make in COPIES.items():
+        for name in names:
+            make = COPIES[name]
             pairs, seconds = [], 0.0
             for row in tqdm(rows, desc=name, unit="img"):
                 img, ext = make(Image.open(REFERENCE / row["image"]).convert("RGB"))
