@@ -81,6 +81,9 @@ INNER_STEPS = 7  # boss heights or pocket depths tried, evenly spaced in log aro
 UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise)
 UNION_FIRSTS = 3  # the best single caps tried as the first of two
 UNION_STEPS = 21  # places along the view direction tried for the second body, twice (coarse, then fine)
+AXIS_TIE = 0.005  # second caps whose sweeps fit within this of the best one's are alike (_likeliest) ...
+AXIS_REGULAR = 0.3  # ... and one more regular by this share is taken instead
+AXIS_DEGREES = 3.0  # an outline's edge within this of a sketch axis lies along it (_regularity)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,7 +482,7 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     beats the best single cap by ``UNION_GAIN``. The second one's place along the view direction,
     which the outline does not show, and then its depth are fit by ``objective`` on the two meshes
     rendered together."""
-    pairs = [(first, next(iter(find_caps(pixels, regions, first.swept, (first.index,))), None))
+    pairs = [(first, _likeliest(find_caps(pixels, regions, first.swept, (first.index,))))
              for first in caps[:UNION_FIRSTS]]
     first, second = max(((a, b) for a, b in pairs if b is not None), key=lambda ab: ab[1].fit, default=(None, None))
     if second is None or second.fit < max(caps[0].fit + UNION_GAIN, MIN_FIT):
@@ -510,6 +513,33 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
         return None
     b = _fit_depth(dataclasses.replace(b, shift=tuple(t * view)), _stretched(gb, 1.0, t * view), target, objective, ga)
     return [a, b]
+
+
+def _regularity(loop: Loop) -> float:
+    """The share of an outline's length along its sketch plane's two axes (within
+    ``AXIS_DEGREES``); a circle is regular. GenCAD's sketches are mostly so: a face read in
+    another plane than its own makes a slanted copy of them."""
+    if isinstance(loop, tuple):
+        return 1.0
+    edges = np.roll(loop, -1, 0) - loop
+    lengths = np.hypot(edges[:, 0], edges[:, 1])
+    angle = np.degrees(np.arctan2(np.abs(edges[:, 1]), np.abs(edges[:, 0])))
+    along = (angle <= AXIS_DEGREES) | (angle >= 90 - AXIS_DEGREES)
+    return float(lengths[along].sum() / max(lengths.sum(), 1e-9))
+
+
+def _likeliest(caps: list[Cap]) -> Cap | None:
+    """The best of ``caps`` (best first), or, among those within ``AXIS_TIE`` of its fit, one
+    whose outline is more regular (``_regularity``) by ``AXIS_REGULAR``: one face region swept
+    along any of two or three axes covers the silhouette about as well."""
+    if not caps:
+        return None
+    tied = [c for c in caps if c.fit >= caps[0].fit - AXIS_TIE]
+    if len(tied) == 1:
+        return caps[0]
+    regular = [_regularity(profile(c)[0]) for c in tied]
+    best = int(np.argmax(regular))
+    return tied[best] if regular[best] >= regular[0] + AXIS_REGULAR else caps[0]
 
 
 class Inner(NamedTuple):

@@ -468,6 +468,44 @@ def test_quick_prisms_are_the_best_caps(pool):
         DecodeConfig(strategy="beam", prisms=True)
 
 
+PLATE_BESIDE_PLATE = (  # synthetic validation row synth2-00000-000261: a plate, a thin plate beside it and a hairline rod
+    "import cadquery as cq\n"
+    "wp0=cq.Workplane(cq.Plane(cq.Vector(-0.703125,-0.7109375,-0.671875),cq.Vector(1.0,0.0,0.0),cq.Vector(0.0,-1.0,6.123233995736766e-17)))\n"
+    "solid=wp0.add(wp0.moveTo(1.37109375,0.0).lineTo(1.37109375,0.959765625).lineTo(0.0,0.959765625).lineTo(0.0,0.0).close()).extrude(0.1015625)\n"
+    "wp1=cq.Workplane(cq.Plane(cq.Vector(0.66796875,-0.78125,-0.5078125),cq.Vector(6.123233995736766e-17,1.0,0.0),"
+    "cq.Vector(1.0,-6.123233995736766e-17,6.123233995736766e-17)))\n"
+    "solid=solid.union(wp1.add(wp1.moveTo(0.010824424342105263,0.010824424342105263).circle(0.010824424342105263)).extrude(0.78125))\n"
+    "wp2=cq.Workplane(cq.Plane(cq.Vector(0.66796875,-0.80078125,-0.6015625),cq.Vector(6.123233995736766e-17,1.0,0.0),"
+    "cq.Vector(1.0,-6.123233995736766e-17,6.123233995736766e-17)))\n"
+    "solid=solid.union(wp2.add(wp2.moveTo(0.028865131578947368,0.0).lineTo(0.028865131578947368,0.4979235197368421)"
+    ".lineTo(0.0,0.4979235197368421).lineTo(0.0,0.0).close()).extrude(0.5234375))\n")
+
+
+def test_a_face_swept_about_as_well_along_two_axes_is_read_in_the_plane_where_its_outline_is_regular(pool):
+    import cv2
+
+    from cad.geometry import best_iou
+    from decoding.prism import AXIS_REGULAR, AXIS_TIE, Cap, _likeliest, _regularity, fit_prisms, plane_basis, screen_vector
+
+    # a rectangle in the plane of axis 1 (y), as drawn on the screen: read in that plane it is regular,
+    # in the planes of x and z a slanted parallelogram
+    u, v = (screen_vector(e) for e in plane_basis(1)[:2])
+    corners = np.array([200, 200]) + np.array([[0, 0], u * 80, u * 80 + v * 60, v * 60])
+    region = np.zeros((448, 448), np.uint8)
+    cv2.fillConvexPoly(region, np.round(corners).astype(np.int32), 1)
+    caps = [Cap(region.astype(bool), axis, fit) for axis, fit in ((0, 0.978), (1, 0.976), (2, 0.975))]
+    assert _likeliest(caps).axis == 1 and AXIS_TIE >= 0.002
+    assert _likeliest([caps[0], Cap(caps[1].region, 1, 0.978 - 2 * AXIS_TIE)]).axis == 0  # a clearly better sweep wins
+    assert _likeliest([]) is None
+    assert _regularity(np.array([[0, 0], [4, 0], [4, 3], [0, 3]], float)) == 1.0 and _regularity((0.0, 0.0, 1.0)) == 1.0
+    assert _regularity(np.array([[0, 0], [4, 2], [4, 5], [0, 3]], float)) < 1 - AXIS_REGULAR
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    gt = pool.run(PLATE_BESIDE_PLATE, ExecOptions(want_geometry=True))
+    unions = [q for q in fit_prisms(_image_of(pool, PLATE_BESIDE_PLATE), pool, objective, quick=True) if ".union(" in q]
+    assert len(unions) == 1  # the thin plate's face read in the x plane, swept along x, scored 0.28
+    assert best_iou(pool.run(unions[0], ExecOptions(want_geometry=True)).geometry, gt.geometry).iou > 0.9
+
+
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
     from decoding.prism import DEPTH_STEPS, _best_coarse_to_fine
 
