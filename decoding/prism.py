@@ -476,10 +476,11 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
 
 
 def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray, pool: SandboxPool,
-           target: RenderTarget, objective: dict[str, float]) -> str | None:
+           target: RenderTarget, objective: dict[str, float]) -> list[Body] | None:
     """The union of two prisms whose caps' sweeps together cover the silhouette best (the first
-    among the ``UNION_FIRSTS`` best ``caps``, the second the cap that adds most to it), when that
-    beats the best single cap by ``UNION_GAIN``. The second one's place along the view direction,
+    among the ``UNION_FIRSTS`` best ``caps``, the second the cap that adds most to it, or one
+    about as good whose outline is more regular, ``_likeliest``), when that beats the best single
+    cap by ``UNION_GAIN``. The second one's place along the view direction,
     which the outline does not show, and then its depth are fit by ``objective`` on the two meshes
     rendered together."""
     pairs = [(first, _likeliest(find_caps(pixels, regions, first.swept, (first.index,))))
