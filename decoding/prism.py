@@ -483,10 +483,15 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     cap by ``UNION_GAIN``. The second one's place along the view direction,
     which the outline does not show, and then its depth are fit by ``objective`` on the two meshes
     rendered together."""
-    pairs = [(first, _likeliest(find_caps(pixels, regions, first.swept, (first.index,))))
-             for first in caps[:UNION_FIRSTS]]
+    needed = max(caps[0].fit + UNION_GAIN, MIN_FIT)
+    if needed > 1.0:  # a sweep's IoU is at most 1: no second cap can add UNION_GAIN
+        return None
+    seconds = [(first, find_caps(pixels, regions, first.swept, (first.index,))) for first in caps[:UNION_FIRSTS]]
+    if all(not found or found[0].fit < needed for _, found in seconds):
+        return None
+    pairs = [(first, _likeliest(found)) for first, found in seconds]
     first, second = max(((a, b) for a, b in pairs if b is not None), key=lambda ab: ab[1].fit, default=(None, None))
-    if second is None or second.fit < max(caps[0].fit + UNION_GAIN, MIN_FIT):
+    if second is None or second.fit < needed:
         return None
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1])[0]  # completed where the second hides it
     covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it

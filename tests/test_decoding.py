@@ -506,6 +506,17 @@ def test_a_face_swept_about_as_well_along_two_axes_is_read_in_the_plane_where_it
     assert best_iou(pool.run(unions[0], ExecOptions(want_geometry=True)).geometry, gt.geometry).iou > 0.9
 
 
+def test_no_second_cap_is_looked_for_when_one_cap_leaves_too_little_to_add(monkeypatch):
+    import decoding.prism as prism
+
+    def find_caps(*args, **kwargs):
+        raise AssertionError("second caps looked for")
+
+    monkeypatch.setattr(prism, "find_caps", find_caps)
+    cap = prism.Cap(np.ones((4, 4), bool), 2, 1.0 - prism.UNION_GAIN + 0.001)  # a second cap would need an IoU above 1
+    assert prism._union([cap], None, [], None, None, None, {}) is None
+
+
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
     from decoding.prism import DEPTH_STEPS, _best_coarse_to_fine
 
