@@ -18,8 +18,8 @@ that re-renders it against the input (``decoding.refine``).
 ``k_retrieval > 0`` adds the k nearest training programs to the candidates of best-of-N and
 rerank, scored by the model's own log-probability of them; ``primitives=True`` adds to rerank's
 candidates a box, an L or U section, a cylinder and a tube fit to the input image (``decoding.primitives``)
-and the profile prisms read off it (``decoding.prism``); ``prisms=True`` adds the three best caps' prisms
-and the bosses or pockets (``fit_prisms(quick=True)``: a fraction of the fits' cost);
+and the profile prisms read off it (``decoding.prism``); ``prisms=True`` adds the three best caps' prisms,
+the bosses or pockets and the union of two prisms (``fit_prisms(quick=True)``: a fraction of the fits' cost);
 ``grammar=True`` constrains sampling too; ``repair=True`` repairs every candidate.
 Execution and scoring of one batch overlap with generation of the next (a worker thread), and the
 primitives and prisms are fit to a batch's images while the model generates (another thread; on
@@ -90,8 +90,8 @@ class DecodeConfig:
     copy_bias: float = 0.0  # copy-head model: subtracted from the copy gate's vocabulary logit while decoding edits
     # (> 0: copy the retrieved programs' tokens more than as trained; sft.model.CopyHead)
     primitives: bool = False  # rerank: add the box, section, cylinder, tube and profile prisms fit to the input image (decoding.primitives, decoding.prism)
-    prisms: bool = False  # rerank: add the three best caps' profile prisms, with and without their holes, and the
-    # bosses or pockets (decoding.prism's quick subset; primitives include it)
+    prisms: bool = False  # rerank: add the three best caps' profile prisms, with and without their holes, the
+    # bosses or pockets and the union of two prisms (decoding.prism's quick subset; primitives include it)
     edit_mode: str = "neighbours"  # best-of-N of a retrieval-conditioned model: "neighbours" (one greedy edit per
     # neighbour set) or "sample" (N samples given the k nearest: one context per image, what preference pairs need)
 

@@ -486,11 +486,9 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     needed = max(caps[0].fit + UNION_GAIN, MIN_FIT)
     if needed > 1.0:  # a sweep's IoU is at most 1: no second cap can add UNION_GAIN
         return None
-    seconds = [(first, find_caps(pixels, regions, first.swept, (first.index,))) for first in caps[:UNION_FIRSTS]]
-    if all(not found or found[0].fit < needed for _, found in seconds):
-        return None
-    pairs = [(first, _likeliest(found)) for first, found in seconds]
-    first, second = max(((a, b) for a, b in pairs if b is not None), key=lambda ab: ab[1].fit, default=(None, None))
+    found = [(first, find_caps(pixels, regions, first.swept, (first.index,))) for first in caps[:UNION_FIRSTS]]
+    pairs = [(first, _likeliest(seconds)) for first, seconds in found if seconds and seconds[0].fit >= needed]
+    first, second = max(pairs, key=lambda ab: ab[1].fit, default=(None, None))  # outlines read only where one may pass
     if second is None or second.fit < needed:
         return None
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1])[0]  # completed where the second hides it
