@@ -15,7 +15,7 @@ its projected bounding box fit to a 400 x 300 window. ``normalise`` turns any pi
 5. Redrawn in the renderer's palette (``restyle``), which the profile fits read exactly (black
    one-pixel lines, one flat grey for planar faces; the part's greys scaled to it where it is
    missing): JPEG noise, resampling blur, a tint and the grey fringe of an outline would otherwise
-   hide the faces and lines.
+   hide the faces and lines. In an enlarged picture, a line's faded stretches are kept too.
 
 A 448 x 448 picture in the layout, in the renderer's greys, on pure white is a render and is
 used unchanged.
@@ -29,19 +29,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.ndimage import binary_dilation, distance_transform_edt, grey_closing, label
+from skimage.morphology import skeletonize
 
 from cad.io import InputError  # a file that cannot be used: the message names it and says what to do
 from cad.render import GENCAD_STYLE
 
-NORMALISE_VERSION = 3  # raised whenever normalise gives other pixels: img2cad predict then redoes its earlier outputs
+NORMALISE_VERSION = 4  # raised whenever normalise gives other pixels: img2cad predict then redoes its earlier outputs
 SIZE = 448
 WINDOW = (400, 300)  # cad.render.Style: fit_width, fit_height times SIZE
 MIN_PART_PIXELS = 16
 PART_BELOW = 216  # restyle: grey levels below this are the part (the renders' faces are at most ~180)
 LINE_BELOW = 60  # ... below this a line (reward.score.drawn_lines' threshold)
 LINE_CONTRAST = 30  # ... a pixel this much darker than its 5 x 5 grey closing lies on a line
+LINE_FAINT = 12  # ... and one this much darker, 8-connected to a line, on its faint continuation (an enlarged line's gaps)
 PLANAR_BAND = 6  # ... a face whose pixels lie mostly (PLANAR_SHARE) this close to the planar grey is planar,
 PLANAR_SHARE = 0.8
+PLANAR_INNER = 2  # ... that share counted on the pixels further than this from a line or the outline (resampling rings
+MIN_INNER = 10  # beside lines), where a face has at least this many
 PLANAR_SNAP = 15  # ... and its pixels this close to it are set to it (elsewhere only those within FLAT_SNAP)
 FLAT_SNAP = 3
 LEVEL_SHARE = 0.1  # _levelled: fewer part pixels than this share near the planar grey, and more near the commonest level
@@ -130,6 +134,7 @@ def normalise(img: Image.Image, name: str = "image") -> Image.Image:
         square = Image.new("L", (side, side), 255)
         square.paste(Image.fromarray(grey), ((side - w) // 2, (side - h) // 2))
         canvas = _resized(square, (SIZE, SIZE))
+        scale = SIZE / side
     else:
         ys, xs = np.nonzero(mask)
         crop = Image.fromarray(grey[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
@@ -137,7 +142,7 @@ def normalise(img: Image.Image, name: str = "image") -> Image.Image:
         size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
         crop = _resized(crop, size)
         canvas.paste(crop, ((SIZE - size[0]) // 2, (SIZE - size[1]) // 2))
-    return Image.fromarray(restyle(np.asarray(canvas)))
+    return Image.fromarray(restyle(np.asarray(canvas), enlarged=scale > 1))
 
 
 def _render_grey(rgb: np.ndarray) -> bool:
@@ -170,14 +175,17 @@ def _levelled(g: np.ndarray) -> np.ndarray:
     return np.where(part, np.minimum(np.rint(g * (planar / mode)), PART_BELOW - 1), g).astype(np.int16)
 
 
-def restyle(grey: np.ndarray) -> np.ndarray:
+def restyle(grey: np.ndarray, enlarged: bool = False) -> np.ndarray:
     """An (H, W) grey picture of a part on white as an (H, W, 3) render in ``cad.render``'s
     palette: grey levels scaled so that the most common is the planar grey (``_levelled``, where
-    it is missing), lines black and one pixel across (the darkest pixel across a dark ridge), the pixels
-    beside a line given their face's grey (the nearest pixel off the line and its neighbours), the
-    blend of the outline with the background outside it white, and planar faces (``PLANAR_SHARE``
-    of their pixels within ``PLANAR_BAND`` of the planar grey) in exactly the renderer's planar
-    colour. The ten reference renders come back within 10 grey levels but for at most 135 pixels
+    it is missing), lines black and one pixel across (the darkest pixel across a dark ridge; in an
+    ``enlarged`` picture, joined by the skeleton of its faint continuations: a line resampled up
+    fades in places, and a gap would merge the faces on either side; elsewhere that would take in
+    a JPEG's ringing beside the lines), the pixels beside a line given their
+    face's grey (the nearest pixel off the line and its neighbours), the blend of the outline with
+    the background outside it white, and planar faces (``PLANAR_SHARE`` of their pixels within
+    ``PLANAR_BAND`` of the planar grey, away from their lines where they have room) in exactly the
+    renderer's planar colour. The ten reference renders come back within 10 grey levels but for at most 135 pixels
     each (curved faces lose the blue channel's few levels)."""
     g = _levelled(grey.astype(np.int16))
     part = g < PART_BELOW
@@ -185,6 +193,8 @@ def restyle(grey: np.ndarray) -> np.ndarray:
     pad = np.pad(dark, 1, mode="edge")
     ridge = ((dark >= pad[1:-1, :-2]) & (dark >= pad[1:-1, 2:])) | ((dark >= pad[:-2, 1:-1]) & (dark >= pad[2:, 1:-1]))
     lines = (g < LINE_BELOW) | (part & (dark > LINE_CONTRAST) & ridge)
+    if enlarged:
+        lines |= skeletonize(_continued(lines, part & (dark > LINE_FAINT)))
     beside = binary_dilation(lines) & ~lines
     known = part & ~lines & ~beside
     if known.any():
@@ -194,14 +204,22 @@ def restyle(grey: np.ndarray) -> np.ndarray:
     faces, count = label(part & ~lines)
     planar_grey = GENCAD_STYLE.face_rgb[0]
     off = np.abs(g - planar_grey)
-    share = (np.bincount(faces.ravel(), weights=(off <= PLANAR_BAND).ravel(), minlength=count + 1)
-             / np.maximum(np.bincount(faces.ravel(), minlength=count + 1), 1))
+    inner = np.where(distance_transform_edt(part & ~lines) > PLANAR_INNER, faces, 0)
+    counted = np.where(np.bincount(inner.ravel(), minlength=count + 1)[faces] >= MIN_INNER, inner, faces)
+    share = (np.bincount(counted.ravel(), weights=(off <= PLANAR_BAND).ravel(), minlength=count + 1)
+             / np.maximum(np.bincount(counted.ravel(), minlength=count + 1), 1))
     snap = (faces > 0) & (((share[faces] >= PLANAR_SHARE) & (off <= PLANAR_SNAP)) | (off <= FLAT_SNAP))
     out = np.repeat(np.clip(g, 0, 255).astype(np.uint8)[..., None], 3, -1)
     out[snap] = GENCAD_STYLE.face_rgb
     out[~part] = 255
     out[lines] = 0
     return out
+
+
+def _continued(lines: np.ndarray, faint: np.ndarray) -> np.ndarray:
+    """``lines`` with the ``faint`` pixels 8-connected to them (through other faint ones)."""
+    parts, _ = label(lines | faint, np.ones((3, 3), bool))
+    return np.isin(parts, np.unique(parts[lines])) & (parts > 0)
 
 
 def load_input(path: str | Path) -> Image.Image:

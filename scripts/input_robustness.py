@@ -5,6 +5,7 @@ rows' images as they are, saved as JPEG (quality 85), halved to 224 px, enlarged
 
     python scripts/input_robustness.py --out docs/results/input_robustness-real10.json
     python scripts/input_robustness.py --copies 224px,jpeg85 --out /tmp/robustness.json  # some copies only
+    python scripts/input_robustness.py --data data/synth-val --split validation --limit 64 --out /tmp/r.json  # other rows
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cad.io import InputError  # noqa: E402
 from cad.sandbox import SandboxPool  # noqa: E402
 from img2cad.images import NORMALISE_VERSION, load_input  # noqa: E402
 from reward.evaluate import evaluate_pairs  # noqa: E402
@@ -40,11 +42,27 @@ def _tinted(a: np.ndarray) -> np.ndarray:
     return np.where(part, a * np.array([1.0, 0.55, 0.3]), a).astype(np.uint8)
 
 
+def _dataset_rows(source: str, split: str | None, limit: int | None) -> list[dict]:
+    """Rows (deepcad_id, cadquery, image) of a local dataset, its test split refused."""
+    from cad.data import load_gencad
+    return [dict(row) for row in load_gencad(source, split=split, limit=limit, allow_test=False)]
+
+
+def _picture(row: dict) -> Image.Image:
+    """The row's picture as RGB: a reference row names its file, a dataset row holds the image."""
+    from cad.data import to_image
+    image = row["image"]
+    return (Image.open(REFERENCE / image) if isinstance(image, str) else to_image(image)).convert("RGB")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--copies", default=",".join(COPIES), help="comma-separated copies to run (default: all)")
+    ap.add_argument("--data", default=None, help="a GenCAD-style dataset folder to take rows from (default: the reference rows)")
+    ap.add_argument("--split", default=None, help="--data's split (a test split is refused: tune on validation)")
+    ap.add_argument("--limit", type=int, default=None, help="the first this many rows of --data")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     names = [c for c in args.copies.split(",") if c]
@@ -54,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     from img2cad.engine import Engine, decode_config
     from img2cad.shipped import DEFAULT_MODEL, load_shipped
 
-    rows = reference_rows()
+    try:
+        rows = reference_rows() if args.data is None else _dataset_rows(args.data, args.split, args.limit)
+    except InputError as exc:
+        ap.error(f"--data: {exc}")
     shipped = load_shipped(args.model or DEFAULT_MODEL)
     cfg = decode_config(shipped)
     result = {"benchmark": "input_robustness", "command": "python " + " ".join(sys.argv), "model": shipped.name,
@@ -66,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             make = COPIES[name]
             pairs, seconds = [], 0.0
             for row in tqdm(rows, desc=name, unit="img"):
-                img, ext = make(Image.open(REFERENCE / row["image"]).convert("RGB"))
+                img, ext = make(_picture(row))
                 path = Path(tmp) / f"{row['deepcad_id']}-{name}.{ext}"
                 img.save(path, **({"quality": 85} if ext == "jpg" else {}))
                 t0 = time.perf_counter()

@@ -309,6 +309,35 @@ def test_jpeg_and_resized_renders_come_back_in_the_renderers_palette():
         assert ((out < 250).any(-1) != (r < 250).any(-1)).sum() < 0.001 * r[..., 0].size, name  # same silhouette
 
 
+def test_a_halved_render_keeps_its_planar_faces_apart():
+    """A render halved to 224 px and normalised back: its lines fade in places when enlarged, and
+    a gap would merge two faces into one region (or leave a small face, a prism's cap, only its
+    flat middle). Every planar face the profile fits would read off the render is found again."""
+    from decoding.prism import planar_regions, silhouette
+
+    for name in ("00002718_0.png", "00211465_0.png", "00461826_0.png"):  # 0.05-0.82 before the faded lines were kept
+        ref = _reference(name)
+        r = np.asarray(ref)
+        faces = [f for f in planar_regions(r) if f.sum() >= 0.01 * silhouette(r).sum()]
+        again = planar_regions(np.asarray(normalise(ref.resize((224, 224), Image.LANCZOS))))
+        for face in faces:
+            assert max((face & f).sum() / (face | f).sum() for f in again) > 0.85, name
+
+
+def test_the_robustness_script_takes_validation_rows_and_refuses_a_test_split(tmp_path, capsys):
+    from cad.data import FEATURES, load_gencad
+    from scripts.input_robustness import _dataset_rows, main as robustness
+
+    rows = load_gencad(REFERENCE / "samples.jsonl").cast(FEATURES)
+    rows.select(range(3)).to_parquet(str(tmp_path / "validation-00000.parquet"))
+    rows.select(range(3, 5)).to_parquet(str(tmp_path / "test-00000.parquet"))
+    assert [r["deepcad_id"] for r in _dataset_rows(str(tmp_path), "validation", 2)] == rows["deepcad_id"][:2]
+    with pytest.raises(SystemExit) as stop:
+        robustness(["--data", str(tmp_path), "--split", "test", "--out", str(tmp_path / "r.json")])
+    assert stop.value.code == 2 and "final numbers only" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_sandbox_exports_step_and_stl_from_the_child(pool):
     code = "import cadquery as cq\nsolid = cq.Workplane().box(1, 2, 3).faces('>Z').hole(0.5)\n"
     res = pool.run(code, ExecOptions(export=("step", "stl")))
