@@ -1,6 +1,7 @@
 """How ``img2cad predict`` holds up when the picture is not GenCAD's exact render: the reference
-rows' images as they are, saved as JPEG (quality 85), halved to 224 px, enlarged to 800 px
-(bicubic), with the part tinted orange and with the colours inverted (light on black), each read by ``img2cad.images.load_input`` and decoded by the shipped model's default
+rows' images as they are, saved as JPEG (quality 85), halved to 224 px (also saved as JPEG),
+shrunk to 256 px (bicubic) and to 320 px, enlarged to 800 px (bicubic), with the part tinted
+orange and with the colours inverted (light on black), each read by ``img2cad.images.load_input`` and decoded by the shipped model's default
 (``img2cad.engine.Engine``), then scored against the rows' programs (exact Best IoU).
 
     python scripts/input_robustness.py --out docs/results/input_robustness-real10.json
@@ -30,6 +31,9 @@ COPIES = {
     "as_is": lambda im: (im, "png"),
     "jpeg85": lambda im: (im, "jpg"),
     "224px": lambda im: (im.resize((224, 224), Image.LANCZOS), "png"),
+    "224px_jpeg85": lambda im: (im.resize((224, 224), Image.LANCZOS), "jpg"),
+    "256px_bicubic": lambda im: (im.resize((256, 256), Image.BICUBIC), "png"),
+    "320px": lambda im: (im.resize((320, 320), Image.LANCZOS), "png"),
     "800px": lambda im: (im.resize((800, 800), Image.BICUBIC), "png"),
     "tinted": lambda im: (Image.fromarray(_tinted(np.asarray(im))), "png"),
     "inverted": lambda im: (ImageOps.invert(im), "png"),
