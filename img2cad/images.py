@@ -44,8 +44,8 @@ LINE_CONTRAST = 30  # ... a pixel this much darker than its 5 x 5 grey closing l
 LINE_FAINT = 12  # ... and one this much darker, 8-connected to a line, on its faint continuation (an enlarged line's gaps)
 PLANAR_BAND = 6  # ... a face whose pixels lie mostly (PLANAR_SHARE) this close to the planar grey is planar,
 PLANAR_SHARE = 0.8
-PLANAR_INNER = 2  # ... that share counted on the pixels further than this from a line or the outline (resampling rings
-MIN_INNER = 10  # beside lines), where a face has at least this many
+PLANAR_INNER = 2  # ... that share taken over a face's pixels further than this from a line or the outline (away
+MIN_INNER = 10  # from resampling's rings beside the lines), where it has at least this many of them
 PLANAR_SNAP = 15  # ... and its pixels this close to it are set to it (elsewhere only those within FLAT_SNAP)
 FLAT_SNAP = 3
 LEVEL_SHARE = 0.1  # _levelled: fewer part pixels than this share near the planar grey, and more near the commonest level
@@ -181,11 +181,11 @@ def restyle(grey: np.ndarray, enlarged: bool = False) -> np.ndarray:
     it is missing), lines black and one pixel across (the darkest pixel across a dark ridge; in an
     ``enlarged`` picture, joined by the skeleton of its faint continuations: a line resampled up
     fades in places, and a gap would merge the faces on either side; elsewhere that would take in
-    a JPEG's ringing beside the lines), the pixels beside a line given their
-    face's grey (the nearest pixel off the line and its neighbours), the blend of the outline with
-    the background outside it white, and planar faces (``PLANAR_SHARE`` of their pixels within
-    ``PLANAR_BAND`` of the planar grey, away from their lines where they have room) in exactly the
-    renderer's planar colour. The ten reference renders come back within 10 grey levels but for at most 135 pixels
+    a JPEG's ringing beside the lines), the pixels beside a line given their face's grey (the
+    nearest pixel off the line and its neighbours), the blend of the outline with the background
+    outside it white, and planar faces (``PLANAR_SHARE`` of their pixels within ``PLANAR_BAND`` of
+    the planar grey, away from their lines where they have room) in exactly the renderer's planar
+    colour. The ten reference renders come back within 10 grey levels but for at most 135 pixels
     each (curved faces lose the blue channel's few levels)."""
     g = _levelled(grey.astype(np.int16))
     part = g < PART_BELOW

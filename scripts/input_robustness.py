@@ -1,7 +1,8 @@
 """How ``img2cad predict`` holds up when the picture is not GenCAD's exact render: the reference
-rows' images as they are, saved as JPEG (quality 85), halved to 224 px (also saved as JPEG),
-shrunk to 256 px (bicubic) and to 320 px, enlarged to 800 px (bicubic), with the part tinted
-orange and with the colours inverted (light on black), each read by ``img2cad.images.load_input`` and decoded by the shipped model's default
+rows' images (or a dataset's validation rows, ``--data``) as they are, saved as JPEG (quality 85),
+halved to 224 px (also saved as JPEG), shrunk to 256 px (bicubic) and to 320 px, enlarged to
+800 px (bicubic), with the part tinted orange and with the colours inverted (light on black), each
+read by ``img2cad.images.load_input`` and decoded by the shipped model's default
 (``img2cad.engine.Engine``), then scored against the rows' programs (exact Best IoU).
 
     python scripts/input_robustness.py --out docs/results/input_robustness-real10.json
