@@ -313,7 +313,8 @@ def test_a_halved_render_keeps_its_planar_faces_apart():
     """A render halved to 224 px and normalised back: its lines fade in places when enlarged, and
     a gap would merge two faces into one region (or leave a small face, a prism's cap, only its
     flat middle). Every planar face the profile fits would read off the render is found again."""
-    from decoding.prism import planar_regions, silhouette
+    from cad.render import silhouette
+    from decoding.prism import planar_regions
 
     for name in ("00002718_0.png", "00211465_0.png", "00461826_0.png"):  # 0.05-0.82 before the faded lines were kept
         ref = _reference(name)
