@@ -34,7 +34,7 @@ from skimage.morphology import skeletonize
 from cad.io import InputError  # a file that cannot be used: the message names it and says what to do
 from cad.render import GENCAD_STYLE
 
-NORMALISE_VERSION = 4  # raised whenever normalise gives other pixels: img2cad predict then redoes its earlier outputs
+NORMALISE_VERSION = 5  # raised whenever normalise gives other pixels: img2cad predict then redoes its earlier outputs
 SIZE = 448
 WINDOW = (400, 300)  # cad.render.Style: fit_width, fit_height times SIZE
 MIN_PART_PIXELS = 16
@@ -103,18 +103,27 @@ def _grey(rgb: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.ndarr
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
-def in_training_layout(mask: np.ndarray) -> bool:
-    """Part centred and filling 60-100 % of the 4:3 window in one direction (GenCAD renders)."""
+def in_training_layout(mask: np.ndarray, centred: bool = True) -> bool:
+    """Part filling 60-100 % of the 4:3 window in one direction, centred (``centred``), or else
+    anywhere inside the centred window: a render fits the projected corners of the part's
+    bounding box to the window, so a part that does not reach the corners it projects (an L, a
+    boss off one end) lies off the image's centre."""
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     scale = SIZE / max(h, w)
-    bw, bh = (xs.max() - xs.min() + 1) * scale, (ys.max() - ys.min() + 1) * scale
-    cx, cy = (xs.min() + xs.max() + 1) / 2 * scale, (ys.min() + ys.max() + 1) / 2 * scale
     off_x, off_y = (max(h, w) - w) / 2 * scale, (max(h, w) - h) / 2 * scale  # padding to a square
-    centred = abs(cx + off_x - SIZE / 2) <= 0.03 * SIZE and abs(cy + off_y - SIZE / 2) <= 0.03 * SIZE
+    left, right = xs.min() * scale + off_x, (xs.max() + 1) * scale + off_x
+    top, bottom = ys.min() * scale + off_y, (ys.max() + 1) * scale + off_y
+    bw, bh = right - left, bottom - top
     fill = max(bw / WINDOW[0], bh / WINDOW[1])
-    inside = bw <= WINDOW[0] * 1.02 and bh <= WINDOW[1] * 1.02
-    return centred and inside and fill >= 0.6
+    if centred:
+        placed = abs((left + right) / 2 - SIZE / 2) <= 0.03 * SIZE and abs((top + bottom) / 2 - SIZE / 2) <= 0.03 * SIZE
+        placed = placed and bw <= WINDOW[0] * 1.02 and bh <= WINDOW[1] * 1.02
+    else:
+        margin = 0.01 * SIZE
+        x0, y0 = (SIZE - WINDOW[0]) / 2 - margin, (SIZE - WINDOW[1]) / 2 - margin
+        placed = left >= x0 and top >= y0 and right <= SIZE - x0 and bottom <= SIZE - y0
+    return placed and fill >= 0.6
 
 
 def normalise(img: Image.Image, name: str = "image") -> Image.Image:
@@ -124,7 +133,8 @@ def normalise(img: Image.Image, name: str = "image") -> Image.Image:
     if mask.sum() < MIN_PART_PIXELS:
         raise InputError(f"{name}: nothing drawn (the image is one flat colour); give a picture of a part")
     layout = in_training_layout(mask)
-    if layout and rgb.shape[:2] == (SIZE, SIZE) and not ((rgb < 250).any(-1) & ~mask).any() and _render_grey(rgb):
+    if (rgb.shape[:2] == (SIZE, SIZE) and in_training_layout(mask, centred=False)
+            and not ((rgb < 250).any(-1) & ~mask).any() and _render_grey(rgb)):
         return Image.fromarray(rgb)  # already a training-style render: unchanged
     grey = _grey(rgb, mask, background)
     h, w = grey.shape

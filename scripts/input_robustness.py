@@ -7,7 +7,7 @@ read by ``img2cad.images.load_input`` and decoded by the shipped model's default
 
     python scripts/input_robustness.py --out docs/results/input_robustness-real10.json
     python scripts/input_robustness.py --copies 224px,jpeg85 --out /tmp/robustness.json  # some copies only
-    python scripts/input_robustness.py --data data/synth-val --split validation --limit 64 --out /tmp/r.json  # other rows
+    python scripts/input_robustness.py --data data/synth-val --split validation --offset 128 --limit 64 --out /tmp/r.json  # rows 128-191
 """
 from __future__ import annotations
 
@@ -47,10 +47,12 @@ def _tinted(a: np.ndarray) -> np.ndarray:
     return np.where(part, a * np.array([1.0, 0.55, 0.3]), a).astype(np.uint8)
 
 
-def _dataset_rows(source: str, split: str | None, limit: int | None) -> list[dict]:
-    """Rows (deepcad_id, cadquery, image) of a local dataset, its test split refused."""
+def _dataset_rows(source: str, split: str | None, limit: int | None, offset: int = 0) -> list[dict]:
+    """Rows (deepcad_id, cadquery, image) of a local dataset from row ``offset`` on, at most
+    ``limit`` of them; its test split refused."""
     from cad.data import load_gencad
-    return [dict(row) for row in load_gencad(source, split=split, limit=limit, allow_test=False)]
+    ds = load_gencad(source, split=split, limit=None if limit is None else offset + limit, allow_test=False)
+    return [dict(ds[i]) for i in range(min(offset, len(ds)), len(ds))]
 
 
 def _picture(row: dict) -> Image.Image:
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", default=",".join(COPIES), help="comma-separated copies to run (default: all)")
     ap.add_argument("--data", default=None, help="a GenCAD-style dataset folder to take rows from (default: the reference rows)")
     ap.add_argument("--split", default=None, help="--data's split (a test split is refused: tune on validation)")
-    ap.add_argument("--limit", type=int, default=None, help="the first this many rows of --data")
+    ap.add_argument("--offset", type=int, default=0, help="--data's rows from this one on")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many rows of --data (from --offset)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     names = [c for c in args.copies.split(",") if c]
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from img2cad.shipped import DEFAULT_MODEL, load_shipped
 
     try:
-        rows = reference_rows() if args.data is None else _dataset_rows(args.data, args.split, args.limit)
+        rows = reference_rows() if args.data is None else _dataset_rows(args.data, args.split, args.limit, args.offset)
     except InputError as exc:
         ap.error(f"--data: {exc}")
     shipped = load_shipped(args.model or DEFAULT_MODEL)

@@ -283,6 +283,20 @@ def test_training_style_renders_pass_unchanged_and_other_pictures_are_normalised
                           np.asarray(load_input(tmp_path / "colour.png")))  # deterministic
 
 
+def test_a_render_of_a_part_off_the_images_centre_passes_unchanged(pool):
+    """The renderer fits the projected corners of the part's bounding box to the window, so an L
+    (its missing corner projects to the image's left) lies off the image's centre. Such a render
+    is used as it is, not cropped, enlarged and redrawn (26% of the validation renders)."""
+    from cad.render import render_geometry
+    from img2cad.images import part_mask
+
+    code = 'import cadquery as cq\nsolid = cq.Workplane("XY").polyline([(0, 0), (1, 0), (1, 0.2), (0.2, 0.2), (0.2, 1), (0, 1)]).close().extrude(0.3)\n'
+    render = render_geometry(pool.run(code, ExecOptions(want_geometry=True)).geometry)
+    xs = np.nonzero(part_mask(render)[0].any(0))[0]
+    assert abs((xs[0] + xs[-1] + 1) / 2 - SIZE / 2) > 0.1 * SIZE  # the part is well off the centre
+    assert np.array_equal(np.asarray(normalise(Image.fromarray(render))), render)
+
+
 def test_jpeg_and_resized_renders_come_back_in_the_renderers_palette():
     """A JPEG of a render, an enlarged copy and a tinted one normalise to the render's own faces and lines:
     the planar grey where the render has it (what the profile fits read) and its one-pixel
@@ -333,6 +347,8 @@ def test_the_robustness_script_takes_validation_rows_and_refuses_a_test_split(tm
     rows.select(range(3)).to_parquet(str(tmp_path / "validation-00000.parquet"))
     rows.select(range(3, 5)).to_parquet(str(tmp_path / "test-00000.parquet"))
     assert [r["deepcad_id"] for r in _dataset_rows(str(tmp_path), "validation", 2)] == rows["deepcad_id"][:2]
+    assert [r["deepcad_id"] for r in _dataset_rows(str(tmp_path), "validation", 1, offset=1)] == rows["deepcad_id"][1:2]
+    assert [r["deepcad_id"] for r in _dataset_rows(str(tmp_path), "validation", None, offset=2)] == rows["deepcad_id"][2:3]
     with pytest.raises(SystemExit) as stop:
         robustness(["--data", str(tmp_path), "--split", "test", "--out", str(tmp_path / "r.json")])
     assert stop.value.code == 2 and "final numbers only" in capsys.readouterr().err
