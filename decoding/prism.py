@@ -33,12 +33,12 @@ the hole. The first good cap with such floors gets a candidate with a pocket cut
 hole, to the depth that fits the render best, and the holes seen in a floor cut through the rest.
 
 Two bodies: the pair of caps whose sweeps together cover the silhouette best, when that beats
-the best single cap. Where one body hides part of the other's cap, the cap is completed with the
-hiding body's sweep inside the cap's convex hull, and the hidden part of its contour does not
-count against a circle. The second body's place along the view direction does not change the
-picture's outline, only the framing and what hides what, so it is searched by the render terms
-on the two meshes rendered together (over the stretch of the line where the bodies meet), then
-its depth.
+the best single cap clearly (by less where both outlines run along their sketch axes). Where one
+body hides part of the other's cap, the cap is completed with the hiding body's sweep inside the
+cap's convex hull, and the hidden part of its contour does not count against a circle. The
+second body's place along the view direction does not change the picture's outline, only the
+framing and what hides what, so it is searched by the render terms on the two meshes rendered
+together (over the stretch of the line where the bodies meet), then its depth.
 """
 from __future__ import annotations
 
@@ -78,7 +78,9 @@ OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
 MIN_FLOOR = 0.5  # a pocket stops at least this many pixels above the bottom of its prism
 LEVEL_TOLERANCE = 0.01  # a point within this many pixels of a pocket's floor plane lies on it
 INNER_STEPS = 7  # boss heights or pocket depths tried, evenly spaced in log around the sweep's
-UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise)
+UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise) ...
+UNION_GAIN_REGULAR = 0.03  # ... or by this much where both caps' outlines are regular (a bar standing out of a block; at most UNION_GAIN)
+UNION_REGULAR = 0.9  # ... that is, this share of each outline's length lies along its sketch axes (_regularity)
 UNION_FIRSTS = 3  # the best single caps tried as the first of two
 UNION_STEPS = 21  # places along the view direction tried for the second body, twice (coarse, then fine)
 AXIS_TIE = 0.005  # second caps whose sweeps fit within this of the best one's are alike (_likeliest) ...
@@ -480,16 +482,22 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     """The union of two prisms whose caps' sweeps together cover the silhouette best (the first
     among the ``UNION_FIRSTS`` best ``caps``, the second the cap that adds most to it, or one
     about as good whose outline is more regular, ``_likeliest``), when that beats the best single
-    cap by ``UNION_GAIN``. The second one's place along the view direction,
-    which the outline does not show, and then its depth are fit by ``objective`` on the two meshes
-    rendered together."""
-    needed = max(caps[0].fit + UNION_GAIN, MIN_FIT)
-    if needed > 1.0:  # a sweep's IoU is at most 1: no second cap can add UNION_GAIN
+    cap by ``UNION_GAIN``, or by ``UNION_GAIN_REGULAR`` where both caps' outlines are regular (a
+    bar standing out of a block adds little to the silhouette). The second one's place along the
+    view direction, which the outline does not show, and then its depth are fit by ``objective`` on
+    the two meshes rendered together."""
+    needed, needed_regular = (max(caps[0].fit + gain, MIN_FIT) for gain in (UNION_GAIN, UNION_GAIN_REGULAR))
+    if needed_regular > 1.0:  # a sweep's IoU is at most 1: no second cap can add enough
         return None
+
+    def passes(first: Cap, second: Cap) -> bool:
+        return second.fit >= needed or (second.fit >= needed_regular
+                                        and min(_regularity(profile(c)[0]) for c in (first, second)) >= UNION_REGULAR)
+
     found = [(first, find_caps(pixels, regions, first.swept, (first.index,))) for first in caps[:UNION_FIRSTS]]
-    pairs = [(first, _likeliest(seconds)) for first, seconds in found if seconds and seconds[0].fit >= needed]
-    first, second = max(pairs, key=lambda ab: ab[1].fit, default=(None, None))  # outlines read only where one may pass
-    if second is None or second.fit < needed:
+    pairs = [(first, _likeliest(seconds)) for first, seconds in found if seconds and seconds[0].fit >= needed_regular]
+    first, second = max([ab for ab in pairs if passes(*ab)], key=lambda ab: ab[1].fit, default=(None, None))  # outlines read only where one may pass
+    if second is None:
         return None
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1])[0]  # completed where the second hides it
     covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it

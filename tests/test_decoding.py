@@ -513,8 +513,32 @@ def test_no_second_cap_is_looked_for_when_one_cap_leaves_too_little_to_add(monke
         raise AssertionError("second caps looked for")
 
     monkeypatch.setattr(prism, "find_caps", find_caps)
-    cap = prism.Cap(np.ones((4, 4), bool), 2, 1.0 - prism.UNION_GAIN + 0.001)  # a second cap would need an IoU above 1
+    assert prism.UNION_GAIN_REGULAR <= prism.UNION_GAIN
+    cap = prism.Cap(np.ones((4, 4), bool), 2, 1.0 - prism.UNION_GAIN_REGULAR + 0.001)  # a second cap would need an IoU above 1
     assert prism._union([cap], None, [], None, None, None, {}) is None
+
+
+# A block with a bar standing out of its front face: the bar adds 0.03-0.05 to the block's sweep.
+BAR_OUT_OF_BLOCK = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.64, -0.13, -0.64), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.375, 0.0).lineTo(1.375, 1.29).lineTo(0.0, 1.29).close()).extrude(0.6)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(0.2, -0.73, 0.2), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.46, 0.0).lineTo(0.46, 0.34).lineTo(0.0, 0.34).close()).extrude(1.0))\n")
+
+
+def test_a_bar_standing_out_of_a_block_is_read_as_a_union_of_two_regular_prisms(pool, monkeypatch):
+    import decoding.prism as prism
+    from cad.geometry import best_iou
+
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    gt = pool.run(BAR_OUT_OF_BLOCK, ExecOptions(want_geometry=True)).geometry
+    image = _image_of(pool, BAR_OUT_OF_BLOCK)
+    unions = [q for q in prism.fit_prisms(image, pool, objective, quick=True) if ".union(" in q]
+    assert len(unions) == 1
+    assert best_iou(pool.run(unions[0], ExecOptions(want_geometry=True)).geometry, gt).iou > 0.9
+    monkeypatch.setattr(prism, "UNION_GAIN_REGULAR", prism.UNION_GAIN)  # regular outlines held to the general gain
+    assert not [q for q in prism.fit_prisms(image, pool, objective, quick=True) if ".union(" in q]
 
 
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
