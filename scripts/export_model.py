@@ -46,7 +46,7 @@ def model_card(name: str, config: dict, training: dict, recipe: dict, decoding: 
         "`img2cad predict` and `img2cad serve`.", "",
         "## Input it was trained for", "",
         "Renders in GenCAD-Code's style: 448 x 448, white background, flat grey faces, 1-pixel black edges, one "
-        "isometric view from (1, -1, 1), the part's bounding box fit to a centred 400 x 300 window. Other pictures "
+        "isometric view from (1, -1, 1), the projected corners of the part's bounding box fit to a centred 400 x 300 window. Other pictures "
         "are normalised to that (`img2cad.images`): grey levels on white, part centred and fit to the window.", "",
         "## Model", "",
         f"- encoder `{config.get('encoder_name')}` ({config.get('image_size')} px, {config.get('in_chans')} channel(s), "
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if out.resolve() == model_dir.resolve() or (args.index and Path(args.index).resolve().is_relative_to(out.resolve())):
         print(f"error: {out}: the export would overwrite its own input; choose another --name or --out-root", file=sys.stderr)
         return 2
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # an error is one line on stderr, with no loading bar before it
     try:
         evals = [_json_arg(e) for e in args.eval]
         summary = export(model_dir, out, args.name, Path(args.index) if args.index else None, args.retrieval_data,
