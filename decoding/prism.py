@@ -31,6 +31,8 @@ render best, the cap's depth then fit again with the bosses in place. A pocket l
 the cap region too, with its floor inside, below the cap: the floor swept up to the cap covers
 the hole. The first good cap with such floors gets a candidate with a pocket cut in each such
 hole, to the depth that fits the render best, and the holes seen in a floor cut through the rest.
+A tall boss (a rod, a post) leaves a hole at its foot with its top outside the cap, above it: a
+planar region there that, swept down the cap's normal, reaches the hole is taken as its top.
 
 Two bodies: the pair of caps whose sweeps together cover the silhouette best, when that beats
 the best single cap clearly (by less where both outlines run along their sketch axes). Where one
@@ -72,6 +74,9 @@ QUICK_PRISMS = 3  # the same, in the quick fit (the best cap by the sweep is oft
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
 DEPTH_STEPS = 13  # the depths' grid, evenly spaced in log (9 of them tried, coarse to fine)
 MIN_INNER = 100  # holes of the cap of fewer pixels hold no boss or pocket
+MIN_TOP = 30  # a tall boss's top (_standing_tops) has at least this many pixels
+STANDING_INSIDE = 0.95  # ... and swept down to its foot stays in the silhouette for this share of its pixels
+STANDING_ON_CAP = 0.2  # ... and passes over the cap's face for at most this share
 MAX_INNER = 4  # bosses stood on one cap, or pockets cut into it, at most
 MIN_WALL = 2  # a boss's top or a pocket's floor swept fewer pixels than this to cover its hole is flush with the cap
 OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
@@ -609,6 +614,42 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
     return sorted(found, key=lambda t: -int(t.face.sum()))[:MAX_INNER]
 
 
+def _standing_tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], regions: list[np.ndarray],
+                   filled: np.ndarray, tops: list[Inner]) -> list[Inner]:
+    """The tops of tall bosses (a rod, a post) standing in the ``holes`` of ``cap`` that hold no
+    top of ``tops``: such a boss's top lies outside the cap, above its foot. The hole's column is
+    the hole with what stands out of the silhouette beyond the cap's sweep (the cap with its holes
+    filled) and touches it. A planar region of at least ``MIN_TOP`` pixels, off the cap and in
+    the column, is a top when, swept down the cap's normal as far as it best covers the column
+    (at least ``MIN_WALL`` steps), it covers ``MIN_FIT`` of the hole, stays in the silhouette
+    (``STANDING_INSIDE``) and passes over little of the cap's face (``STANDING_ON_CAP``); the
+    largest such region, one per hole."""
+    taken = [t.hole for t in tops]
+    open_holes = [hole for hole, _ in holes if not any((hole & t).any() for t in taken)]
+    if not open_holes:
+        return []
+    filled_cap = cap.region | np.logical_or.reduce([hole for hole, _ in holes])  # the cap where the bosses stand
+    beyond = filled & ~_swept(filled_cap, cap.axis, filled)[1]
+    parts, _ = label(beyond | np.logical_or.reduce(open_holes))
+    direction = screen_vector(-plane_basis(cap.axis)[2])
+    found = []
+    for hole in open_holes:
+        column = np.isin(parts, np.unique(parts[hole])) & (parts > 0)  # the hole and what stands out beyond the cap from it
+        standing = []
+        for region in regions:
+            size = int(region.sum())
+            if size < MIN_TOP or (region & cap.region).any() or (region & column).sum() < 0.9 * size:
+                continue
+            _, steps, swept = sweep(_holes_filled(region), column, direction)
+            area = int(swept.sum())
+            if (steps >= MIN_WALL and (swept & hole).sum() >= MIN_FIT * hole.sum()
+                    and (swept & filled).sum() >= STANDING_INSIDE * area and (swept & cap.region).sum() <= STANDING_ON_CAP * area):
+                standing.append(Inner(hole, region, steps))
+        if standing:
+            found.append(max(standing, key=lambda t: int(t.face.sum())))
+    return found
+
+
 def _rim(cap: Cap) -> np.ndarray:
     """The cap's region grown into its four neighbours (onto the drawn line around it, as
     ``profile`` grows it): a pocket's opening is its hole outside it."""
@@ -759,6 +800,8 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     for i, cap in enumerate(good):
         holes = _cap_holes(cap, regions, flat) if bossed is None or pocketed is None else []
         tops = _inner_faces(cap, holes, -1) if bossed is None else []
+        if bossed is None:
+            tops = sorted(tops + _standing_tops(cap, holes, regions, filled, tops), key=lambda t: -int(t.face.sum()))[:MAX_INNER]
         floors = _inner_faces(cap, holes, +1) if pocketed is None else []
         if i >= prisms and not tops and not floors:
             continue

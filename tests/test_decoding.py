@@ -770,3 +770,25 @@ def test_holes_filled_on_the_regions_box_is_binary_fill_holes():
         inner[...] = rng.random(inner.shape) < 0.6
         assert np.array_equal(_holes_filled(region), binary_fill_holes(region))
     assert not _holes_filled(np.zeros((5, 5), bool)).any()
+
+
+# A block with a post standing on its top face: the post's top lies above the face, outside it.
+POST_ON_BLOCK = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.5, -0.5, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.0, 0.0).lineTo(1.0, 0.8).lineTo(0.0, 0.8).close()).extrude(0.4)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.4, 0.2, 0.4), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.07, 0.0).circle(0.07)).extrude(0.9))\n")
+
+
+def test_a_post_whose_top_stands_above_the_face_it_stands_on_is_a_boss(pool, monkeypatch):
+    import decoding.prism as prism
+    from cad.geometry import best_iou
+
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    gt = pool.run(POST_ON_BLOCK, ExecOptions(want_geometry=True)).geometry
+    image = _image_of(pool, POST_ON_BLOCK)
+    two = [q for q in prism.fit_prisms(image, pool, objective, quick=True) if q.count("Workplane(") == 2]
+    assert len(two) == 1 and best_iou(pool.run(two[0], ExecOptions(want_geometry=True)).geometry, gt).iou > 0.9
+    monkeypatch.setattr(prism, "_standing_tops", lambda *args: [])  # only tops inside the face's hole
+    assert not [q for q in prism.fit_prisms(image, pool, objective, quick=True) if q.count("Workplane(") == 2]
