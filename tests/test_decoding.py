@@ -527,18 +527,25 @@ BAR_OUT_OF_BLOCK = (
     "solid = solid.union(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.46, 0.0).lineTo(0.46, 0.34).lineTo(0.0, 0.34).close()).extrude(1.0))\n")
 
 
+def _fit_ious(pool, code: str, image: Image.Image, keep) -> list[float]:
+    """The Best IoU against ``code``'s solid of the quick prism fits of ``image`` that ``keep`` picks."""
+    from cad.geometry import best_iou
+    from decoding.prism import fit_prisms
+
+    gt = pool.run(code, ExecOptions(want_geometry=True)).geometry
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    return [best_iou(pool.run(q, ExecOptions(want_geometry=True)).geometry, gt).iou
+            for q in fit_prisms(image, pool, objective, quick=True) if keep(q)]
+
+
 def test_a_bar_standing_out_of_a_block_is_read_as_a_union_of_two_regular_prisms(pool, monkeypatch):
     import decoding.prism as prism
-    from cad.geometry import best_iou
 
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
-    gt = pool.run(BAR_OUT_OF_BLOCK, ExecOptions(want_geometry=True)).geometry
     image = _image_of(pool, BAR_OUT_OF_BLOCK)
-    unions = [q for q in prism.fit_prisms(image, pool, objective, quick=True) if ".union(" in q]
-    assert len(unions) == 1
-    assert best_iou(pool.run(unions[0], ExecOptions(want_geometry=True)).geometry, gt).iou > 0.9
+    unions = _fit_ious(pool, BAR_OUT_OF_BLOCK, image, lambda q: ".union(" in q)
+    assert len(unions) == 1 and unions[0] > 0.9
     monkeypatch.setattr(prism, "UNION_GAIN_REGULAR", prism.UNION_GAIN)  # regular outlines held to the general gain
-    assert not [q for q in prism.fit_prisms(image, pool, objective, quick=True) if ".union(" in q]
+    assert not _fit_ious(pool, BAR_OUT_OF_BLOCK, image, lambda q: ".union(" in q)
 
 
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
@@ -783,12 +790,9 @@ POST_ON_BLOCK = (
 
 def test_a_post_whose_top_stands_above_the_face_it_stands_on_is_a_boss(pool, monkeypatch):
     import decoding.prism as prism
-    from cad.geometry import best_iou
 
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
-    gt = pool.run(POST_ON_BLOCK, ExecOptions(want_geometry=True)).geometry
     image = _image_of(pool, POST_ON_BLOCK)
-    two = [q for q in prism.fit_prisms(image, pool, objective, quick=True) if q.count("Workplane(") == 2]
-    assert len(two) == 1 and best_iou(pool.run(two[0], ExecOptions(want_geometry=True)).geometry, gt).iou > 0.9
+    two = _fit_ious(pool, POST_ON_BLOCK, image, lambda q: q.count("Workplane(") == 2)
+    assert len(two) == 1 and two[0] > 0.9
     monkeypatch.setattr(prism, "_standing_tops", lambda *args: [])  # only tops inside the face's hole
-    assert not [q for q in prism.fit_prisms(image, pool, objective, quick=True) if q.count("Workplane(") == 2]
+    assert not _fit_ious(pool, POST_ON_BLOCK, image, lambda q: q.count("Workplane(") == 2)
