@@ -17,8 +17,9 @@ its projected bounding box fit to a 400 x 300 window. ``normalise`` turns any pi
    missing): JPEG noise, resampling blur, a tint and the grey fringe of an outline would otherwise
    hide the faces and lines. In an enlarged picture, a line's faded stretches are kept too.
 
-A 448 x 448 picture in the layout, in the renderer's greys, on pure white is a render and is
-used unchanged.
+A 448 x 448 picture in the renderer's greys, on pure white, with the part inside the centred
+window (not necessarily centred: the renderer centres the projected corners of the part's
+bounding box) is a render and is used unchanged.
 
 The result is deterministic: the same file gives the same pixels.
 """
