@@ -133,10 +133,10 @@ def normalise(img: Image.Image, name: str = "image") -> Image.Image:
     mask, background = part_mask(rgb)
     if mask.sum() < MIN_PART_PIXELS:
         raise InputError(f"{name}: nothing drawn (the image is one flat colour); give a picture of a part")
-    layout = in_training_layout(mask)
     if (rgb.shape[:2] == (SIZE, SIZE) and in_training_layout(mask, centred=False)
             and not ((rgb < 250).any(-1) & ~mask).any() and _render_grey(rgb)):
         return Image.fromarray(rgb)  # already a training-style render: unchanged
+    layout = in_training_layout(mask)
     grey = _grey(rgb, mask, background)
     h, w = grey.shape
     canvas = Image.new("L", (SIZE, SIZE), 255)
