@@ -1,5 +1,5 @@
 """Profile prisms read off the input image: one sketch, any outline and holes, extruded once; a
-prism with bosses standing on its cap, or with pockets cut into it; and the union of two prisms.
+prism with bosses standing on its cap, or with pockets cut into it; and the union of two or three prisms.
 
 Most GenCAD parts are one sketch extruded once (STATS.md: 57% of programs have one sketch), and
 the visible end face (the cap) of such a prism shows its whole profile: in the isometric view
@@ -86,6 +86,7 @@ INNER_STEPS = 7  # boss heights or pocket depths tried, evenly spaced in log aro
 UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise) ...
 UNION_GAIN_REGULAR = 0.03  # ... or by this much where both caps' outlines are regular (a bar standing out of a block; at most UNION_GAIN)
 UNION_REGULAR = 0.9  # ... that is, this share of each outline's length lies along its sketch axes (_regularity)
+THIRD_REGULAR = 0.8  # a third body is added only where its outline and the second's are this regular (a slanted outline is a face read in the wrong plane)
 UNION_FIRSTS = 3  # the best single caps tried as the first of two
 UNION_STEPS = 21  # places along the view direction tried for the second body, twice (coarse, then fine)
 AXIS_TIE = 0.005  # second caps whose sweeps fit within this of the best one's are alike (_likeliest) ...
@@ -483,17 +484,18 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
 
 
 def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray, pool: SandboxPool,
-           target: RenderTarget, objective: dict[str, float]) -> list[Body] | None:
-    """The union of two prisms whose caps' sweeps together cover the silhouette best (the first
+           target: RenderTarget, objective: dict[str, float]) -> list[list[Body]]:
+    """Unions of prisms whose caps' sweeps together cover the silhouette best: two (the first
     among the ``UNION_FIRSTS`` best ``caps``, the second the cap that adds most to it, or one
     about as good whose outline is more regular, ``_likeliest``), when that beats the best single
     cap by ``UNION_GAIN``, or by ``UNION_GAIN_REGULAR`` where both caps' outlines are regular (a
-    bar standing out of a block adds little to the silhouette). The second one's place along the
-    view direction, which the outline does not show, and then its depth are fit by ``objective`` on
-    the two meshes rendered together."""
+    bar standing out of a block adds little to the silhouette); and those two with a third cap
+    that beats them by as much (``_third``). Each added body's place along the view direction,
+    which the outline does not show, and then its depth are fit by ``objective`` on the meshes
+    rendered together (``_placed``)."""
     needed, needed_regular = (max(caps[0].fit + gain, MIN_FIT) for gain in (UNION_GAIN, UNION_GAIN_REGULAR))
     if needed_regular > 1.0:  # a sweep's IoU is at most 1: no second cap can add enough
-        return None
+        return []
 
     def passes(first: Cap, second: Cap) -> bool:
         return second.fit >= needed or (second.fit >= needed_regular
@@ -503,33 +505,62 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     pairs = [(first, _likeliest(seconds)) for first, seconds in found if seconds and seconds[0].fit >= needed_regular]
     first, second = max([ab for ab in pairs if passes(*ab)], key=lambda ab: ab[1].fit, default=(None, None))  # outlines read only where one may pass
     if second is None:
-        return None
+        return []
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1])[0]  # completed where the second hides it
     covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it
     b = _body(second, filled, covered, covered)[0]
     ga, gb = _execute_all([[a], [b]], pool)
     if ga is None or gb is None:
-        return None
+        return []
     a = _fit_depth(a, ga, target, objective)
     ga = _execute(a, pool)
-    if ga is None:
+    b = None if ga is None else _placed(b, gb, ga, target, objective)
+    if b is None:
+        return []
+    third = _third(first, second, pixels, regions, filled, covered, pool, target, objective, [a, b])
+    return [[a, b]] + ([[a, b, third]] if third is not None else [])
+
+
+def _third(first: Cap, second: Cap, pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray,
+           covered: np.ndarray, pool: SandboxPool, target: RenderTarget, objective: dict[str, float],
+           bodies: list[Body]) -> Body | None:
+    """A third prism joined to the union ``bodies`` of ``first`` and ``second`` (``covered``: the
+    first's sweep at full size): the cap that adds most to the two caps' sweeps (``_likeliest``),
+    when it raises their IoU with the silhouette by ``UNION_GAIN`` (``UNION_GAIN_REGULAR`` where
+    the three outlines are regular) and both added outlines are regular by ``THIRD_REGULAR``;
+    swept to where the two do not cover and placed as the second."""
+    third = _likeliest(find_caps(pixels, regions, second.swept, (first.index, second.index)))
+    if third is None or third.fit < second.fit + UNION_GAIN_REGULAR:
         return None
+    regular = [_regularity(profile(c)[0]) for c in (first, second, third)]
+    if min(regular[1:]) < THIRD_REGULAR or (third.fit < second.fit + UNION_GAIN and min(regular) < UNION_REGULAR):
+        return None
+    covered = _swept(second.region, second.axis, filled, covered)[1]  # both caps' sweeps
+    c = _body(third, filled, covered, covered)[0]
+    gab, gc = _execute_all([bodies, [c]], pool)
+    return None if gab is None or gc is None else _placed(c, gc, gab, target, objective)
+
+
+def _placed(body: Body, g: Geometry, other: Geometry, target: RenderTarget, objective: dict[str, float]) -> Body | None:
+    """``body`` (executed: ``g``) moved along the view direction to where, rendered with ``other``,
+    it fits ``objective`` best (``UNION_STEPS`` places where the two meet, then as many about the
+    best), with its depth then fit the same way; None when no place meets ``other``."""
     view = np.asarray(VIEW_DIR)
-    span = _meeting(ga, gb, view)
+    span = _meeting(other, g, view)
     if span is None:
         return None
 
     def score(t: float) -> float:
-        moved = _stretched(gb, 1.0, t * view)
-        return _placed_fit(_joined(ga, moved), target, objective) if _meet(ga, moved) else -np.inf
+        moved = _stretched(g, 1.0, t * view)
+        return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
 
     t = _best(np.linspace(*span, UNION_STEPS), score)
     step = (span[1] - span[0]) / (UNION_STEPS - 1)
     t = _best(np.clip(t + np.linspace(-step, step, UNION_STEPS), *span), score)
     if score(t) == -np.inf:
         return None
-    b = _fit_depth(dataclasses.replace(b, shift=tuple(t * view)), _stretched(gb, 1.0, t * view), target, objective, ga)
-    return [a, b]
+    moved = dataclasses.replace(body, shift=tuple(np.asarray(body.shift) + t * view))
+    return _fit_depth(moved, _stretched(g, 1.0, t * view), target, objective, other)
 
 
 def _regularity(loop: Loop) -> float:
@@ -785,7 +816,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
     the first such cap with bosses standing in its holes, with the bosses, and the first with pockets
     seen through its holes, with the pockets (``_inner_faces``), and both when that is one cap
-    (in holes apart); then the union of two prisms, when two caps cover the silhouette clearly
+    (in holes apart); then the unions of two and three prisms, when more caps cover the silhouette clearly
     better than one. ``quick``: the ``QUICK_PRISMS`` best caps' prisms (with and without their
     holes), and the bosses, pockets and union as in the full fit."""
     target = RenderTarget.of(image)
@@ -825,9 +856,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
         cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
         out.append([_fill_holes(cap, base, tops + pocketed[1]), *bosses, *pocketed[2][1:]])
     if caps:
-        union = _union(caps, pixels, regions, filled, pool, target, objective)
-        if union is not None:
-            out.append(union)
+        out += _union(caps, pixels, regions, filled, pool, target, objective)
     framed: dict[str, Frame] = {}
     for bodies in out:
         framed.setdefault(program(bodies), program_frame(bodies))

@@ -515,7 +515,7 @@ def test_no_second_cap_is_looked_for_when_one_cap_leaves_too_little_to_add(monke
     monkeypatch.setattr(prism, "find_caps", find_caps)
     assert prism.UNION_GAIN_REGULAR <= prism.UNION_GAIN
     cap = prism.Cap(np.ones((4, 4), bool), 2, 1.0 - prism.UNION_GAIN_REGULAR + 0.001)  # a second cap would need an IoU above 1
-    assert prism._union([cap], None, [], None, None, None, {}) is None
+    assert prism._union([cap], None, [], None, None, None, {}) == []
 
 
 # A block with a bar standing out of its front face: the bar adds 0.03-0.05 to the block's sweep.
@@ -546,6 +546,29 @@ def test_a_bar_standing_out_of_a_block_is_read_as_a_union_of_two_regular_prisms(
     assert len(unions) == 1 and unions[0] > 0.9
     monkeypatch.setattr(prism, "UNION_GAIN_REGULAR", prism.UNION_GAIN)  # regular outlines held to the general gain
     assert not _fit_ious(pool, BAR_OUT_OF_BLOCK, image, lambda q: ".union(" in q)
+
+
+# A block with a rod out of its back face and a bar out of its right side: three prisms, none of
+# whose caps is another's.
+ROD_AND_BAR_OUT_OF_BLOCK = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.58, -0.37, 0.12), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.05, 0.0).lineTo(1.05, 0.44).lineTo(0.0, 0.44).close()).extrude(0.5)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.38, -0.86, 0.32), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.11, 0.0).circle(0.11)).extrude(0.625))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(0.47, -0.64, 0.21), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = solid.union(wp2.add(wp2.moveTo(0.0, 0.0).lineTo(0.23, 0.0).lineTo(0.23, 0.12).lineTo(0.0, 0.12).close()).extrude(0.45))\n")
+
+
+def test_a_block_with_a_rod_and_a_bar_standing_out_of_it_is_read_as_a_union_of_three_prisms(pool, monkeypatch):
+    import decoding.prism as prism
+
+    image = _image_of(pool, ROD_AND_BAR_OUT_OF_BLOCK)
+    three = _fit_ious(pool, ROD_AND_BAR_OUT_OF_BLOCK, image, lambda q: q.count(".union(") == 2)
+    two = _fit_ious(pool, ROD_AND_BAR_OUT_OF_BLOCK, image, lambda q: q.count(".union(") == 1)
+    assert len(three) == 1 and three[0] > 0.9 and three[0] > max(two) + 0.1
+    monkeypatch.setattr(prism, "THIRD_REGULAR", 1.01)  # no outline is this regular: no third body
+    assert not _fit_ious(pool, ROD_AND_BAR_OUT_OF_BLOCK, image, lambda q: q.count(".union(") == 2)
 
 
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
