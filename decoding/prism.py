@@ -293,7 +293,43 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
     circle = _circle(plane(points[seen])) if seen.mean() >= MIN_SEEN else None
     if circle is not None:
         return circle
-    return plane(cv2.approxPolyDP(contour, SIMPLIFY, True))
+    polygon = cv2.approxPolyDP(contour, SIMPLIFY, True).reshape(-1, 2).astype(float)
+    return plane(polygon if hidden is None else _extended(polygon, hidden))
+
+
+def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """``polygon`` (screen points) with each run of edges ``hidden`` hides (where another body
+    stands in front of the face) replaced by the point where the seen edges on either side of it
+    meet when extended, where that point is hidden too: a corner behind a post is the corner its
+    two seen edges make, not the chord between where they disappear."""
+    n = len(polygon)
+    if n < 4:
+        return polygon
+    h, w = hidden.shape
+
+    def covered(p: np.ndarray) -> bool:
+        x, y = np.rint(p).astype(int)
+        return 0 <= x < w and 0 <= y < h and bool(hidden[y, x])
+
+    edge_hidden = [np.mean([covered(polygon[i] + t * (polygon[(i + 1) % n] - polygon[i])) for t in np.linspace(0.1, 0.9, 9)]) >= 0.5
+                   for i in range(n)]
+    if all(edge_hidden) or not any(edge_hidden):
+        return polygon
+    points, dropped = polygon.copy(), set()
+    for i in (i for i in range(n) if not edge_hidden[i] and edge_hidden[(i + 1) % n]):
+        j = k = (i + 1) % n  # seen edge i ends at vertex j, hidden edges j .. k-1, seen edge k starts at vertex k
+        while edge_hidden[k]:
+            k = (k + 1) % n
+        d1, d2 = polygon[j] - polygon[i], polygon[(k + 1) % n] - polygon[k]
+        a = np.column_stack([d1, -d2])
+        if abs(np.linalg.det(a)) <= 1e-9:
+            continue
+        s, u = np.linalg.solve(a, polygon[k] - polygon[j])  # polygon[j] + s d1 = polygon[k] + u d2
+        corner = polygon[j] + s * d1
+        if s > 0 and u < 0 and covered(corner):  # ahead along edge i, behind along edge k, out of sight
+            points[j] = corner
+            dropped.update((j + m) % n for m in range(1, (k - j) % n + 1))
+    return points[[v for v in range(n) if v not in dropped]]
 
 
 def _bounds(loop: Loop) -> tuple[np.ndarray, np.ndarray]:

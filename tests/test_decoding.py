@@ -571,6 +571,39 @@ def test_a_block_with_a_rod_and_a_bar_standing_out_of_it_is_read_as_a_union_of_t
     assert not _fit_ious(pool, ROD_AND_BAR_OUT_OF_BLOCK, image, lambda q: q.count(".union(") == 2)
 
 
+def test_a_corner_hidden_behind_another_body_is_where_its_seen_edges_meet():
+    from decoding.prism import _extended
+
+    square_cut = np.array([[0, 0], [7, 0], [7, 3], [10, 3], [10, 10], [0, 10]], float)  # a post hides x >= 7, y <= 3
+    hidden = np.zeros((20, 20), bool)
+    hidden[0:4, 7:12] = True
+    for start in range(len(square_cut)):  # wherever the outline starts
+        assert sorted(map(tuple, _extended(np.roll(square_cut, start, 0), hidden).tolist())) == [(0, 0), (0, 10), (10, 0), (10, 10)]
+    chord = np.array([[0, 0], [7, 0], [10, 3], [10, 10], [0, 10]], float)
+    hidden[0, :] = False  # the corner the seen edges make is in sight: the outline is as drawn
+    assert np.array_equal(_extended(chord, hidden), chord)
+
+
+# An L block with a post standing on it, which hides the L's inner corner.
+POST_ON_L_BLOCK = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.37, -0.43), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.5, 0.0).lineTo(1.5, 0.37).lineTo(0.48, 0.37).lineTo(0.48, 1.12)"
+    ".lineTo(0.0, 1.12).close()).extrude(0.48)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.72, 0.02, 0.05), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.24, 0.0).lineTo(0.24, 0.64).lineTo(0.0, 0.64).close()).extrude(0.86))\n")
+
+
+def test_the_outline_of_a_face_partly_hidden_by_a_post_keeps_its_hidden_corner(pool, monkeypatch):
+    import decoding.prism as prism
+
+    image = _image_of(pool, POST_ON_L_BLOCK)
+    extended = _fit_ious(pool, POST_ON_L_BLOCK, image, lambda q: ".union(" in q)
+    monkeypatch.setattr(prism, "_extended", lambda polygon, hidden: polygon)  # the outline cut where the post hides it
+    cut = _fit_ious(pool, POST_ON_L_BLOCK, image, lambda q: ".union(" in q)
+    assert len(extended) == 1 and extended[0] > 0.9 and extended[0] > max(cut) + 0.1
+
+
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
     from decoding.prism import DEPTH_STEPS, _best_coarse_to_fine
 
