@@ -68,7 +68,8 @@ MIN_HOLE = 12  # holes of fewer pixels are dropped
 SIMPLIFY = 1.2  # Douglas-Peucker tolerance of the outlines, in pixels
 CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this share of the radius
 MIN_SEEN = 0.4  # the share of a contour that must be seen (not hidden by another body) to test it for a circle
-MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candidate
+MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candidate ...
+MIN_BOSSED_FIT = 0.65  # ... but for one this good with bosses standing on it (a tall boss adds much to the silhouette)
 PRISMS = 3  # the best (region, axis) pairs written as candidates
 QUICK_PRISMS = 3  # the same, in the quick fit (the best cap by the sweep is often a plate's thin end face; 3 with the fits drawn in the picture's frame)
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
@@ -862,22 +863,22 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     caps = find_caps(pixels, regions)
     out: list[list[Body]] = []
     bossed = pocketed = None  # (cap, its inner faces, the bodies: the cap's prism first)
-    good = [c for c in caps if c.fit >= MIN_FIT]
     prisms = QUICK_PRISMS if quick else PRISMS
-    for i, cap in enumerate(good):
-        holes = _cap_holes(cap, regions, flat) if bossed is None or pocketed is None else []
+    for i, cap in enumerate(c for c in caps if c.fit >= MIN_BOSSED_FIT):  # best first: the caps that fit come first
+        fits = cap.fit >= MIN_FIT
+        holes = _cap_holes(cap, regions, flat) if bossed is None or (fits and pocketed is None) else []
         tops = _inner_faces(cap, holes, -1) if bossed is None else []
         if bossed is None:
             tops = sorted(tops + _standing_tops(cap, holes, regions, filled, tops), key=lambda t: -int(t.face.sum()))[:MAX_INNER]
-        floors = _inner_faces(cap, holes, +1) if pocketed is None else []
-        if i >= prisms and not tops and not floors:
+        floors = _inner_faces(cap, holes, +1) if pocketed is None and fits else []
+        if (i >= prisms or not fits) and not tops and not floors:
             continue
         body, _ = _body(cap, filled)
         g = _execute(body, pool)
         if g is None:
             continue
         body = _fit_depth(body, g, target, objective)
-        if i < prisms:
+        if i < prisms and fits:
             out.append([body])
             if body.holes:
                 out.append([dataclasses.replace(body, holes=())])

@@ -604,6 +604,30 @@ def test_the_outline_of_a_face_partly_hidden_by_a_post_keeps_its_hidden_corner(p
     assert len(extended) == 1 and extended[0] > 0.9 and extended[0] > max(cut) + 0.1
 
 
+# A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
+POSTS_ON_BLOCK = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.5, -0.17, -0.4), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.0, 0.0).lineTo(1.0, 0.35).lineTo(0.0, 0.35).close()).extrude(0.4)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.2, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.0, 0.0).circle(0.08)).extrude(0.5))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(0.25, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp2.add(wp2.moveTo(0.0, 0.0).circle(0.08)).extrude(0.9))\n")
+
+
+def test_posts_too_tall_for_their_base_to_fit_alone_still_stand_on_it(pool, monkeypatch):
+    import decoding.prism as prism
+
+    monkeypatch.setattr(prism, "_union", lambda *args: [])  # the bosses alone, not a union of prisms
+    image = _image_of(pool, POSTS_ON_BLOCK)
+    pixels = np.asarray(image.convert("RGB").resize((prism.SIZE_PX, prism.SIZE_PX), Image.NEAREST))
+    assert prism.MIN_BOSSED_FIT <= prism.find_caps(pixels, prism.planar_regions(pixels))[0].fit < prism.MIN_FIT
+    bossed = _fit_ious(pool, POSTS_ON_BLOCK, image, lambda q: ".union(" in q)
+    assert len(bossed) == 1 and bossed[0] > 0.9
+    monkeypatch.setattr(prism, "MIN_BOSSED_FIT", prism.MIN_FIT)  # only caps that fit alone stand bosses
+    assert not _fit_ious(pool, POSTS_ON_BLOCK, image, lambda q: ".union(" in q)
+
+
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
     from decoding.prism import DEPTH_STEPS, _best_coarse_to_fine
 
