@@ -67,6 +67,8 @@ MIN_REGION = 0.01  # a region smaller than this share of the silhouette is not t
 MIN_HOLE = 12  # holes of fewer pixels are dropped
 SIMPLIFY = 1.2  # Douglas-Peucker tolerance of the outlines, in pixels
 CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this share of the radius
+MIN_CORNER_DEGREES = 30.0  # an outline corner hidden behind another body is restored only where its seen edges meet at least this wide
+MIN_CORNER_EDGE = 5.0  # ... and where both are at least this many pixels long
 MIN_SEEN = 0.4  # the share of a contour that must be seen (not hidden by another body) to test it for a circle
 MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candidate ...
 MIN_BOSSED_FIT = 0.65  # ... but for one this good with bosses standing on it (a tall boss adds much to the silhouette)
@@ -301,8 +303,10 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
 def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     """``polygon`` (screen points) with each run of edges ``hidden`` hides (where another body
     stands in front of the face) replaced by the point where the seen edges on either side of it
-    meet when extended, where that point is hidden too: a corner behind a post is the corner its
-    two seen edges make, not the chord between where they disappear."""
+    meet when extended, where that point is hidden too, both edges are ``MIN_CORNER_EDGE`` long and
+    the corner there is not sharper than ``MIN_CORNER_DEGREES`` on the screen: a corner behind a post is the corner its two seen edges
+    make, not the chord between where they disappear (nearly parallel edges, a bar's sides, would
+    meet in a spike)."""
     n = len(polygon)
     if n < 4:
         return polygon
@@ -327,7 +331,9 @@ def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
             continue
         s, u = np.linalg.solve(a, polygon[k] - polygon[j])  # polygon[j] + s d1 = polygon[k] + u d2
         corner = polygon[j] + s * d1
-        if s > 0 and u < 0 and covered(corner):  # ahead along edge i, behind along edge k, out of sight
+        angle = np.degrees(np.arccos(np.clip(-d1 @ d2 / (np.hypot(*d1) * np.hypot(*d2)), -1.0, 1.0)))
+        seen = min(np.hypot(*d1), np.hypot(*d2)) >= MIN_CORNER_EDGE  # a pixel staircase's step has no direction
+        if s > 0 and u < 0 and seen and angle >= MIN_CORNER_DEGREES and covered(corner):  # ahead along edge i, behind along edge k, out of sight
             points[j] = corner
             dropped.update((j + m) % n for m in range(1, (k - j) % n + 1))
     return points[[v for v in range(n) if v not in dropped]]

@@ -601,7 +601,7 @@ def test_the_outline_of_a_face_partly_hidden_by_a_post_keeps_its_hidden_corner(p
     extended = _fit_ious(pool, POST_ON_L_BLOCK, image, lambda q: ".union(" in q)
     monkeypatch.setattr(prism, "_extended", lambda polygon, hidden: polygon)  # the outline cut where the post hides it
     cut = _fit_ious(pool, POST_ON_L_BLOCK, image, lambda q: ".union(" in q)
-    assert len(extended) == 1 and extended[0] > 0.9 and extended[0] > max(cut) + 0.1
+    assert max(extended) > 0.9 and max(extended) > max(cut) + 0.1  # the union of the two prisms (the post also stands as a boss)
 
 
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
