@@ -463,7 +463,7 @@ def test_quick_prisms_are_the_best_caps(pool):
     assert max(ious) > 0.93, ious  # its outline read on the drawn line (grown into eight neighbours: 3% too wide, 0.90)
     image = _image_of(pool, BLOCK_ON_DISC)  # no cap alone sweeps to the silhouette: the union only, quick or not
     quick, full = fit_prisms(image, pool, objective, quick=True), fit_prisms(image, pool, objective)
-    assert quick == full and len(full) == 1 and ".union(" in full[0]
+    assert quick == full and full and all(".union(" in q for q in full)  # the union (and the block standing as a boss)
     with pytest.raises(ValueError, match="prisms"):
         DecodeConfig(strategy="beam", prisms=True)
 
@@ -543,8 +543,9 @@ def test_a_bar_standing_out_of_a_block_is_read_as_a_union_of_two_regular_prisms(
 
     image = _image_of(pool, BAR_OUT_OF_BLOCK)
     unions = _fit_ious(pool, BAR_OUT_OF_BLOCK, image, lambda q: ".union(" in q)
-    assert len(unions) == 1 and unions[0] > 0.9
+    assert unions and max(unions) > 0.9  # the union (the bar may also stand as a boss)
     monkeypatch.setattr(prism, "UNION_GAIN_REGULAR", prism.UNION_GAIN)  # regular outlines held to the general gain
+    monkeypatch.setattr(prism, "MIN_BOSSED_FIT", prism.MIN_FIT)  # and the bar not stood as a boss on the block
     assert not _fit_ious(pool, BAR_OUT_OF_BLOCK, image, lambda q: ".union(" in q)
 
 
@@ -665,9 +666,9 @@ def test_prisms_join_a_block_standing_on_a_disc(pool):
     gt = pool.run(truth, ExecOptions(want_geometry=True))
     fits = [c for c in fit_prisms(_image_of(pool, truth), pool, {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0})
             if ".union(" in c]
-    assert len(fits) == 1 and fits[0].count(".circle(") == 1  # the disc, half hidden by the block, is still a circle
-    pred = pool.run(fits[0], ExecOptions(want_geometry=True))
-    assert pred.n_solids == 1 and best_iou(pred.geometry, gt.geometry).iou > 0.8, fits[0]
+    union = next(q for q in fits if q.count(".circle(") == 1)  # the disc, half hidden by the block, is still a circle
+    pred = pool.run(union, ExecOptions(want_geometry=True))
+    assert pred.n_solids == 1 and best_iou(pred.geometry, gt.geometry).iou > 0.8, union
 
 
 def _prism_ious(pool, truth: str) -> dict[str, float]:
