@@ -303,10 +303,10 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
 def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     """``polygon`` (screen points) with each run of edges ``hidden`` hides (where another body
     stands in front of the face) replaced by the point where the seen edges on either side of it
-    meet when extended, where that point is hidden too, both edges are ``MIN_CORNER_EDGE`` long and
-    the corner there is not sharper than ``MIN_CORNER_DEGREES`` on the screen: a corner behind a post is the corner its two seen edges
-    make, not the chord between where they disappear (nearly parallel edges, a bar's sides, would
-    meet in a spike)."""
+    meet when extended, where that point is hidden too, both edges are ``MIN_CORNER_EDGE`` long
+    and the corner there is not sharper than ``MIN_CORNER_DEGREES`` on the screen: a corner behind
+    a post is the corner its two seen edges make, not the chord between where they disappear
+    (nearly parallel edges, a bar's sides, would meet in a spike)."""
     n = len(polygon)
     if n < 4:
         return polygon
@@ -331,8 +331,9 @@ def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
             continue
         s, u = np.linalg.solve(a, polygon[k] - polygon[j])  # polygon[j] + s d1 = polygon[k] + u d2
         corner = polygon[j] + s * d1
-        angle = np.degrees(np.arccos(np.clip(-d1 @ d2 / (np.hypot(*d1) * np.hypot(*d2)), -1.0, 1.0)))
-        seen = min(np.hypot(*d1), np.hypot(*d2)) >= MIN_CORNER_EDGE  # a pixel staircase's step has no direction
+        lengths = np.hypot(*d1), np.hypot(*d2)
+        angle = np.degrees(np.arccos(np.clip(-d1 @ d2 / (lengths[0] * lengths[1]), -1.0, 1.0)))
+        seen = min(lengths) >= MIN_CORNER_EDGE  # a pixel staircase's step has no direction
         if s > 0 and u < 0 and seen and angle >= MIN_CORNER_DEGREES and covered(corner):  # ahead along edge i, behind along edge k, out of sight
             points[j] = corner
             dropped.update((j + m) % n for m in range(1, (k - j) % n + 1))
@@ -540,13 +541,10 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     if needed_regular > 1.0:  # a sweep's IoU is at most 1: no second cap can add enough
         return []
 
-    def passes(first: Cap, second: Cap) -> bool:
-        return second.fit >= needed or (second.fit >= needed_regular
-                                        and min(_regularity(profile(c)[0]) for c in (first, second)) >= UNION_REGULAR)
-
     found = [(first, find_caps(pixels, regions, first.swept, (first.index,))) for first in caps[:UNION_FIRSTS]]
     pairs = [(first, _likeliest(seconds)) for first, seconds in found if seconds and seconds[0].fit >= needed_regular]
-    first, second = max([ab for ab in pairs if passes(*ab)], key=lambda ab: ab[1].fit, default=(None, None))  # outlines read only where one may pass
+    first, second = max([ab for ab in pairs if _adds_enough(ab[1], needed, needed_regular, ab[:1])], key=lambda ab: ab[1].fit,
+                        default=(None, None))  # outlines read only where one may pass
     if second is None:
         return []
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1])[0]  # completed where the second hides it
@@ -564,6 +562,13 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     return [[a, b]] + ([[a, b, third]] if third is not None else [])
 
 
+def _adds_enough(cap: Cap, needed: float, needed_regular: float, others: tuple[Cap, ...]) -> bool:
+    """Whether ``cap``'s sweep with the ``others``' covers the silhouette by ``needed``, or by
+    ``needed_regular`` where its outline and theirs are all regular (``UNION_REGULAR``)."""
+    return cap.fit >= needed or (cap.fit >= needed_regular
+                                 and min(_regularity(profile(c)[0]) for c in (*others, cap)) >= UNION_REGULAR)
+
+
 def _third(first: Cap, second: Cap, pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray,
            covered: np.ndarray, pool: SandboxPool, target: RenderTarget, objective: dict[str, float],
            bodies: list[Body]) -> Body | None:
@@ -573,10 +578,9 @@ def _third(first: Cap, second: Cap, pixels: np.ndarray, regions: list[np.ndarray
     the three outlines are regular) and both added outlines are regular by ``THIRD_REGULAR``;
     swept to where the two do not cover and placed as the second."""
     third = _likeliest(find_caps(pixels, regions, second.swept, (first.index, second.index)))
-    if third is None or third.fit < second.fit + UNION_GAIN_REGULAR:
+    if third is None or not _adds_enough(third, second.fit + UNION_GAIN, second.fit + UNION_GAIN_REGULAR, (first, second)):
         return None
-    regular = [_regularity(profile(c)[0]) for c in (first, second, third)]
-    if min(regular[1:]) < THIRD_REGULAR or (third.fit < second.fit + UNION_GAIN and min(regular) < UNION_REGULAR):
+    if min(_regularity(profile(c)[0]) for c in (second, third)) < THIRD_REGULAR:
         return None
     covered = _swept(second.region, second.axis, filled, covered)[1]  # both caps' sweeps
     c = _body(third, filled, covered, covered)[0]
