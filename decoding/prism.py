@@ -70,6 +70,7 @@ CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this
 MIN_CORNER_DEGREES = 30.0  # an outline corner hidden behind another body is restored only where its seen edges meet at least this wide
 MIN_CORNER_EDGE = 5.0  # ... and where both are at least this many pixels long
 MIN_SEEN = 0.4  # the share of a contour that must be seen (not hidden by another body) to test it for a circle
+CIRCLE_EXTENT = 2.5  # ... and a circle is at most this many times as wide as its whole contour (a straight edge seen alone fits a huge circle)
 MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candidate ...
 MIN_BOSSED_FIT = 0.65  # ... but for one this good with bosses standing on it (a tall boss adds much to the silhouette)
 PRISMS = 3  # the best (region, axis) pairs written as candidates
@@ -249,8 +250,9 @@ def find_caps(pixels: np.ndarray, regions: list[np.ndarray], base: np.ndarray | 
     return sorted(caps, key=lambda c: -c.fit)
 
 
-def _circle(points: np.ndarray) -> tuple[float, float, float] | None:
-    """(cx, cy, r) when ``points`` lie on a circle (least squares), else None."""
+def _circle(points: np.ndarray, width: float | None = None) -> tuple[float, float, float] | None:
+    """(cx, cy, r) when ``points`` lie on a circle (least squares) at most ``CIRCLE_EXTENT`` times
+    ``width`` across (when given: the width of the contour they are seen of), else None."""
     if len(points) < 8:
         return None
     a = np.column_stack([2 * points, np.ones(len(points))])
@@ -258,6 +260,8 @@ def _circle(points: np.ndarray) -> tuple[float, float, float] | None:
     (cx, cy, c), *_ = np.linalg.lstsq(a, b, rcond=None)
     r = np.sqrt(max(c + cx ** 2 + cy ** 2, 0.0))
     if r <= 0 or np.abs(np.hypot(*(points - [cx, cy]).T) - r).max() > CIRCLE_TOLERANCE * r + 0.75:
+        return None
+    if width is not None and 2 * r > CIRCLE_EXTENT * width:
         return None
     return float(cx), float(cy), float(r)
 
@@ -288,12 +292,12 @@ Loop = tuple[float, float, float] | np.ndarray  # a circle (cx, cy, r) or a poly
 def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | None = None) -> Loop:
     """A closed contour of pixels (OpenCV's) in the sketch plane (``to_plane`` maps screen
     offsets to it): a circle when its pixels outside ``hidden`` (at least ``MIN_SEEN`` of them)
-    lie on one, else its polygon simplified on the screen, where the staircase of the pixels is
-    at most a pixel high."""
+    lie on one no wider than the contour allows (``CIRCLE_EXTENT``), else its polygon simplified
+    on the screen, where the staircase of the pixels is at most a pixel high."""
     plane = lambda c: (c.reshape(-1, 2).astype(float) + 0.5) @ to_plane.T  # noqa: E731
     points = contour.reshape(-1, 2)
     seen = np.ones(len(points), bool) if hidden is None else ~hidden[points[:, 1], points[:, 0]]
-    circle = _circle(plane(points[seen])) if seen.mean() >= MIN_SEEN else None
+    circle = _circle(plane(points[seen]), np.ptp(plane(points), 0).max()) if seen.mean() >= MIN_SEEN else None
     if circle is not None:
         return circle
     polygon = cv2.approxPolyDP(contour, SIMPLIFY, True).reshape(-1, 2).astype(float)

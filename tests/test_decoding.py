@@ -585,6 +585,21 @@ def test_a_corner_hidden_behind_another_body_is_where_its_seen_edges_meet():
     assert np.array_equal(_extended(chord, hidden), chord)
 
 
+def test_a_straight_edge_seen_alone_is_no_circle(monkeypatch):
+    import decoding.prism as prism
+
+    def arc(degrees: float, radius: float) -> np.ndarray:
+        t = np.radians(np.linspace(90.0 - degrees / 2, 90.0 + degrees / 2, 60))
+        return np.column_stack([radius * np.cos(t), radius * np.sin(t)])
+
+    assert prism._circle(arc(100.0, 40.0), width=40.0) is not None  # a round boss's rim, half hidden in a contour 40 px wide
+    edge = arc(12.0, 400.0)  # 84 px of a face's edge, within 1.5 px of a straight line, the rest of the face hidden
+    assert np.abs(edge[:, 1] - np.polyval(np.polyfit(edge[:, 0], edge[:, 1], 1), edge[:, 0])).max() < 1.5
+    assert prism._circle(edge, width=90.0) is None
+    monkeypatch.setattr(prism, "CIRCLE_EXTENT", np.inf)
+    assert prism._circle(edge, width=90.0) is not None  # else the edge fits a circle 800 px across
+
+
 # An L block with a post standing on it, which hides the L's inner corner.
 POST_ON_L_BLOCK = (
     "import cadquery as cq\n"
