@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -82,6 +82,7 @@ MIN_TOP = 30  # a tall boss's top (_standing_tops) has at least this many pixels
 STANDING_INSIDE = 0.95  # ... and swept down to its foot stays in the silhouette for this share of its pixels
 STANDING_ON_CAP = 0.2  # ... and passes over the cap's face for at most this share
 MAX_INNER = 4  # bosses stood on one cap, or pockets cut into it, at most
+TOPS_PER_HOLE = 3  # bosses standing side by side in one hole of the cap (their feet seen as one patch), at most
 MIN_WALL = 2  # a boss's top or a pocket's floor swept fewer pixels than this to cover its hole is flush with the cap
 OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
 MIN_FLOOR = 0.5  # a pocket stops at least this many pixels above the bottom of its prism
@@ -679,21 +680,52 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
     wall hides in part is a dent in it), and better than swept down (a thin boss's top covers its
     hole either way). Either sweep must be at least ``MIN_WALL`` pixels: a face that covers its
     hole swept a pixel or none is flush with the cap, or a shallow pocket's floor seen as a boss.
-    Each hole's largest such face is taken."""
+    Each hole's largest such face is taken; where no one top covers a hole, bosses standing side
+    by side in it (their feet one patch), the tops that cover it together (``_side_by_side``; a
+    face that fits the hole better swept up is a pocket's floor, not among them)."""
     direction = screen_vector(sign * plane_basis(cap.axis)[2])
     rim = _rim(cap) if sign > 0 else None
     found = []
     for hole, regions in holes:
         if rim is not None and not (hole & ~rim).any():  # a pocket needs an opening to cut
             continue
-        inside = [Inner(hole, region, steps) for region in regions
-                  for shape in ([_holes_filled(region)] + ([_hull(region)] if sign > 0 else []))
-                  for fit, steps, _ in [sweep(shape, hole, direction)]
-                  if fit >= MIN_FIT and steps >= MIN_WALL
-                  and (sign < 0 or fit > sweep(shape, hole, -direction)[0])]
+        swept = [(Inner(hole, region, steps), fit, mask) for region in regions
+                 for shape in ([_holes_filled(region)] + ([_hull(region)] if sign > 0 else []))
+                 for fit, steps, mask in [sweep(shape, hole, direction)]
+                 if steps >= MIN_WALL and (sign < 0 or (fit >= MIN_FIT and fit > sweep(shape, hole, -direction)[0]))]
+        inside = [t for t, fit, _ in swept if fit >= MIN_FIT]
         if inside:
             found.append(max(inside, key=lambda t: int(t.face.sum())))
+        elif sign < 0:
+            def down(face: np.ndarray, covered: np.ndarray) -> tuple[int, np.ndarray] | None:
+                _, steps, mask = sweep(_holes_filled(face), hole, direction, covered)
+                return (steps, mask) if steps >= MIN_WALL else None
+
+            found += _side_by_side(hole, [t.face for t, fit, _ in swept  # a face that fits better swept up is a pocket's floor
+                                          if fit > sweep(_holes_filled(t.face), hole, -direction)[0]], down)
     return sorted(found, key=lambda t: -int(t.face.sum()))[:MAX_INNER]
+
+
+def _side_by_side(hole: np.ndarray, faces: list[np.ndarray],
+                  swept: Callable[[np.ndarray, np.ndarray], tuple[int, np.ndarray] | None]) -> list[Inner]:
+    """Up to ``TOPS_PER_HOLE`` of ``faces`` whose sweeps together match ``hole`` to ``MIN_FIT``
+    (IoU), taken greedily by the most each raises it: each face swept (``swept(face, covered)``:
+    its steps and the mask with ``covered``, or None where it may not stand) to fit what the faces
+    taken before it leave, and adding ``MIN_TOP`` pixels of the hole at least; none when they cannot."""
+    def iou(mask: np.ndarray) -> float:
+        return float((mask & hole).sum() / max((mask | hole).sum(), 1))
+
+    taken, covered, faces = [], np.zeros_like(hole), list(faces)
+    while len(taken) < TOPS_PER_HOLE and iou(covered) < MIN_FIT:
+        options = [(iou(m[1]), i, m) for i, face in enumerate(faces) for m in [swept(face, covered)]
+                   if m is not None and int((m[1] & hole & ~covered).sum()) >= MIN_TOP]
+        best = max(options, key=lambda o: o[0], default=None)
+        if best is None or best[0] <= iou(covered):
+            break
+        _, i, (steps, mask) = best
+        taken.append(Inner(hole, faces.pop(i), steps))
+        covered = mask
+    return taken if len(taken) > 1 and iou(covered) >= MIN_FIT else []
 
 
 def _standing_tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], regions: list[np.ndarray],
@@ -705,7 +737,8 @@ def _standing_tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], r
     the column, is a top when, swept down the cap's normal as far as it best covers the column
     (at least ``MIN_WALL`` steps), it covers ``MIN_FIT`` of the hole, stays in the silhouette
     (``STANDING_INSIDE``) and passes over little of the cap's face (``STANDING_ON_CAP``); the
-    largest such region, one per hole."""
+    largest such region, one per hole, or where none covers the hole alone, the tops that cover it
+    together (``_side_by_side``)."""
     taken = [t.hole for t in tops]
     open_holes = [hole for hole, _ in holes if not any((hole & t).any() for t in taken)]
     if not open_holes:
@@ -717,18 +750,21 @@ def _standing_tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], r
     found = []
     for hole in open_holes:
         column = np.isin(parts, np.unique(parts[hole])) & (parts > 0)  # the hole and what stands out beyond the cap from it
-        standing = []
+        tops = {}  # each standing top's steps down to its foot and the part of the hole it covers
         for region in regions:
             size = int(region.sum())
             if size < MIN_TOP or (region & cap.region).any() or (region & column).sum() < 0.9 * size:
                 continue
             _, steps, swept = sweep(_holes_filled(region), column, direction)
             area = int(swept.sum())
-            if (steps >= MIN_WALL and (swept & hole).sum() >= MIN_FIT * hole.sum()
-                    and (swept & filled).sum() >= STANDING_INSIDE * area and (swept & cap.region).sum() <= STANDING_ON_CAP * area):
-                standing.append(Inner(hole, region, steps))
-        if standing:
-            found.append(max(standing, key=lambda t: int(t.face.sum())))
+            if steps >= MIN_WALL and (swept & filled).sum() >= STANDING_INSIDE * area and (swept & cap.region).sum() <= STANDING_ON_CAP * area:
+                tops[id(region)] = region, steps, swept & hole
+        alone = [Inner(hole, region, steps) for region, steps, cover in tops.values() if cover.sum() >= MIN_FIT * hole.sum()]
+        if alone:
+            found.append(max(alone, key=lambda t: int(t.face.sum())))
+        else:
+            found += _side_by_side(hole, [region for region, _, _ in tops.values()],
+                                   lambda region, covered: (tops[id(region)][1], covered | tops[id(region)][2]))
     return found
 
 

@@ -644,6 +644,27 @@ def test_posts_too_tall_for_their_base_to_fit_alone_still_stand_on_it(pool, monk
     assert not _fit_ious(pool, POSTS_ON_BLOCK, image, lambda q: ".union(" in q)
 
 
+# A plate with a block and a post standing side by side: their feet hide one patch of the plate.
+BLOCK_AND_POST_SIDE_BY_SIDE = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.6, -0.4, -0.1), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.2, 0.0).lineTo(1.2, 0.8).lineTo(0.0, 0.8).close()).extrude(0.1)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.35, -0.15, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.35, 0.0).lineTo(0.35, 0.3).lineTo(0.0, 0.3).close()).extrude(0.15))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(0.15, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp2.add(wp2.moveTo(0.0, 0.0).circle(0.15)).extrude(0.2))\n")
+
+
+def test_bosses_standing_side_by_side_in_one_hole_all_stand(pool, monkeypatch):
+    import decoding.prism as prism
+
+    image = _image_of(pool, BLOCK_AND_POST_SIDE_BY_SIDE)
+    three = _fit_ious(pool, BLOCK_AND_POST_SIDE_BY_SIDE, image, lambda q: q.count("Workplane(") == 3)
+    assert three and max(three) > 0.9
+    monkeypatch.setattr(prism, "TOPS_PER_HOLE", 1)  # one top per hole: neither covers the patch alone
+    assert max(_fit_ious(pool, BLOCK_AND_POST_SIDE_BY_SIDE, image, lambda q: True)) < 0.5
+
+
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
     from decoding.prism import DEPTH_STEPS, _best_coarse_to_fine
 
