@@ -585,6 +585,19 @@ def test_a_corner_hidden_behind_another_body_is_where_its_seen_edges_meet():
     assert np.array_equal(_extended(chord, hidden), chord)
 
 
+def test_a_pixel_staircase_beside_a_hidden_edge_makes_no_spike(monkeypatch):
+    import decoding.prism as prism
+
+    # the end of a beam's face at 256 px (bicubic): a 5 px step of the staircase, then the hidden side
+    beam = np.array([[421, 104], [417, 104], [235, 209], [229, 214], [230, 239], [235, 239], [420, 132]], float)
+    hidden = np.zeros((448, 448), bool)
+    hidden[214:238, 226:233] = True  # the side from (229, 214) to (230, 239) behind another body ...
+    hidden[238:243, 190:230] = True  # ... which also hides where the step's line meets the bottom edge's
+    assert np.array_equal(prism._extended(beam, hidden), beam)
+    monkeypatch.setattr(prism, "MIN_CORNER_EDGE", 5.0)
+    assert [199.0, 239.0] in prism._extended(beam, hidden).round(1).tolist()  # else the step's direction makes a spike 30 px out
+
+
 def test_a_straight_edge_seen_alone_is_no_circle(monkeypatch):
     import decoding.prism as prism
 
