@@ -750,7 +750,7 @@ def _standing_tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], r
     found = []
     for hole in open_holes:
         column = np.isin(parts, np.unique(parts[hole])) & (parts > 0)  # the hole and what stands out beyond the cap from it
-        tops = {}  # each standing top's steps down to its foot and the part of the hole it covers
+        standing = {}  # each standing top's steps down to its foot and the part of the hole it covers
         for region in regions:
             size = int(region.sum())
             if size < MIN_TOP or (region & cap.region).any() or (region & column).sum() < 0.9 * size:
@@ -758,13 +758,13 @@ def _standing_tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], r
             _, steps, swept = sweep(_holes_filled(region), column, direction)
             area = int(swept.sum())
             if steps >= MIN_WALL and (swept & filled).sum() >= STANDING_INSIDE * area and (swept & cap.region).sum() <= STANDING_ON_CAP * area:
-                tops[id(region)] = region, steps, swept & hole
-        alone = [Inner(hole, region, steps) for region, steps, cover in tops.values() if cover.sum() >= MIN_FIT * hole.sum()]
+                standing[id(region)] = region, steps, swept & hole
+        alone = [Inner(hole, region, steps) for region, steps, cover in standing.values() if cover.sum() >= MIN_FIT * hole.sum()]
         if alone:
             found.append(max(alone, key=lambda t: int(t.face.sum())))
         else:
-            found += _side_by_side(hole, [region for region, _, _ in tops.values()],
-                                   lambda region, covered: (tops[id(region)][1], covered | tops[id(region)][2]))
+            found += _side_by_side(hole, [region for region, _, _ in standing.values()],
+                                   lambda region, covered: (standing[id(region)][1], covered | standing[id(region)][2]))
     return found
 
 
