@@ -298,7 +298,8 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
     plane = lambda c: (c.reshape(-1, 2).astype(float) + 0.5) @ to_plane.T  # noqa: E731
     points = contour.reshape(-1, 2)
     seen = np.ones(len(points), bool) if hidden is None else ~hidden[points[:, 1], points[:, 0]]
-    circle = _circle(plane(points[seen]), np.ptp(plane(points), 0).max()) if seen.mean() >= MIN_SEEN else None
+    on_plane = plane(points)
+    circle = _circle(on_plane[seen], np.ptp(on_plane, 0).max()) if seen.mean() >= MIN_SEEN else None
     if circle is not None:
         return circle
     polygon = cv2.approxPolyDP(contour, SIMPLIFY, True).reshape(-1, 2).astype(float)
@@ -689,20 +690,22 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
     for hole, regions in holes:
         if rim is not None and not (hole & ~rim).any():  # a pocket needs an opening to cut
             continue
-        swept = [(Inner(hole, region, steps), fit, mask) for region in regions
+        swept = [(Inner(hole, region, steps), fit, shape) for region in regions
                  for shape in ([_holes_filled(region)] + ([_hull(region)] if sign > 0 else []))
-                 for fit, steps, mask in [sweep(shape, hole, direction)]
+                 for fit, steps, _ in [sweep(shape, hole, direction)]
                  if steps >= MIN_WALL and (sign < 0 or (fit >= MIN_FIT and fit > sweep(shape, hole, -direction)[0]))]
         inside = [t for t, fit, _ in swept if fit >= MIN_FIT]
         if inside:
             found.append(max(inside, key=lambda t: int(t.face.sum())))
         elif sign < 0:
+            shapes = {id(t.face): shape for t, fit, shape in swept  # a face that fits better swept up is a pocket's floor
+                      if fit > sweep(shape, hole, -direction)[0]}
+
             def down(face: np.ndarray, covered: np.ndarray) -> tuple[int, np.ndarray] | None:
-                _, steps, mask = sweep(_holes_filled(face), hole, direction, covered)
+                _, steps, mask = sweep(shapes[id(face)], hole, direction, covered)
                 return (steps, mask) if steps >= MIN_WALL else None
 
-            found += _side_by_side(hole, [t.face for t, fit, _ in swept  # a face that fits better swept up is a pocket's floor
-                                          if fit > sweep(_holes_filled(t.face), hole, -direction)[0]], down)
+            found += _side_by_side(hole, [t.face for t, _, _ in swept if id(t.face) in shapes], down)
     return sorted(found, key=lambda t: -int(t.face.sum()))[:MAX_INNER]
 
 
