@@ -83,6 +83,7 @@ STANDING_INSIDE = 0.95  # ... and swept down to its foot stays in the silhouette
 STANDING_ON_CAP = 0.2  # ... and passes over the cap's face for at most this share
 MAX_INNER = 4  # bosses stood on one cap, or pockets cut into it, at most
 TOPS_PER_HOLE = 3  # bosses standing side by side in one hole of the cap (their feet seen as one patch), at most
+HIDDEN_FLOOR = 0.5  # a deep pocket's floor, over half of it hidden by its walls, is the region inside its opening that matches the opening moved down (IoU) this well
 MIN_WALL = 2  # a boss's top or a pocket's floor swept fewer pixels than this to cover its hole is flush with the cap
 OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
 MIN_FLOOR = 0.5  # a pocket stops at least this many pixels above the bottom of its prism
@@ -697,7 +698,9 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
         inside = [t for t, fit, _ in swept if fit >= MIN_FIT]
         if inside:
             found.append(max(inside, key=lambda t: int(t.face.sum())))
-        elif sign < 0:
+        elif sign > 0:
+            found += filter(None, [_hidden_floor(hole, regions, direction)])
+        else:
             shapes = {id(t.face): shape for t, fit, shape in swept  # a face that fits better swept up is a pocket's floor
                       if fit > sweep(shape, hole, -direction)[0]}
 
@@ -707,6 +710,37 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
 
             found += _side_by_side(hole, [t.face for t, _, _ in swept if id(t.face) in shapes], down)
     return sorted(found, key=lambda t: -int(t.face.sum()))[:MAX_INNER]
+
+
+def _hidden_floor(hole: np.ndarray, regions: list[np.ndarray], up: np.ndarray) -> Inner | None:
+    """A deep pocket's floor, most of it hidden by the walls in front of it (too little of it seen
+    to cover the opening swept up): the floor is the opening moved down the cap's normal (``up``
+    reversed, a screen vector) by the pocket's depth, and the walls hide all of it outside the
+    opening, so what is seen of it is the opening and its moved copy overlapping. The depth is the
+    move whose overlap (at most half the opening) best matches one of the planar ``regions`` inside
+    the opening (IoU at least ``HIDDEN_FLOOR``); None where none does (a floor hidden whole: a
+    deep pocket and a hole through look alike)."""
+    step = -up / np.abs(up).max()
+    box = _box(hole)
+    if box is None or not regions:
+        return None
+    y0, y1, x0, x1 = box
+    best = (HIDDEN_FLOOR, None, 0)
+    for t in range(MIN_WALL, max(y1 - y0, x1 - x0)):
+        dx, dy = int(round(t * step[0])), int(round(t * step[1]))
+        moved = np.zeros_like(hole)
+        moved[max(dy, 0):hole.shape[0] + min(dy, 0), max(dx, 0):hole.shape[1] + min(dx, 0)] = \
+            hole[max(-dy, 0):hole.shape[0] - max(dy, 0), max(-dx, 0):hole.shape[1] - max(dx, 0)]
+        seen = moved & hole
+        if not seen.any():
+            break
+        if seen.sum() > hole.sum() / 2:  # a floor seen more than half is found by its sweep
+            continue
+        for region in regions:
+            iou = float((seen & region).sum() / (seen | region).sum())
+            if iou > best[0]:
+                best = (iou, region, t)
+    return None if best[1] is None else Inner(hole, best[1], best[2])
 
 
 def _side_by_side(hole: np.ndarray, faces: list[np.ndarray],

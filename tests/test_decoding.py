@@ -678,6 +678,27 @@ def test_bosses_standing_side_by_side_in_one_hole_all_stand(pool, monkeypatch):
     assert max(_fit_ious(pool, BLOCK_AND_POST_SIDE_BY_SIDE, image, lambda q: True)) < 0.5
 
 
+# A block with a deep square pocket in its right (+x) face: the pocket's near walls hide most of its floor
+# (a sliver of it is seen).
+BLOCK_WITH_DEEP_POCKET = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.6, -0.35), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.5, 0.0).lineTo(1.5, 1.2).lineTo(0.0, 1.2).close()).extrude(0.75)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(0.75, -0.2, -0.25), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = solid.cut(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.4, 0.0).lineTo(0.4, 0.45).lineTo(0.0, 0.45).close()).extrude(-0.3))\n")
+
+
+def test_a_deep_pocket_whose_walls_hide_its_floor_is_cut_to_its_depth(pool, monkeypatch):
+    import decoding.prism as prism
+
+    image = _image_of(pool, BLOCK_WITH_DEEP_POCKET)
+    cut = _fit_ious(pool, BLOCK_WITH_DEEP_POCKET, image, lambda q: ".cut(" in q)
+    assert cut and max(cut) > 0.95, cut
+    monkeypatch.setattr(prism, "HIDDEN_FLOOR", 1.0)  # a floor must be seen whole: the opening is read as a hole through
+    assert not _fit_ious(pool, BLOCK_WITH_DEEP_POCKET, image, lambda q: ".cut(" in q)
+    assert max(_fit_ious(pool, BLOCK_WITH_DEEP_POCKET, image, lambda q: True)) < 0.95
+
+
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
     from decoding.prism import DEPTH_STEPS, _best_coarse_to_fine
 
