@@ -684,7 +684,8 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
     hole swept a pixel or none is flush with the cap, or a shallow pocket's floor seen as a boss.
     Each hole's largest such face is taken; where no one top covers a hole, bosses standing side
     by side in it (their feet one patch), the tops that cover it together (``_side_by_side``; a
-    face that fits the hole better swept up is a pocket's floor, not among them)."""
+    face that fits the hole better swept up is a pocket's floor, not among them); where no floor
+    covers it, a deep pocket's floor that its walls hide in part (``_hidden_floor``)."""
     direction = screen_vector(sign * plane_basis(cap.axis)[2])
     rim = _rim(cap) if sign > 0 else None
     found = []
@@ -725,7 +726,7 @@ def _hidden_floor(hole: np.ndarray, regions: list[np.ndarray], up: np.ndarray) -
     if box is None or not regions:
         return None
     y0, y1, x0, x1 = box
-    best = (HIDDEN_FLOOR, None, 0)
+    best, half = (HIDDEN_FLOOR, None, 0), hole.sum() / 2
     for t in range(MIN_WALL, max(y1 - y0, x1 - x0)):
         dx, dy = int(round(t * step[0])), int(round(t * step[1]))
         moved = np.zeros_like(hole)
@@ -734,7 +735,7 @@ def _hidden_floor(hole: np.ndarray, regions: list[np.ndarray], up: np.ndarray) -
         seen = moved & hole
         if not seen.any():
             break
-        if seen.sum() > hole.sum() / 2:  # a floor seen more than half is found by its sweep
+        if seen.sum() > half:  # a floor seen more than half is found by its sweep
             continue
         for region in regions:
             iou = float((seen & region).sum() / (seen | region).sum())
