@@ -367,7 +367,9 @@ def _loop(loop: Loop, scale: float, centre: np.ndarray) -> str:
 class Body:
     """One extruded sketch, in pixel units: its cap lies in the plane through ``shift`` with the
     normal of ``axis`` (``plane_basis``), the prism extends ``depth`` behind it; ``cut`` bodies
-    are cut from the bodies before them, the others joined to them."""
+    are cut from the bodies before them, the others joined to them. ``both``: written as GenCAD's
+    symmetric extrusion (``both=True``) from the plane half way down, the same solid with its side
+    faces split there (a line drawn round its middle)."""
 
     axis: int
     outline: Loop
@@ -375,6 +377,7 @@ class Body:
     depth: float
     shift: tuple[float, float, float] = (0.0, 0.0, 0.0)
     cut: bool = False
+    both: bool = False
 
     def corners(self) -> np.ndarray:
         x_dir, y_dir, normal = plane_basis(self.axis)
@@ -391,14 +394,15 @@ def program(bodies: list[Body], normalise: bool = True) -> str:
     lines, n_loop = ["import cadquery as cq"], 0
     for i, b in enumerate(bodies):
         x_dir, _, normal = plane_basis(b.axis)
-        origin = (np.asarray(b.shift) - b.depth * normal - centre) * scale + 0.0
+        origin = (np.asarray(b.shift) - (b.depth / 2 if b.both else b.depth) * normal - centre) * scale + 0.0
         lines.append(f"wp_sketch{i}=cq.Workplane(cq.Plane({_vector(origin)},{_vector(x_dir)},{_vector(normal)}))")
         names = []
         for loop in (b.outline, *b.holes):
             lines.append(f"loop{n_loop}=wp_sketch{i}.{_loop(loop, scale, np.zeros(2))}")
             names.append(f"loop{n_loop}")
             n_loop += 1
-        lines.append(f"solid{i}=wp_sketch{i}" + "".join(f".add({n})" for n in names) + f".extrude({b.depth * scale:.6g})")
+        extrude = f"{b.depth * scale / 2:.6g},both=True" if b.both else f"{b.depth * scale:.6g}"
+        lines.append(f"solid{i}=wp_sketch{i}" + "".join(f".add({n})" for n in names) + f".extrude({extrude})")
         lines.append("solid=solid0" if i == 0 else f"solid=solid.{'cut' if b.cut else 'union'}(solid{i})")
     return "\n".join(lines) + "\n"
 
@@ -938,7 +942,8 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
                   quick: bool = False) -> list[tuple[str, Frame]]:
     """Prism programs read off ``image``, each with the frame that draws it where the image shows
     it (``program_frame``): for each of the ``PRISMS`` best caps whose sweep fits
-    the silhouette, the prism with its depth fit by ``objective``, with its holes and without;
+    the silhouette, the prism with its depth fit by ``objective``, with its holes and without (the
+    first also as a symmetric extrusion, ``Body.both``: the same solid, a line round its middle);
     the first such cap with bosses standing in its holes, with the bosses, and the first with pockets
     seen through its holes, with the pockets (``_inner_faces``), and both when that is one cap
     (in holes apart); then the unions of two and three prisms, when more caps cover the silhouette clearly
@@ -967,9 +972,12 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
             continue
         body = _fit_depth(body, g, target, objective)
         if i < prisms and fits:
+            first = not out
             out.append([body])
             if body.holes:
                 out.append([dataclasses.replace(body, holes=())])
+            if first:  # the best cap's prism as a symmetric extrusion too: the same solid, a line round its middle
+                out.append([dataclasses.replace(body, both=True)])
         if tops:
             bodies = _bossed(cap, body, tops, pool, target, objective)
             bossed = None if bodies is None else (cap, tops, bodies)

@@ -699,6 +699,30 @@ def test_a_deep_pocket_whose_walls_hide_its_floor_is_cut_to_its_depth(pool, monk
     assert max(_fit_ious(pool, BLOCK_WITH_DEEP_POCKET, image, lambda q: True)) < 0.95
 
 
+# A post extruded symmetrically from its middle (GenCAD's both=True): its side is split there, a line drawn round it.
+POST_BOTH_WAYS = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).circle(0.4)).add(wp0.moveTo(0.15, 0.0).circle(0.08)).extrude(0.6, both=True)\n")
+
+
+def test_a_symmetric_extrusion_is_chosen_with_the_line_round_its_middle(pool):
+    from decoding.prism import framed_prisms
+    from decoding.rerank import Candidate, combined_score
+    from reward.score import RenderTarget
+
+    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    for code, both in ((POST_BOTH_WAYS, True), (POST_BOTH_WAYS.replace("extrude(0.6, both=True)", "extrude(1.2)"), False)):
+        image = _image_of(pool, code)
+        target = RenderTarget.of(image)
+        candidates = [Candidate(q, source="primitive", frame=frame) for q, frame in framed_prisms(image, pool, objective, quick=True)]
+        for c in candidates:
+            c.result = pool.run(c.code, ExecOptions(want_geometry=True))
+            combined_score(c, target)
+        chosen = max(candidates, key=lambda c: c.total)
+        assert ("both=True" in chosen.code) == both, (both, [(c.total, "both=True" in c.code) for c in candidates])
+
+
 def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth():
     from decoding.prism import DEPTH_STEPS, _best_coarse_to_fine
 
