@@ -729,20 +729,26 @@ def _hidden_floor(hole: np.ndarray, regions: list[np.ndarray], up: np.ndarray) -
     box = _box(hole)
     if box is None or not regions:
         return None
-    y0, y1, x0, x1 = box
-    best, half = (HIDDEN_FLOOR, None, 0), hole.sum() / 2
-    for t in range(MIN_WALL, max(y1 - y0, x1 - x0)):
+    y0, y1, x0, x1 = box  # the overlap lies in the opening's box: the search runs there
+    opening = hole[y0:y1, x0:x1]
+    h, w = opening.shape
+    parts = [(region, region[y0:y1, x0:x1], int(region.sum())) for region in regions]
+    best, half = (HIDDEN_FLOOR, None, 0), opening.sum() / 2
+    for t in range(MIN_WALL, max(h, w)):
         dx, dy = int(round(t * step[0])), int(round(t * step[1]))
-        moved = np.zeros_like(hole)
-        moved[max(dy, 0):hole.shape[0] + min(dy, 0), max(dx, 0):hole.shape[1] + min(dx, 0)] = \
-            hole[max(-dy, 0):hole.shape[0] - max(dy, 0), max(-dx, 0):hole.shape[1] - max(dx, 0)]
-        seen = moved & hole
-        if not seen.any():
+        if abs(dx) >= w or abs(dy) >= h:  # moved past the opening: nothing of it overlaps
             break
-        if seen.sum() > half:  # a floor seen more than half is found by its sweep
+        seen = np.zeros_like(opening)
+        seen[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = opening[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+        seen &= opening
+        size = int(seen.sum())
+        if not size:
+            break
+        if size > half:  # a floor seen more than half is found by its sweep
             continue
-        for region in regions:
-            iou = float((seen & region).sum() / (seen | region).sum())
+        for region, part, region_size in parts:
+            overlap = int((seen & part).sum())
+            iou = overlap / (size + region_size - overlap)
             if iou > best[0]:
                 best = (iou, region, t)
     return None if best[1] is None else Inner(hole, best[1], best[2])
