@@ -93,6 +93,7 @@ def test_constrained_outputs_stay_in_the_grammar(tiny, grammar):
             assert repair(text, grammar).ok  # and cut-off programs complete by repair
 
 
+FIT_OBJECTIVE = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}  # the render terms the fits below climb (the shipped rerank weights)
 BOX = "import cadquery as cq\nsolid = cq.Workplane('XY').box({}, {}, {})\n"
 
 
@@ -352,7 +353,7 @@ def test_primitives_fit_the_proportions_of_a_box_a_channel_and_a_tube_from_their
     from cad.geometry import best_iou
     from decoding.primitives import box, cylinder, fit_primitives, section, section_points
 
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    objective = FIT_OBJECTIVE
     channel = section(0, section_points("U", 1, (0.15, 0.18)), (1.5, 0.6, 0.5))  # both walls 0.09 thick
     # a bar, a plate 1/62 of its length thick, a channel with thin walls and a tube
     for truth, kind in ((box((1.5, 0.1, 0.06)), "box"), (box((1.5, 0.3, 0.024)), "box"), (channel, "section"),
@@ -388,7 +389,7 @@ def test_prisms_read_an_outline_with_holes_and_the_depth_off_the_render(pool):
     from cad.geometry import best_iou
     from decoding.prism import fit_prisms
 
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    objective = FIT_OBJECTIVE
     # a T section with a round hole, extruded along world -y; HEXAGON
     tee = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0.4,0),cq.Vector(1,0,0),cq.Vector(0,-1,0)))\n"
            "loop0=wp.moveTo(0,0).lineTo(0.3,0).lineTo(0.3,0.6).lineTo(0.7,0.6).lineTo(0.7,0.8).lineTo(-0.4,0.8)"
@@ -418,7 +419,7 @@ def test_a_prism_is_drawn_where_the_picture_shows_it(pool):
     from decoding.prism import framed_prisms
     from reward.score import candidate_terms, mask_iou
 
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    objective = FIT_OBJECTIVE
     for code, rod in ((BLOCK, False), (BLOCK + ROD, True)):
         image = _image_of(pool, code)
         target = silhouette(np.asarray(image))
@@ -450,7 +451,7 @@ def test_quick_prisms_are_the_best_caps(pool):
     from cad.geometry import best_iou
     from decoding.prism import QUICK_PRISMS, fit_prisms
 
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    objective = FIT_OBJECTIVE
     image = _image_of(pool, HEXAGON)
     quick, full = fit_prisms(image, pool, objective, quick=True), fit_prisms(image, pool, objective)
     assert [q.count(".circle(") for q in quick[:2]] == [2, 0] and quick == full[:len(quick)]  # with its holes and without
@@ -499,7 +500,7 @@ def test_a_face_swept_about_as_well_along_two_axes_is_read_in_the_plane_where_it
     assert _likeliest([]) is None
     assert _regularity(np.array([[0, 0], [4, 0], [4, 3], [0, 3]], float)) == 1.0 and _regularity((0.0, 0.0, 1.0)) == 1.0
     assert _regularity(np.array([[0, 0], [4, 2], [4, 5], [0, 3]], float)) < 1 - AXIS_REGULAR
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    objective = FIT_OBJECTIVE
     gt = pool.run(PLATE_BESIDE_PLATE, ExecOptions(want_geometry=True))
     unions = [q for q in fit_prisms(_image_of(pool, PLATE_BESIDE_PLATE), pool, objective, quick=True) if ".union(" in q]
     assert len(unions) == 1  # the thin plate's face read in the x plane, swept along x, scored 0.28
@@ -533,7 +534,7 @@ def _fit_ious(pool, code: str, image: Image.Image, keep) -> list[float]:
     from decoding.prism import fit_prisms
 
     gt = pool.run(code, ExecOptions(want_geometry=True)).geometry
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    objective = FIT_OBJECTIVE
     return [best_iou(pool.run(q, ExecOptions(want_geometry=True)).geometry, gt).iou
             for q in fit_prisms(image, pool, objective, quick=True) if keep(q)]
 
@@ -711,7 +712,7 @@ def test_a_symmetric_extrusion_is_chosen_with_the_line_round_its_middle(pool):
     from decoding.rerank import Candidate, combined_score
     from reward.score import RenderTarget
 
-    objective = {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0}
+    objective = FIT_OBJECTIVE
     for code, both in ((POST_BOTH_WAYS, True), (POST_BOTH_WAYS.replace("extrude(0.6, both=True)", "extrude(1.2)"), False)):
         image = _image_of(pool, code)
         target = RenderTarget.of(image)
@@ -758,7 +759,7 @@ def test_prisms_join_a_block_standing_on_a_disc(pool):
 
     truth = BLOCK_ON_DISC
     gt = pool.run(truth, ExecOptions(want_geometry=True))
-    fits = [c for c in fit_prisms(_image_of(pool, truth), pool, {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0})
+    fits = [c for c in fit_prisms(_image_of(pool, truth), pool, FIT_OBJECTIVE)
             if ".union(" in c]
     union = next(q for q in fits if q.count(".circle(") == 1)  # the disc, half hidden by the block, is still a circle
     pred = pool.run(union, ExecOptions(want_geometry=True))
@@ -771,7 +772,7 @@ def _prism_ious(pool, truth: str) -> dict[str, float]:
     from decoding.prism import fit_prisms
 
     gt = pool.run(truth, ExecOptions(want_geometry=True))
-    fits = fit_prisms(_image_of(pool, truth), pool, {"silhouette": 1.0, "edge_distance": 1.0, "pixel": 2.0})
+    fits = fit_prisms(_image_of(pool, truth), pool, FIT_OBJECTIVE)
     return {c: best_iou(pool.run(c, ExecOptions(want_geometry=True)).geometry, gt.geometry).iou for c in fits}
 
 
