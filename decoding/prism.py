@@ -30,7 +30,9 @@ outline, moved along the view direction onto the cap, extruded to the height tha
 render best, the cap's depth then fit again with the bosses in place. A pocket leaves a hole in
 the cap region too, with its floor inside, below the cap: the floor swept up to the cap covers
 the hole. The first good cap with such floors gets a candidate with a pocket cut in each such
-hole, to the depth that fits the render best, and the holes seen in a floor cut through the rest.
+hole, to the depth that fits the render best, and the holes seen in a floor cut through the rest
+(as circles where the floor's contour draws them in arcs: holes that touch, or that the pocket's
+near wall hides in part).
 A tall boss (a rod, a post) leaves a hole at its foot with its top outside the cap, above it: a
 planar region there that, swept down the cap's normal, reaches the hole is taken as its top.
 
@@ -89,6 +91,12 @@ OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
 MIN_FLOOR = 0.5  # a pocket stops at least this many pixels above the bottom of its prism
 LEVEL_TOLERANCE = 0.01  # a point within this many pixels of a pocket's floor plane lies on it
 INNER_STEPS = 7  # boss heights or pocket depths tried, evenly spaced in log around the sweep's
+ARC_SPANS = (8, 16, 32)  # circles through a floor's holes are tried through contour points this many apart ...
+ARC_POINTS = 12  # ... and one is kept where at least this many contour points lie on it (_circle's tolerance) ...
+ARC_COVERAGE = 0.3  # ... spread over at least this share of its circumference (of 36 sectors) ...
+ARC_ON_FACE = 0.1  # ... with at most this share of its inside on the floor (a hole has no floor in it) ...
+ARC_IN_OPENING = 0.5  # ... and at least this share inside the pocket's opening
+MAX_ARCS = 8  # circles found in one floor, at most
 UNION_GAIN = 0.05  # a second body must raise the sweep's IoU with the silhouette by this much (less is within the sweep's noise) ...
 UNION_GAIN_REGULAR = 0.03  # ... or by this much where both caps' outlines are regular (a bar standing out of a block; at most UNION_GAIN)
 UNION_REGULAR = 0.9  # ... that is, this share of each outline's length lies along its sketch axes (_regularity)
@@ -893,7 +901,7 @@ def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
     along, up = _along(body.axis), OVERCUT * normal
     rim = _rim(cap)
     openings = [profile(Cap(t.hole & ~rim, body.axis, 0.0))[0] for t in floors]
-    through = [profile(Cap(t.face, body.axis, 0.0))[1] for t in floors]
+    through = [_through_holes(t, body.axis) for t in floors]
 
     deepest = body.depth - MIN_FLOOR
     starts = [min(_pixels_along(t.steps, body.axis), deepest) for t in floors]
@@ -913,6 +921,84 @@ def _pocketed(cap: Cap, body: Body, floors: list[Inner], pool: SandboxPool,
         best = _best(tried, lambda d: _placed_fit(_deepened(g, body.axis, openings[k], start, d), target, objective))
         g, depths[k] = _deepened(g, body.axis, openings[k], start, best), best
     return [base, *cuts(depths)]
+
+
+def _through_holes(floor: Inner, axis: int) -> list[Loop]:
+    """The holes through a pocket's ``floor`` in its sketch plane: the holes of the floor region
+    (``profile``), and the circles seen along its contour (``_arc_circles``) where holes touch
+    one another (one hole of several arcs) or the floor's seen edge (a notch: the pocket's wall
+    hides the rest); a hole whose contour is at least half on such circles is replaced by them."""
+    to_plane = _to_plane(axis)
+    contours, hierarchy = cv2.findContours(binary_dilation(floor.face).astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    outer = max((i for i in range(len(contours)) if hierarchy[0][i][3] < 0), key=lambda i: cv2.contourArea(contours[i]))
+    holes = [c for i, c in enumerate(contours) if hierarchy[0][i][3] == outer and cv2.contourArea(c) >= MIN_HOLE]
+    loops = [simplified(c, to_plane) for c in holes]  # as profile reads them
+    polygons = [(c, loop) for c, loop in zip(holes, loops) if not isinstance(loop, tuple)]
+    searched = [(contours[outer].reshape(-1, 2) + 0.5) @ to_plane.T] + [(c.reshape(-1, 2) + 0.5) @ to_plane.T for c, _ in polygons]
+    circles, explained = _arc_circles(searched, floor, np.linalg.inv(to_plane))
+    if not circles:
+        return loops
+    return ([loop for loop in loops if isinstance(loop, tuple)] + circles
+            + [loop for (_, loop), share in zip(polygons, explained[1:]) if share < 0.5])
+
+
+def _arc_circles(contours: list[np.ndarray], floor: Inner, from_plane: np.ndarray) -> tuple[list[Loop], list[float]]:
+    """Circles (in the plane of the ``contours``' points) that holes through ``floor`` draw along
+    its contours, and the share of each contour's points on them. Circles through three points
+    ``ARC_SPANS`` apart along a contour are tried; the one most points lie on is kept (refit to
+    them by least squares) where they cover ``ARC_COVERAGE`` of it and its inside (mapped to the
+    screen by ``from_plane``) is off the floor (``ARC_ON_FACE``) and in the opening
+    (``ARC_IN_OPENING``); its points are then set aside and the next is looked for."""
+    points = np.concatenate(contours)
+    width = np.ptp(points, 0).max()
+    trials = []
+    for c in contours:
+        n = len(c)
+        for span in ARC_SPANS:
+            if n >= 2 * span:
+                trials += [c[[i, (i + span // 2) % n, (i + span) % n]] for i in range(0, n, 2)]
+    if not trials:
+        return [], [0.0] * len(contours)
+    three = np.array(trials)  # circle x^2 + y^2 = 2 cx x + 2 cy y + k through each three points
+    a = np.concatenate([2 * three, np.ones((len(three), 3, 1))], -1)
+    solvable = np.abs(np.linalg.det(a)) > 1e-9
+    centre_k = np.linalg.solve(a[solvable], (three[solvable] ** 2).sum(-1)[..., None])[..., 0]
+    r = np.sqrt(np.maximum(centre_k[:, 2] + (centre_k[:, :2] ** 2).sum(1), 0.0))
+    keep = (r >= 2) & (2 * r <= width)
+    centres, r = centre_k[keep, :2], r[keep]
+    near = np.abs(np.linalg.norm(points[None] - centres[:, None], axis=-1) - r[:, None]) <= CIRCLE_TOLERANCE * r[:, None] + 0.75
+    grid = np.stack(np.meshgrid(*[np.linspace(-0.9, 0.9, 19)] * 2), -1).reshape(-1, 2)
+    grid = grid[(grid ** 2).sum(1) <= 0.81]
+    h, w = floor.face.shape
+
+    def inside(cx: float, cy: float, radius: float) -> tuple[float, float]:  # shares of the inside on the floor and in the opening
+        x, y = np.rint((grid * radius + [cx, cy]) @ from_plane.T - 0.5).astype(int).T
+        x, y = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
+        return floor.face[y, x].mean(), floor.hole[y, x].mean()
+
+    left, circles = np.ones(len(points), bool), []
+
+    def next_circle() -> tuple[Loop, np.ndarray] | None:  # the circle most points left lie on, and those points
+        counts = (near & left).sum(1)
+        for j in np.argsort(-counts, kind="stable"):
+            if counts[j] < ARC_POINTS:
+                return None
+            on = near[j] & left
+            angles = np.arctan2(*(points[on] - centres[j]).T[::-1])
+            if len(np.unique(np.floor((angles + np.pi) / (2 * np.pi) * 36) % 36)) < ARC_COVERAGE * 36:
+                continue
+            fit = _circle(points[on])
+            if fit is not None:
+                on_face, in_opening = inside(*fit)
+                if on_face <= ARC_ON_FACE and in_opening >= ARC_IN_OPENING:
+                    return fit, on
+        return None
+
+    while len(circles) < MAX_ARCS and (found := next_circle()) is not None:
+        circles.append(found[0])
+        left &= ~found[1]
+    bounds = np.cumsum([0] + [len(c) for c in contours])
+    return circles, [float((~left[i:k]).mean()) for i, k in zip(bounds[:-1], bounds[1:])]
 
 
 def _deepened(g: Geometry, axis: int, opening: Loop, depth: float, to: float) -> Geometry:

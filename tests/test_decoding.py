@@ -700,6 +700,29 @@ def test_a_deep_pocket_whose_walls_hide_its_floor_is_cut_to_its_depth(pool, monk
     assert max(_fit_ious(pool, BLOCK_WITH_DEEP_POCKET, image, lambda q: True)) < 0.95
 
 
+# A cup whose floor has five holes (GenCAD 00387732's kind): the middle one touches the four round it, so
+# the floor region holds one hole of several arcs and one apart, and its near wall hides part of the holes
+# beside it (notches in the floor's seen edge).
+CUP_WITH_HOLED_FLOOR = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "ring = wp0.add(wp0.moveTo(0.0, 0.0).circle(0.75)).add(wp0.moveTo(0.0, 0.0).circle(0.64)).extrude(0.4)\n"
+    "floor = wp0.add(wp0.moveTo(0.0, 0.0).circle(0.64)).add(wp0.moveTo(0.0, 0.0).circle(0.2))"
+    ".add(wp0.moveTo(0.37, 0.0).circle(0.17)).add(wp0.moveTo(-0.37, 0.0).circle(0.17))"
+    ".add(wp0.moveTo(0.0, 0.37).circle(0.17)).add(wp0.moveTo(0.0, -0.37).circle(0.17)).extrude(0.16)\n"
+    "solid = ring.union(floor)\n")
+
+
+def test_holes_through_a_pocket_floor_that_touch_or_hide_behind_its_wall_are_cut_as_circles(pool, monkeypatch):
+    import decoding.prism as prism
+
+    image = _image_of(pool, CUP_WITH_HOLED_FLOOR)
+    cut = _fit_ious(pool, CUP_WITH_HOLED_FLOOR, image, lambda q: ".cut(" in q)
+    monkeypatch.setattr(prism, "ARC_POINTS", 10 ** 6)  # no circle is looked for along the floor's contour
+    polygons = _fit_ious(pool, CUP_WITH_HOLED_FLOOR, image, lambda q: ".cut(" in q)
+    assert cut and polygons and max(cut) > max(polygons) + 0.05, (cut, polygons)
+
+
 # A post extruded symmetrically from its middle (GenCAD's both=True): its side is split there, a line drawn round it.
 POST_BOTH_WAYS = (
     "import cadquery as cq\n"
