@@ -71,6 +71,10 @@ SIMPLIFY = 1.2  # Douglas-Peucker tolerance of the outlines, in pixels
 CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this share of the radius
 MIN_CORNER_DEGREES = 30.0  # an outline corner hidden behind another body is restored only where its seen edges meet at least this wide
 MIN_CORNER_EDGE = 6.0  # ... and where both are at least this many pixels long
+REGULAR_SIDES = (6, 8, 5)  # a partly hidden outline whose seen edges lie on the sides of a regular polygon of these many sides (GenCAD's nuts) ...
+REGULAR_DEGREES = 6.0  # ... their directions within this of its sides' ...
+REGULAR_TOLERANCE = 2.5  # ... and their ends within this many pixels of its sides (on the plane), on at least three of them, is that polygon
+REGULAR_EDGE = 15.0  # seen edges shorter than this (pixels on the plane: a corner's pixel staircase) are left out of that fit
 MIN_SEEN = 0.4  # the share of a contour that must be seen (not hidden by another body) to test it for a circle
 CIRCLE_EXTENT = 2.5  # ... and a circle is at most this many times as wide as its whole contour (a straight edge seen alone fits a huge circle)
 MIN_FIT = 0.8  # a sweep that covers less of the silhouette (IoU) makes no candidate ...
@@ -282,28 +286,35 @@ def _to_plane(axis: int) -> np.ndarray:
     return np.linalg.inv(np.column_stack([screen_vector(x_dir), screen_vector(y_dir)]))
 
 
-def profile(cap: Cap, hidden: np.ndarray | None = None) -> tuple[Loop, list[Loop]]:
+def profile(cap: Cap, hidden: np.ndarray | None = None, seen: np.ndarray | None = None) -> tuple[Loop, list[Loop]]:
     """The cap's outline and holes in its sketch plane's (u, v) coordinates, in pixels: contours
     of the region grown into its four neighbours (onto the drawn line around it, whose pixels lie
     on the edge; grown into all eight, it would cross a slanted line's staircase at its corners:
     outlines a pixel too wide), unprojected from the screen and simplified; contour pixels in
-    ``hidden`` (where another body hides the cap) do not count when testing for a circle."""
+    ``hidden`` (where another body hides the cap) do not count when testing for a circle; ``seen``
+    (the cap's own pixels, before it was completed where hidden) marks the edges that are seen
+    when the outline is tested for a regular polygon (an edge along them is seen, however near it
+    runs to the body that hides the rest)."""
     to_plane = _to_plane(cap.axis)
+    beside = hidden if hidden is None or seen is None else hidden & ~binary_dilation(seen, iterations=2)
     grown = binary_dilation(cap.region).astype(np.uint8)  # scipy's default structure: the cross
     contours, hierarchy = cv2.findContours(grown, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     outer = max((i for i in range(len(contours)) if hierarchy[0][i][3] < 0), key=lambda i: cv2.contourArea(contours[i]))
     holes = [c for i, c in enumerate(contours) if hierarchy[0][i][3] == outer and cv2.contourArea(c) >= MIN_HOLE]
-    return simplified(contours[outer], to_plane, hidden), [simplified(c, to_plane, hidden) for c in holes]
+    return simplified(contours[outer], to_plane, hidden, beside), [simplified(c, to_plane, hidden, beside) for c in holes]
 
 
 Loop = tuple[float, float, float] | np.ndarray  # a circle (cx, cy, r) or a polygon's (n, 2) points
 
 
-def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | None = None) -> Loop:
+def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | None = None,
+               beside: np.ndarray | None = None) -> Loop:
     """A closed contour of pixels (OpenCV's) in the sketch plane (``to_plane`` maps screen
     offsets to it): a circle when its pixels outside ``hidden`` (at least ``MIN_SEEN`` of them)
     lie on one no wider than the contour allows (``CIRCLE_EXTENT``), else its polygon simplified
-    on the screen, where the staircase of the pixels is at most a pixel high."""
+    on the screen, where the staircase of the pixels is at most a pixel high: the regular polygon
+    its seen edges lie on, where part of it is hidden (``_regular``; edges in ``beside``, default
+    ``hidden``, are not seen), else with its hidden corners restored (``_extended``)."""
     plane = lambda c: (c.reshape(-1, 2).astype(float) + 0.5) @ to_plane.T  # noqa: E731
     points = contour.reshape(-1, 2)
     seen = np.ones(len(points), bool) if hidden is None else ~hidden[points[:, 1], points[:, 0]]
@@ -312,7 +323,70 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
     if circle is not None:
         return circle
     polygon = cv2.approxPolyDP(contour, SIMPLIFY, True).reshape(-1, 2).astype(float)
-    return plane(polygon if hidden is None else _extended(polygon, hidden))
+    if hidden is None:
+        return plane(polygon)
+    regular = _regular(polygon, hidden if beside is None else beside, to_plane)
+    return regular if regular is not None else plane(_extended(polygon, hidden))
+
+
+def _covered(p: np.ndarray, hidden: np.ndarray) -> bool:
+    """Whether the screen point ``p`` lies in ``hidden``."""
+    x, y = np.rint(p).astype(int)
+    return 0 <= x < hidden.shape[1] and 0 <= y < hidden.shape[0] and bool(hidden[y, x])
+
+
+def _hidden_edges(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """For each edge of ``polygon`` (screen points; edge i from point i to i + 1), whether
+    ``hidden`` covers at least half of it."""
+    ends = np.roll(polygon, -1, 0)
+    return np.array([np.mean([_covered(a + t * (b - a), hidden) for t in np.linspace(0.1, 0.9, 9)]) >= 0.5
+                     for a, b in zip(polygon, ends)])
+
+
+def _regular(polygon: np.ndarray, hidden: np.ndarray, to_plane: np.ndarray) -> np.ndarray | None:
+    """The regular polygon (``REGULAR_SIDES``, in the sketch plane) that ``polygon`` (screen
+    points, partly ``hidden`` by another body) is: its seen edges (``REGULAR_EDGE`` long) run
+    along the polygon's sides (``REGULAR_DEGREES``) on at least three of them, their ends within
+    ``REGULAR_TOLERANCE`` of the sides (one centre and one apothem fit to them all by least
+    squares), and each of its corners is either seen (within ``MIN_CORNER_EDGE`` of the outline's)
+    or hidden. None where no such polygon is found, or where nothing of the outline is hidden."""
+    if len(polygon) < 4:
+        return None
+    edge_hidden = _hidden_edges(polygon, hidden)
+    if edge_hidden.all() or not edge_hidden.any():
+        return None
+    points = (polygon + 0.5) @ to_plane.T
+    ends = np.roll(points, -1, 0)
+    d = ends - points
+    x, y = points.T
+    if np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) < 0:  # turn it counter-clockwise: outward normals on the right
+        return _regular(polygon[::-1], hidden, to_plane)
+    use = ~edge_hidden & (np.hypot(*d.T) >= REGULAR_EDGE)
+    theta, weight = np.arctan2(d[use, 1], d[use, 0]), np.hypot(*d[use].T)
+    from_plane = np.linalg.inv(to_plane)
+    for sides in REGULAR_SIDES:
+        step = 2 * np.pi / sides
+        phi = np.angle(np.sum(weight * np.exp(1j * sides * theta))) / sides
+        k = np.rint((theta - phi) / step).astype(int)
+        off = theta - phi - k * step
+        if len(off) == 0 or np.degrees(np.abs(off)).max() > REGULAR_DEGREES:
+            continue
+        k %= sides
+        if len(set(k)) < 3:
+            continue
+        normals = np.column_stack([np.sin(phi + k * step), -np.cos(phi + k * step)])  # outward, of each seen edge's side
+        rows = np.vstack([normals, normals])
+        rhs = np.concatenate([(normals * points[use]).sum(1), (normals * ends[use]).sum(1)])
+        (cx, cy, apothem), *_ = np.linalg.lstsq(np.column_stack([rows, np.ones(len(rows))]), rhs, rcond=None)
+        if apothem <= 0 or np.abs(rows @ [cx, cy] + apothem - rhs).max() > REGULAR_TOLERANCE:
+            continue
+        angles = phi - np.pi / 2 + step / 2 + np.arange(sides) * step  # the corner between side j and side j + 1
+        corners = np.array([cx, cy]) + apothem / np.cos(step / 2) * np.column_stack([np.cos(angles), np.sin(angles)])
+        on_screen = corners @ from_plane.T - 0.5
+        near = np.hypot(*(on_screen[:, None] - polygon[None]).transpose(2, 0, 1)).min(1) <= MIN_CORNER_EDGE
+        if all(n or _covered(c, hidden) for n, c in zip(near, on_screen)):
+            return corners
+    return None
 
 
 def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
@@ -325,15 +399,8 @@ def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     n = len(polygon)
     if n < 4:
         return polygon
-    h, w = hidden.shape
-
-    def covered(p: np.ndarray) -> bool:
-        x, y = np.rint(p).astype(int)
-        return 0 <= x < w and 0 <= y < h and bool(hidden[y, x])
-
-    edge_hidden = [np.mean([covered(polygon[i] + t * (polygon[(i + 1) % n] - polygon[i])) for t in np.linspace(0.1, 0.9, 9)]) >= 0.5
-                   for i in range(n)]
-    if all(edge_hidden) or not any(edge_hidden):
+    edge_hidden = _hidden_edges(polygon, hidden)
+    if edge_hidden.all() or not edge_hidden.any():
         return polygon
     points, dropped = polygon.copy(), set()
     for i in (i for i in range(n) if not edge_hidden[i] and edge_hidden[(i + 1) % n]):
@@ -349,7 +416,7 @@ def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
         lengths = np.hypot(*d1), np.hypot(*d2)
         angle = np.degrees(np.arccos(np.clip(-d1 @ d2 / (lengths[0] * lengths[1]), -1.0, 1.0)))
         seen = min(lengths) >= MIN_CORNER_EDGE  # a pixel staircase's step has no direction
-        if s > 0 and u < 0 and seen and angle >= MIN_CORNER_DEGREES and covered(corner):  # ahead along edge i, behind along edge k, out of sight
+        if s > 0 and u < 0 and seen and angle >= MIN_CORNER_DEGREES and _covered(corner, hidden):  # ahead along edge i, behind along edge k, out of sight
             points[j] = corner
             dropped.update((j + m) % n for m in range(1, (k - j) % n + 1))
     return points[[v for v in range(n) if v not in dropped]]
@@ -542,7 +609,7 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
         region = region | (cover & _hull(region))
     depth, swept = _swept(region, cap.axis, filled, base)
     hidden = None if cover is None else binary_dilation(cover & ~cap.region, np.ones((5, 5), bool))
-    outline, holes = profile(dataclasses.replace(cap, region=region), hidden)
+    outline, holes = profile(dataclasses.replace(cap, region=region), hidden, cap.region)
     return Body(cap.axis, outline, tuple(holes), depth), swept
 
 

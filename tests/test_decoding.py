@@ -586,6 +586,57 @@ def test_a_corner_hidden_behind_another_body_is_where_its_seen_edges_meet():
     assert np.array_equal(_extended(chord, hidden), chord)
 
 
+def _on_screen(plane_points: np.ndarray, axis: int) -> np.ndarray:
+    """Sketch-plane points of ``axis`` (pixel units) as the screen points ``decoding.prism.simplified`` reads."""
+    from decoding.prism import _to_plane
+
+    return plane_points @ np.linalg.inv(_to_plane(axis)).T - 0.5
+
+
+def test_a_regular_polygon_partly_hidden_behind_another_body_is_completed():
+    import decoding.prism as prism
+
+    to_plane = prism._to_plane(2)
+    angles = np.radians(np.arange(6) * 60.0)
+    hexagon = np.column_stack([300 + 100 * np.cos(angles), -100 + 100 * np.sin(angles)])  # corners on +-x, sides along x at y = -100 +- 86.6
+    ys, xs = np.mgrid[0:448, 0:448]
+    u, v = ((np.stack([xs, ys], -1) + 0.5) @ to_plane.T).transpose(2, 0, 1)
+    hidden = (v >= -60) & (u >= 210) & (u <= 390)  # a boss in front of the back of the face, where corners 1 and 2 are
+    # the seen outline: along the hexagon's sides up to the boss (y = -55 on the plane), along the boss behind it
+    seen = np.vstack([hexagon[:1], [[374.0, -55.0], [226.0, -55.0]], hexagon[3:]])
+    screen = _on_screen(seen, 2)
+    assert (screen >= 0).all() and (screen < 448).all()
+    regular = prism._regular(screen, hidden, to_plane)
+    assert regular is not None and len(regular) == 6
+    assert np.abs(np.sort(regular, 0) - np.sort(hexagon, 0)).max() < 1.0, regular
+    assert prism._regular(screen, np.zeros_like(hidden), to_plane) is None  # nothing hidden: the outline is as seen
+    stretched = seen.copy()
+    stretched[[0, 1, 5], 0] += 14.0  # the right-hand corners moved out: no one apothem fits the seen sides
+    assert prism._regular(_on_screen(stretched, 2), hidden, to_plane) is None
+    square = np.array([[250.0, -150.0], [350.0, -150.0], [350.0, -40.0], [250.0, -40.0]])
+    assert prism._regular(_on_screen(square, 2), hidden, to_plane) is None  # its sides are every other side of an octagon whose corners would be in sight
+
+
+# A hexagonal nut under a round boss that hides the back of its top face (GenCAD 00540970's kind).
+NUT_UNDER_BOSS = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "nut = wp0.add(wp0.moveTo(0.74, 0.0).lineTo(0.37, 0.6409).lineTo(-0.37, 0.6409).lineTo(-0.74, 0.0)"
+    ".lineTo(-0.37, -0.6409).lineTo(0.37, -0.6409).close()).extrude(0.5)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.5), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = nut.union(wp1.add(wp1.moveTo(0.0, 0.0).circle(0.6)).extrude(0.25))\n")
+
+
+def test_a_nut_under_a_boss_is_read_with_its_whole_hexagon(pool, monkeypatch):
+    import decoding.prism as prism
+
+    image = _image_of(pool, NUT_UNDER_BOSS)
+    union = _fit_ious(pool, NUT_UNDER_BOSS, image, lambda q: ".union(" in q)
+    monkeypatch.setattr(prism, "REGULAR_SIDES", ())
+    seen_only = _fit_ious(pool, NUT_UNDER_BOSS, image, lambda q: ".union(" in q)
+    assert union and seen_only and max(union) > 0.88 and max(union) > max(seen_only) + 0.03, (union, seen_only)
+
+
 def test_a_pixel_staircase_beside_a_hidden_edge_makes_no_spike(monkeypatch):
     import decoding.prism as prism
 
