@@ -539,6 +539,17 @@ def _fit_ious(pool, code: str, image: Image.Image, keep) -> list[float]:
             for q in fit_prisms(image, pool, objective, quick=True) if keep(q)]
 
 
+def _fit_ious_without(pool, monkeypatch, code: str, keep, name: str, value) -> tuple[list[float], list[float]]:
+    """``_fit_ious`` of ``code``'s picture, then the same with ``decoding.prism``'s ``name`` set to
+    ``value`` (the part under test switched off)."""
+    import decoding.prism as prism
+
+    image = _image_of(pool, code)
+    found = _fit_ious(pool, code, image, keep)
+    monkeypatch.setattr(prism, name, value)
+    return found, _fit_ious(pool, code, image, keep)
+
+
 def test_a_bar_standing_out_of_a_block_is_read_as_a_union_of_two_regular_prisms(pool, monkeypatch):
     import decoding.prism as prism
 
@@ -628,12 +639,7 @@ NUT_UNDER_BOSS = (
 
 
 def test_a_nut_under_a_boss_is_read_with_its_whole_hexagon(pool, monkeypatch):
-    import decoding.prism as prism
-
-    image = _image_of(pool, NUT_UNDER_BOSS)
-    union = _fit_ious(pool, NUT_UNDER_BOSS, image, lambda q: ".union(" in q)
-    monkeypatch.setattr(prism, "REGULAR_SIDES", ())
-    seen_only = _fit_ious(pool, NUT_UNDER_BOSS, image, lambda q: ".union(" in q)
+    union, seen_only = _fit_ious_without(pool, monkeypatch, NUT_UNDER_BOSS, lambda q: ".union(" in q, "REGULAR_SIDES", ())
     assert union and seen_only and max(union) > 0.88 and max(union) > max(seen_only) + 0.03, (union, seen_only)
 
 
@@ -676,12 +682,8 @@ POST_ON_L_BLOCK = (
 
 
 def test_the_outline_of_a_face_partly_hidden_by_a_post_keeps_its_hidden_corner(pool, monkeypatch):
-    import decoding.prism as prism
-
-    image = _image_of(pool, POST_ON_L_BLOCK)
-    extended = _fit_ious(pool, POST_ON_L_BLOCK, image, lambda q: ".union(" in q)
-    monkeypatch.setattr(prism, "_extended", lambda polygon, hidden: polygon)  # the outline cut where the post hides it
-    cut = _fit_ious(pool, POST_ON_L_BLOCK, image, lambda q: ".union(" in q)
+    extended, cut = _fit_ious_without(pool, monkeypatch, POST_ON_L_BLOCK, lambda q: ".union(" in q,
+                                      "_extended", lambda polygon, hidden: polygon)  # the outline cut where the post hides it
     assert max(extended) > 0.9 and max(extended) > max(cut) + 0.1  # the union of the two prisms (the post also stands as a boss)
 
 
@@ -765,12 +767,8 @@ CUP_WITH_HOLED_FLOOR = (
 
 
 def test_holes_through_a_pocket_floor_that_touch_or_hide_behind_its_wall_are_cut_as_circles(pool, monkeypatch):
-    import decoding.prism as prism
-
-    image = _image_of(pool, CUP_WITH_HOLED_FLOOR)
-    cut = _fit_ious(pool, CUP_WITH_HOLED_FLOOR, image, lambda q: ".cut(" in q)
-    monkeypatch.setattr(prism, "ARC_POINTS", 10 ** 6)  # no circle is looked for along the floor's contour
-    polygons = _fit_ious(pool, CUP_WITH_HOLED_FLOOR, image, lambda q: ".cut(" in q)
+    cut, polygons = _fit_ious_without(pool, monkeypatch, CUP_WITH_HOLED_FLOOR, lambda q: ".cut(" in q,
+                                      "ARC_POINTS", 10 ** 6)  # no circle is looked for along the floor's contour
     assert cut and polygons and max(cut) > max(polygons) + 0.05, (cut, polygons)
 
 
