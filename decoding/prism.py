@@ -297,11 +297,17 @@ def profile(cap: Cap, hidden: np.ndarray | None = None, seen: np.ndarray | None 
     runs to the body that hides the rest)."""
     to_plane = _to_plane(cap.axis)
     beside = hidden if hidden is None or seen is None else hidden & ~binary_dilation(seen, iterations=2)
-    grown = binary_dilation(cap.region).astype(np.uint8)  # scipy's default structure: the cross
+    outer, holes = _contours(cap.region)
+    return simplified(outer, to_plane, hidden, beside), [simplified(c, to_plane, hidden, beside) for c in holes]
+
+
+def _contours(region: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The outer contour of ``region`` grown into its four neighbours (OpenCV's pixels) and the
+    contours of its holes of at least ``MIN_HOLE`` pixels."""
+    grown = binary_dilation(region).astype(np.uint8)  # scipy's default structure: the cross
     contours, hierarchy = cv2.findContours(grown, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     outer = max((i for i in range(len(contours)) if hierarchy[0][i][3] < 0), key=lambda i: cv2.contourArea(contours[i]))
-    holes = [c for i, c in enumerate(contours) if hierarchy[0][i][3] == outer and cv2.contourArea(c) >= MIN_HOLE]
-    return simplified(contours[outer], to_plane, hidden, beside), [simplified(c, to_plane, hidden, beside) for c in holes]
+    return contours[outer], [c for i, c in enumerate(contours) if hierarchy[0][i][3] == outer and cv2.contourArea(c) >= MIN_HOLE]
 
 
 Loop = tuple[float, float, float] | np.ndarray  # a circle (cx, cy, r) or a polygon's (n, 2) points
@@ -996,12 +1002,10 @@ def _through_holes(floor: Inner, axis: int) -> list[Loop]:
     one another (one hole of several arcs) or the floor's seen edge (a notch: the pocket's wall
     hides the rest); a hole whose contour is at least half on such circles is replaced by them."""
     to_plane = _to_plane(axis)
-    contours, hierarchy = cv2.findContours(binary_dilation(floor.face).astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-    outer = max((i for i in range(len(contours)) if hierarchy[0][i][3] < 0), key=lambda i: cv2.contourArea(contours[i]))
-    holes = [c for i, c in enumerate(contours) if hierarchy[0][i][3] == outer and cv2.contourArea(c) >= MIN_HOLE]
+    outer, holes = _contours(floor.face)
     loops = [simplified(c, to_plane) for c in holes]  # as profile reads them
     polygons = [(c, loop) for c, loop in zip(holes, loops) if not isinstance(loop, tuple)]
-    searched = [(contours[outer].reshape(-1, 2) + 0.5) @ to_plane.T] + [(c.reshape(-1, 2) + 0.5) @ to_plane.T for c, _ in polygons]
+    searched = [(c.reshape(-1, 2) + 0.5) @ to_plane.T for c in [outer] + [c for c, _ in polygons]]
     circles, explained = _arc_circles(searched, floor, np.linalg.inv(to_plane))
     if not circles:
         return loops
