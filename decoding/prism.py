@@ -27,7 +27,8 @@ A boss standing on a cap adds too little to the silhouette to show in the sweeps
 a patch of the cap: the cap region has a hole (or a dent) there, with the boss's top inside it.
 The first good cap with such tops gets a candidate with a boss in each such hole: the top's
 outline, moved along the view direction onto the cap, extruded to the height that fits the
-render best, the cap's depth then fit again with the bosses in place. A pocket leaves a hole in
+render best, the cap's depth then fit again with the bosses in place (the corners of the cap's
+outline that the bosses hide restored as behind another body, below). A pocket leaves a hole in
 the cap region too, with its floor inside, below the cap: the floor swept up to the cap covers
 the hole. The first good cap with such floors gets a candidate with a pocket cut in each such
 hole, to the depth that fits the render best, and the holes seen in a floor cut through the rest
@@ -903,9 +904,17 @@ def _rim(cap: Cap) -> np.ndarray:
     return binary_dilation(cap.region)
 
 
-def _fill_holes(cap: Cap, body: Body, inner: list[Inner]) -> Body:
-    """``body`` (the prism of ``cap``) with the holes of ``inner`` filled."""
-    outline, holes = profile(dataclasses.replace(cap, region=cap.region | np.logical_or.reduce([t.hole for t in inner])))
+def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = ()) -> Body:
+    """``body`` (the prism of ``cap``) with the holes of ``inner`` filled; where the bosses of
+    ``tops`` hide part of the cap's outline (a boss at its edge), its hidden corners restored as
+    ``profile`` restores them behind another body."""
+    hidden = None
+    if tops:
+        direction = screen_vector(-plane_basis(cap.axis)[2])
+        shadow = np.logical_or.reduce([sweep(_holes_filled(t.face), t.hole, direction)[2] for t in tops])  # the bosses on the screen
+        hidden = binary_dilation(shadow & ~cap.region, np.ones((5, 5), bool))
+    region = cap.region | np.logical_or.reduce([t.hole for t in inner])
+    outline, holes = profile(dataclasses.replace(cap, region=region), hidden, cap.region if tops else None)
     return dataclasses.replace(body, outline=outline, holes=tuple(holes))
 
 
@@ -923,7 +932,7 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
     boss at a time, largest first, on the base and the bosses executed once each and rendered
     together (a boss stretched along the axis from the cap, its foot moved along with its sketch:
     the same boss at another height); then the cap's depth is fit again with the bosses in place."""
-    base = _fill_holes(cap, body, tops)
+    base = _fill_holes(cap, body, tops, tops)
     along = _along(body.axis)
     sketches = [profile(Cap(t.face, body.axis, 0.0)) for t in tops]
 
@@ -1150,7 +1159,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     out += [bodies for _, _, bodies in filter(None, (bossed, pocketed))]
     if bossed and pocketed and bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in bossed[1] for f in pocketed[1]):
         cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
-        out.append([_fill_holes(cap, base, tops + pocketed[1]), *bosses, *pocketed[2][1:]])
+        out.append([_fill_holes(cap, base, tops + pocketed[1], tops), *bosses, *pocketed[2][1:]])
     if caps:
         out += _union(caps, pixels, regions, filled, pool, target, objective)
     framed: dict[str, Frame] = {}

@@ -687,6 +687,24 @@ def test_the_outline_of_a_face_partly_hidden_by_a_post_keeps_its_hidden_corner(p
     assert max(extended) > 0.9 and max(extended) > max(cut) + 0.1  # the union of the two prisms (the post also stands as a boss)
 
 
+# A plate with a post standing near its back corner, which the post hides (GenCAD 000049's kind).
+POST_BEFORE_PLATE_CORNER = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.5, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "plate = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.5, 0.0).lineTo(1.5, 1.0).lineTo(0.0, 1.0).close()).extrude(0.2)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.6, 0.1, 0.2), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = plate.union(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.3, 0.0).lineTo(0.3, 0.3).lineTo(0.0, 0.3).close()).extrude(0.6))\n")
+
+
+def test_a_corner_of_a_cap_hidden_behind_a_boss_is_restored(pool, monkeypatch):
+    import decoding.prism as prism
+
+    fill = prism._fill_holes
+    restored, chord = _fit_ious_without(pool, monkeypatch, POST_BEFORE_PLATE_CORNER, lambda q: q.count("Workplane(") == 2,
+                                        "_fill_holes", lambda cap, body, inner, tops=(): fill(cap, body, inner))  # the bosses hide nothing
+    assert max(restored) > 0.95 and max(restored) > max(chord) + 0.03, (restored, chord)
+
+
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
 POSTS_ON_BLOCK = (
     "import cadquery as cq\n"
