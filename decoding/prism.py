@@ -72,6 +72,7 @@ SIMPLIFY = 1.2  # Douglas-Peucker tolerance of the outlines, in pixels
 CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this share of the radius
 MIN_CORNER_DEGREES = 30.0  # an outline corner hidden behind another body is restored only where its seen edges meet at least this wide
 MIN_CORNER_EDGE = 6.0  # ... and where both are at least this many pixels long
+BOSS_CORNER_EDGE = 15.0  # ... or this many behind a boss standing on the cap (next to a rounded corner, an arc's chords are shorter)
 REGULAR_SIDES = (6, 8, 5)  # a partly hidden outline whose seen edges lie on the sides of a regular polygon of these many sides (GenCAD's nuts) ...
 REGULAR_DEGREES = 6.0  # ... their directions within this of its sides' ...
 REGULAR_TOLERANCE = 2.5  # ... and their ends within this many pixels of its sides (on the plane), on at least three of them, is that polygon
@@ -287,7 +288,8 @@ def _to_plane(axis: int) -> np.ndarray:
     return np.linalg.inv(np.column_stack([screen_vector(x_dir), screen_vector(y_dir)]))
 
 
-def profile(cap: Cap, hidden: np.ndarray | None = None, seen: np.ndarray | None = None) -> tuple[Loop, list[Loop]]:
+def profile(cap: Cap, hidden: np.ndarray | None = None, seen: np.ndarray | None = None,
+            corner_edge: float | None = None) -> tuple[Loop, list[Loop]]:
     """The cap's outline and holes in its sketch plane's (u, v) coordinates, in pixels: contours
     of the region grown into its four neighbours (onto the drawn line around it, whose pixels lie
     on the edge; grown into all eight, it would cross a slanted line's staircase at its corners:
@@ -295,11 +297,13 @@ def profile(cap: Cap, hidden: np.ndarray | None = None, seen: np.ndarray | None 
     ``hidden`` (where another body hides the cap) do not count when testing for a circle; ``seen``
     (the cap's own pixels, before it was completed where hidden) marks the edges that are seen
     when the outline is tested for a regular polygon (an edge along them is seen, however near it
-    runs to the body that hides the rest)."""
+    runs to the body that hides the rest); ``corner_edge``: ``_extended``'s shortest seen edge
+    (default ``MIN_CORNER_EDGE``)."""
     to_plane = _to_plane(cap.axis)
     beside = hidden if hidden is None or seen is None else hidden & ~binary_dilation(seen, iterations=2)
     outer, holes = _contours(cap.region)
-    return simplified(outer, to_plane, hidden, beside), [simplified(c, to_plane, hidden, beside) for c in holes]
+    return (simplified(outer, to_plane, hidden, beside, corner_edge),
+            [simplified(c, to_plane, hidden, beside, corner_edge) for c in holes])
 
 
 def _contours(region: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -315,13 +319,14 @@ Loop = tuple[float, float, float] | np.ndarray  # a circle (cx, cy, r) or a poly
 
 
 def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | None = None,
-               beside: np.ndarray | None = None) -> Loop:
+               beside: np.ndarray | None = None, corner_edge: float | None = None) -> Loop:
     """A closed contour of pixels (OpenCV's) in the sketch plane (``to_plane`` maps screen
     offsets to it): a circle when its pixels outside ``hidden`` (at least ``MIN_SEEN`` of them)
     lie on one no wider than the contour allows (``CIRCLE_EXTENT``), else its polygon simplified
     on the screen, where the staircase of the pixels is at most a pixel high: the regular polygon
     its seen edges lie on, where part of it is hidden (``_regular``; edges in ``beside``, default
-    ``hidden``, are not seen), else with its hidden corners restored (``_extended``)."""
+    ``hidden``, are not seen), else with its hidden corners restored (``_extended``, where the seen
+    edges are ``corner_edge`` long)."""
     plane = lambda c: (c.reshape(-1, 2).astype(float) + 0.5) @ to_plane.T  # noqa: E731
     points = contour.reshape(-1, 2)
     seen = np.ones(len(points), bool) if hidden is None else ~hidden[points[:, 1], points[:, 0]]
@@ -333,7 +338,7 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
     if hidden is None:
         return plane(polygon)
     regular = _regular(polygon, hidden if beside is None else beside, to_plane)
-    return regular if regular is not None else plane(_extended(polygon, hidden))
+    return regular if regular is not None else plane(_extended(polygon, hidden, corner_edge))
 
 
 def _covered(p: np.ndarray, hidden: np.ndarray) -> bool:
@@ -396,11 +401,12 @@ def _regular(polygon: np.ndarray, hidden: np.ndarray, to_plane: np.ndarray) -> n
     return None
 
 
-def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+def _extended(polygon: np.ndarray, hidden: np.ndarray, corner_edge: float | None = None) -> np.ndarray:
     """``polygon`` (screen points) with each run of edges ``hidden`` hides (where another body
     stands in front of the face) replaced by the point where the seen edges on either side of it
-    meet when extended, where that point is hidden too, both edges are ``MIN_CORNER_EDGE`` long
-    and the corner there is not sharper than ``MIN_CORNER_DEGREES`` on the screen: a corner behind
+    meet when extended, where that point is hidden too, both edges are ``corner_edge`` (default
+    ``MIN_CORNER_EDGE``) long and the corner there is not sharper than ``MIN_CORNER_DEGREES`` on
+    the screen: a corner behind
     a post is the corner its two seen edges make, not the chord between where they disappear
     (nearly parallel edges, a bar's sides, would meet in a spike)."""
     n = len(polygon)
@@ -422,7 +428,7 @@ def _extended(polygon: np.ndarray, hidden: np.ndarray) -> np.ndarray:
         corner = polygon[j] + s * d1
         lengths = np.hypot(*d1), np.hypot(*d2)
         angle = np.degrees(np.arccos(np.clip(-d1 @ d2 / (lengths[0] * lengths[1]), -1.0, 1.0)))
-        seen = min(lengths) >= MIN_CORNER_EDGE  # a pixel staircase's step has no direction
+        seen = min(lengths) >= (MIN_CORNER_EDGE if corner_edge is None else corner_edge)  # a pixel staircase's step has no direction
         if s > 0 and u < 0 and seen and angle >= MIN_CORNER_DEGREES and _covered(corner, hidden):  # ahead along edge i, behind along edge k, out of sight
             points[j] = corner
             dropped.update((j + m) % n for m in range(1, (k - j) % n + 1))
@@ -914,7 +920,7 @@ def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = ()
         shadow = np.logical_or.reduce([sweep(_holes_filled(t.face), t.hole, direction)[2] for t in tops])  # the bosses on the screen
         hidden = binary_dilation(shadow & ~cap.region, np.ones((5, 5), bool))
     region = cap.region | np.logical_or.reduce([t.hole for t in inner])
-    outline, holes = profile(dataclasses.replace(cap, region=region), hidden, cap.region if tops else None)
+    outline, holes = profile(dataclasses.replace(cap, region=region), hidden, cap.region if tops else None, BOSS_CORNER_EDGE)
     return dataclasses.replace(body, outline=outline, holes=tuple(holes))
 
 

@@ -705,6 +705,18 @@ def test_a_corner_of_a_cap_hidden_behind_a_boss_is_restored(pool, monkeypatch):
     assert max(restored) > 0.95 and max(restored) > max(chord) + 0.03, (restored, chord)
 
 
+def test_a_rounded_corner_behind_a_boss_keeps_its_arc():
+    import decoding.prism as prism
+
+    angles = np.radians(np.arange(-90, 1, 10))
+    arc = np.column_stack([200 + 40 * np.cos(angles), 140 + 40 * np.sin(angles)])  # chords 7 px long
+    outline = np.vstack([[[100, 100]], arc, [[240, 240], [100, 240]]]).astype(float)
+    hidden = np.zeros((448, 448), bool)
+    hidden[90:128, 170:236] = True  # a boss in front of the top edge's end and most of the arc
+    assert np.array_equal(prism._extended(outline, hidden, prism.BOSS_CORNER_EDGE), outline)
+    assert len(prism._extended(outline, hidden)) < len(outline)  # the shorter default takes a chord for a side: a corner where the arc was
+
+
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
 POSTS_ON_BLOCK = (
     "import cadquery as cq\n"
