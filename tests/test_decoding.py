@@ -683,7 +683,7 @@ POST_ON_L_BLOCK = (
 
 def test_the_outline_of_a_face_partly_hidden_by_a_post_keeps_its_hidden_corner(pool, monkeypatch):
     extended, cut = _fit_ious_without(pool, monkeypatch, POST_ON_L_BLOCK, lambda q: ".union(" in q,
-                                      "_extended", lambda polygon, hidden: polygon)  # the outline cut where the post hides it
+                                      "_extended", lambda polygon, hidden, corner_edge=None: polygon)  # the outline cut where the post hides it
     assert max(extended) > 0.9 and max(extended) > max(cut) + 0.1  # the union of the two prisms (the post also stands as a boss)
 
 
