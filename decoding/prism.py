@@ -912,8 +912,9 @@ def _rim(cap: Cap) -> np.ndarray:
 
 def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = ()) -> Body:
     """``body`` (the prism of ``cap``) with the holes of ``inner`` filled; where the bosses of
-    ``tops`` hide part of the cap's outline (a boss at its edge), its hidden corners restored as
-    ``profile`` restores them behind another body."""
+    ``tops`` hide part of the cap's outline (their screen footprints: each top swept down to its
+    hole), its hidden corners restored as ``profile`` restores them behind another body, between
+    seen edges ``BOSS_CORNER_EDGE`` long."""
     hidden = None
     if tops:
         direction = screen_vector(-plane_basis(cap.axis)[2])
