@@ -318,6 +318,17 @@ def _contours(region: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
 Loop = tuple[float, float, float] | np.ndarray  # a circle (cx, cy, r) or a polygon's (n, 2) points
 
 
+def _on_plane(pixels: np.ndarray, to_plane: np.ndarray) -> np.ndarray:
+    """Screen pixels (x, y; OpenCV's contours or polygons of them) as (n, 2) points of the sketch
+    plane that ``to_plane`` maps to, taken at the pixels' centres."""
+    return (pixels.reshape(-1, 2).astype(float) + 0.5) @ to_plane.T
+
+
+def _on_screen(points: np.ndarray, to_plane: np.ndarray) -> np.ndarray:
+    """Sketch-plane points back on the screen (the inverse of ``_on_plane``)."""
+    return points @ np.linalg.inv(to_plane).T - 0.5
+
+
 def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | None = None,
                beside: np.ndarray | None = None, corner_edge: float | None = None) -> Loop:
     """A closed contour of pixels (OpenCV's) in the sketch plane (``to_plane`` maps screen
@@ -327,18 +338,17 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
     its seen edges lie on, where part of it is hidden (``_regular``; edges in ``beside``, default
     ``hidden``, are not seen), else with its hidden corners restored (``_extended``, where the seen
     edges are ``corner_edge`` long)."""
-    plane = lambda c: (c.reshape(-1, 2).astype(float) + 0.5) @ to_plane.T  # noqa: E731
     points = contour.reshape(-1, 2)
     seen = np.ones(len(points), bool) if hidden is None else ~hidden[points[:, 1], points[:, 0]]
-    on_plane = plane(points)
+    on_plane = _on_plane(points, to_plane)
     circle = _circle(on_plane[seen], np.ptp(on_plane, 0).max()) if seen.mean() >= MIN_SEEN else None
     if circle is not None:
         return circle
     polygon = cv2.approxPolyDP(contour, SIMPLIFY, True).reshape(-1, 2).astype(float)
     if hidden is None:
-        return plane(polygon)
+        return _on_plane(polygon, to_plane)
     regular = _regular(polygon, hidden if beside is None else beside, to_plane)
-    return regular if regular is not None else plane(_extended(polygon, hidden, corner_edge))
+    return regular if regular is not None else _on_plane(_extended(polygon, hidden, corner_edge), to_plane)
 
 
 def _covered(p: np.ndarray, hidden: np.ndarray) -> bool:
@@ -367,21 +377,22 @@ def _regular(polygon: np.ndarray, hidden: np.ndarray, to_plane: np.ndarray) -> n
     edge_hidden = _hidden_edges(polygon, hidden)
     if edge_hidden.all() or not edge_hidden.any():
         return None
-    points = (polygon + 0.5) @ to_plane.T
+    points = _on_plane(polygon, to_plane)
     ends = np.roll(points, -1, 0)
     d = ends - points
     x, y = points.T
     if np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) < 0:  # turn it counter-clockwise: outward normals on the right
         return _regular(polygon[::-1], hidden, to_plane)
     use = ~edge_hidden & (np.hypot(*d.T) >= REGULAR_EDGE)
+    if not use.any():
+        return None
     theta, weight = np.arctan2(d[use, 1], d[use, 0]), np.hypot(*d[use].T)
-    from_plane = np.linalg.inv(to_plane)
     for sides in REGULAR_SIDES:
         step = 2 * np.pi / sides
         phi = np.angle(np.sum(weight * np.exp(1j * sides * theta))) / sides
         k = np.rint((theta - phi) / step).astype(int)
         off = theta - phi - k * step
-        if len(off) == 0 or np.degrees(np.abs(off)).max() > REGULAR_DEGREES:
+        if np.degrees(np.abs(off)).max() > REGULAR_DEGREES:
             continue
         k %= sides
         if len(set(k)) < 3:
@@ -394,7 +405,7 @@ def _regular(polygon: np.ndarray, hidden: np.ndarray, to_plane: np.ndarray) -> n
             continue
         angles = phi - np.pi / 2 + step / 2 + np.arange(sides) * step  # the corner between side j and side j + 1
         corners = np.array([cx, cy]) + apothem / np.cos(step / 2) * np.column_stack([np.cos(angles), np.sin(angles)])
-        on_screen = corners @ from_plane.T - 0.5
+        on_screen = _on_screen(corners, to_plane)
         near = np.hypot(*(on_screen[:, None] - polygon[None]).transpose(2, 0, 1)).min(1) <= MIN_CORNER_EDGE
         if all(n or _covered(c, hidden) for n, c in zip(near, on_screen)):
             return corners
@@ -406,9 +417,8 @@ def _extended(polygon: np.ndarray, hidden: np.ndarray, corner_edge: float | None
     stands in front of the face) replaced by the point where the seen edges on either side of it
     meet when extended, where that point is hidden too, both edges are ``corner_edge`` (default
     ``MIN_CORNER_EDGE``) long and the corner there is not sharper than ``MIN_CORNER_DEGREES`` on
-    the screen: a corner behind
-    a post is the corner its two seen edges make, not the chord between where they disappear
-    (nearly parallel edges, a bar's sides, would meet in a spike)."""
+    the screen: a corner behind a post is the corner its two seen edges make, not the chord
+    between where they disappear (nearly parallel edges, a bar's sides, would meet in a spike)."""
     n = len(polygon)
     if n < 4:
         return polygon
@@ -1021,20 +1031,20 @@ def _through_holes(floor: Inner, axis: int) -> list[Loop]:
     outer, holes = _contours(floor.face)
     loops = [simplified(c, to_plane) for c in holes]  # as profile reads them
     polygons = [(c, loop) for c, loop in zip(holes, loops) if not isinstance(loop, tuple)]
-    searched = [(c.reshape(-1, 2) + 0.5) @ to_plane.T for c in [outer] + [c for c, _ in polygons]]
-    circles, explained = _arc_circles(searched, floor, np.linalg.inv(to_plane))
+    searched = [_on_plane(c, to_plane) for c in [outer] + [c for c, _ in polygons]]
+    circles, explained = _arc_circles(searched, floor, to_plane)
     if not circles:
         return loops
     return ([loop for loop in loops if isinstance(loop, tuple)] + circles
             + [loop for (_, loop), share in zip(polygons, explained[1:]) if share < 0.5])
 
 
-def _arc_circles(contours: list[np.ndarray], floor: Inner, from_plane: np.ndarray) -> tuple[list[Loop], list[float]]:
+def _arc_circles(contours: list[np.ndarray], floor: Inner, to_plane: np.ndarray) -> tuple[list[Loop], list[float]]:
     """Circles (in the plane of the ``contours``' points) that holes through ``floor`` draw along
     its contours, and the share of each contour's points on them. Circles through three points
     ``ARC_SPANS`` apart along a contour are tried; the one most points lie on is kept (refit to
     them by least squares) where they cover ``ARC_COVERAGE`` of it and its inside (mapped to the
-    screen by ``from_plane``) is off the floor (``ARC_ON_FACE``) and in the opening
+    screen: ``_on_screen``) is off the floor (``ARC_ON_FACE``) and in the opening
     (``ARC_IN_OPENING``); its points are then set aside and the next is looked for."""
     points = np.concatenate(contours)
     width = np.ptp(points, 0).max()
@@ -1059,7 +1069,7 @@ def _arc_circles(contours: list[np.ndarray], floor: Inner, from_plane: np.ndarra
     h, w = floor.face.shape
 
     def inside(cx: float, cy: float, radius: float) -> tuple[float, float]:  # shares of the inside on the floor and in the opening
-        x, y = np.rint((grid * radius + [cx, cy]) @ from_plane.T - 0.5).astype(int).T
+        x, y = np.rint(_on_screen(grid * radius + [cx, cy], to_plane)).astype(int).T
         x, y = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
         return floor.face[y, x].mean(), floor.hole[y, x].mean()
 

@@ -597,13 +597,6 @@ def test_a_corner_hidden_behind_another_body_is_where_its_seen_edges_meet():
     assert np.array_equal(_extended(chord, hidden), chord)
 
 
-def _on_screen(plane_points: np.ndarray, axis: int) -> np.ndarray:
-    """Sketch-plane points of ``axis`` (pixel units) as the screen points ``decoding.prism.simplified`` reads."""
-    from decoding.prism import _to_plane
-
-    return plane_points @ np.linalg.inv(_to_plane(axis)).T - 0.5
-
-
 def test_a_regular_polygon_partly_hidden_behind_another_body_is_completed():
     import decoding.prism as prism
 
@@ -615,7 +608,7 @@ def test_a_regular_polygon_partly_hidden_behind_another_body_is_completed():
     hidden = (v >= -60) & (u >= 210) & (u <= 390)  # a boss in front of the back of the face, where corners 1 and 2 are
     # the seen outline: along the hexagon's sides up to the boss (y = -55 on the plane), along the boss behind it
     seen = np.vstack([hexagon[:1], [[374.0, -55.0], [226.0, -55.0]], hexagon[3:]])
-    screen = _on_screen(seen, 2)
+    screen = prism._on_screen(seen, to_plane)
     assert (screen >= 0).all() and (screen < 448).all()
     regular = prism._regular(screen, hidden, to_plane)
     assert regular is not None and len(regular) == 6
@@ -623,9 +616,9 @@ def test_a_regular_polygon_partly_hidden_behind_another_body_is_completed():
     assert prism._regular(screen, np.zeros_like(hidden), to_plane) is None  # nothing hidden: the outline is as seen
     stretched = seen.copy()
     stretched[[0, 1, 5], 0] += 14.0  # the right-hand corners moved out: no one apothem fits the seen sides
-    assert prism._regular(_on_screen(stretched, 2), hidden, to_plane) is None
+    assert prism._regular(prism._on_screen(stretched, to_plane), hidden, to_plane) is None
     square = np.array([[250.0, -150.0], [350.0, -150.0], [350.0, -40.0], [250.0, -40.0]])
-    assert prism._regular(_on_screen(square, 2), hidden, to_plane) is None  # its sides are every other side of an octagon whose corners would be in sight
+    assert prism._regular(prism._on_screen(square, to_plane), hidden, to_plane) is None  # its sides are every other side of an octagon whose corners would be in sight
 
 
 # A hexagonal nut under a round boss that hides the back of its top face (GenCAD 00540970's kind).
