@@ -920,19 +920,62 @@ def _rim(cap: Cap) -> np.ndarray:
     return binary_dilation(cap.region)
 
 
-def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = ()) -> Body:
+def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = (),
+                regions: list[np.ndarray] = ()) -> Body:
     """``body`` (the prism of ``cap``) with the holes of ``inner`` filled; where the bosses of
     ``tops`` hide part of the cap's outline (their screen footprints: each top swept down to its
     hole), its hidden corners restored as ``profile`` restores them behind another body, between
-    seen edges ``BOSS_CORNER_EDGE`` long."""
-    hidden = None
+    seen edges ``BOSS_CORNER_EDGE`` long, and the parts of the cap's face that a boss cuts off
+    (``_beside_bosses``, among ``regions``) joined to it across the boss."""
+    hidden, region = None, cap.region | np.logical_or.reduce([t.hole for t in inner])
+    seen = cap.region
     if tops:
         direction = screen_vector(-plane_basis(cap.axis)[2])
         shadow = np.logical_or.reduce([sweep(_holes_filled(t.face), t.hole, direction)[2] for t in tops])  # the bosses on the screen
-        hidden = binary_dilation(shadow & ~cap.region, np.ones((5, 5), bool))
-    region = cap.region | np.logical_or.reduce([t.hole for t in inner])
-    outline, holes = profile(dataclasses.replace(cap, region=region), hidden, cap.region if tops else None, BOSS_CORNER_EDGE)
+        parts = _beside_bosses(cap, shadow, [r for r in regions if not any(r is t.face for t in tops)])
+        if parts.any():
+            seen = cap.region | parts
+            region = region | parts | (shadow & _hull(seen))
+        hidden = binary_dilation(shadow & ~seen, np.ones((5, 5), bool))
+    outline, holes = profile(dataclasses.replace(cap, region=region), hidden, seen if tops else None, BOSS_CORNER_EDGE)
     return dataclasses.replace(body, outline=outline, holes=tuple(holes))
+
+
+def _beside_bosses(cap: Cap, shadow: np.ndarray, regions: list[np.ndarray]) -> np.ndarray:
+    """The planar ``regions`` off the cap that are parts of its face a boss cuts off (a post
+    standing at the face's edge splits it in two): each touches the boss's screen footprint
+    ``shadow`` and has an edge (``MIN_CORNER_EDGE`` long) on the line of an edge of the cap's
+    outline (``BOSS_CORNER_EDGE`` long; both ends within ``SIMPLIFY`` pixels of it), the two apart
+    with the boss between them (half the gap or more in ``shadow``)."""
+    near = binary_dilation(shadow, iterations=2)
+    cap_edges = [e for e in _edges(cap.region) if np.hypot(*(e[1] - e[0])) >= BOSS_CORNER_EDGE]
+    found = np.zeros_like(cap.region)
+    for region in regions:
+        if (region & cap.region).any() or not (region & near).any() or region.sum() < MIN_TOP:
+            continue
+        if any(_continues(e, f, shadow) for f in _edges(region) if np.hypot(*(f[1] - f[0])) >= MIN_CORNER_EDGE for e in cap_edges):
+            found |= region
+    return found
+
+
+def _edges(region: np.ndarray) -> list[np.ndarray]:
+    """The edges of ``region``'s simplified outer outline, each its two screen end points."""
+    polygon = cv2.approxPolyDP(_contours(region)[0], SIMPLIFY, True).reshape(-1, 2).astype(float)
+    return [np.array([a, b]) for a, b in zip(polygon, np.roll(polygon, -1, 0))]
+
+
+def _continues(edge: np.ndarray, other: np.ndarray, shadow: np.ndarray) -> bool:
+    """Whether ``other`` (an edge, two screen points) lies on the line of ``edge`` beyond its ends,
+    with ``shadow`` over at least half of the gap between them (or the gap ``MIN_WALL`` pixels at most)."""
+    d = (edge[1] - edge[0]) / np.hypot(*(edge[1] - edge[0]))
+    normal = np.array([-d[1], d[0]])
+    if np.abs((other - edge[0]) @ normal).max() > SIMPLIFY:
+        return False
+    ends, span = sorted((other - edge[0]) @ d), np.hypot(*(edge[1] - edge[0]))
+    if ends[0] < span and ends[1] > 0:  # they overlap along the line
+        return False
+    gap = (span, ends[0]) if ends[0] >= span else (ends[1], 0.0)
+    return gap[1] - gap[0] <= MIN_WALL or np.mean([_covered(edge[0] + t * d, shadow) for t in np.linspace(*gap, 9)[1:-1]]) >= 0.5
 
 
 def _pixels_along(steps: int, axis: int) -> float:
@@ -940,7 +983,7 @@ def _pixels_along(steps: int, axis: int) -> float:
     return max(steps / np.abs(screen_vector(plane_basis(axis)[2])).max(), 1.0)
 
 
-def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
+def _bossed(cap: Cap, body: Body, tops: list[Inner], regions: list[np.ndarray], pool: SandboxPool,
             target: RenderTarget, objective: dict[str, float]) -> list[Body] | None:
     """``body`` (the prism of ``cap``) with its holes filled, then the bosses of ``tops``
     (``_inner_faces``) standing there: each top's outline, unprojected onto the cap's plane, is a
@@ -949,7 +992,7 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], pool: SandboxPool,
     boss at a time, largest first, on the base and the bosses executed once each and rendered
     together (a boss stretched along the axis from the cap, its foot moved along with its sketch:
     the same boss at another height); then the cap's depth is fit again with the bosses in place."""
-    base = _fill_holes(cap, body, tops, tops)
+    base = _fill_holes(cap, body, tops, tops, regions)
     along = _along(body.axis)
     sketches = [profile(Cap(t.face, body.axis, 0.0)) for t in tops]
 
@@ -1168,7 +1211,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
             if first:  # the best cap's prism as a symmetric extrusion too: the same solid, a line round its middle
                 out.append([dataclasses.replace(body, both=True)])
         if tops:
-            bodies = _bossed(cap, body, tops, pool, target, objective)
+            bodies = _bossed(cap, body, tops, regions, pool, target, objective)
             bossed = None if bodies is None else (cap, tops, bodies)
         if floors:
             bodies = _pocketed(cap, body, floors, pool, target, objective)
@@ -1176,7 +1219,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     out += [bodies for _, _, bodies in filter(None, (bossed, pocketed))]
     if bossed and pocketed and bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in bossed[1] for f in pocketed[1]):
         cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
-        out.append([_fill_holes(cap, base, tops + pocketed[1], tops), *bosses, *pocketed[2][1:]])
+        out.append([_fill_holes(cap, base, tops + pocketed[1], tops, regions), *bosses, *pocketed[2][1:]])
     if caps:
         out += _union(caps, pixels, regions, filled, pool, target, objective)
     framed: dict[str, Frame] = {}

@@ -694,7 +694,7 @@ def test_a_corner_of_a_cap_hidden_behind_a_boss_is_restored(pool, monkeypatch):
 
     fill = prism._fill_holes
     restored, chord = _fit_ious_without(pool, monkeypatch, POST_BEFORE_PLATE_CORNER, lambda q: q.count("Workplane(") == 2,
-                                        "_fill_holes", lambda cap, body, inner, tops=(): fill(cap, body, inner))  # the bosses hide nothing
+                                        "_fill_holes", lambda cap, body, inner, tops=(), regions=(): fill(cap, body, inner))  # the bosses hide nothing
     assert max(restored) > 0.95 and max(restored) > max(chord) + 0.03, (restored, chord)
 
 
@@ -708,6 +708,26 @@ def test_a_rounded_corner_behind_a_boss_keeps_its_arc():
     hidden[90:128, 170:236] = True  # a boss in front of the top edge's end and most of the arc
     assert np.array_equal(prism._extended(outline, hidden, prism.BOSS_CORNER_EDGE), outline)
     assert len(prism._extended(outline, hidden)) < len(outline)  # the shorter default takes a chord for a side: a corner where the arc was
+
+
+# An L block with a post standing on its front edge, which splits the block's top face in two, a
+# hole under the post and one beside it (the program of validation row 000187, seed 2, rounded).
+POST_SPLITS_TOP_FACE = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.34765625, -0.58203125), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "block = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.5, 0.0).lineTo(1.5, 0.3651).lineTo(0.6118, 0.3651).lineTo(0.6118, 0.7599)"
+    ".lineTo(0.0, 0.7599).close()).add(wp0.moveTo(0.4441, 0.148).circle(0.0789)).add(wp0.moveTo(1.0559, 0.148).circle(0.0789))"
+    ".extrude(0.7265625)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.61328125, -0.12890625, 0.14453125), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "block = block.union(wp1.add(wp1.moveTo(0.1974, 0.0).circle(0.1974)).extrude(0.515625))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(0.22265625, -0.18359375, 0.14453125), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = block.cut(wp2.add(wp2.moveTo(0.1086, 0.0).circle(0.1086)).extrude(-0.7265625))\n")
+
+
+def test_a_face_a_post_splits_in_two_is_read_as_one_cap(pool, monkeypatch):
+    joined, apart = _fit_ious_without(pool, monkeypatch, POST_SPLITS_TOP_FACE, lambda q: q.count("Workplane(") == 2,
+                                      "_beside_bosses", lambda cap, shadow, regions: np.zeros_like(cap.region))
+    assert joined and max(joined) > 0.9 and max(joined) > max(apart or [0.0]) + 0.05, (joined, apart)
 
 
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
