@@ -85,6 +85,8 @@ PRISMS = 3  # the best (region, axis) pairs written as candidates
 QUICK_PRISMS = 3  # the same, in the quick fit (the best cap by the sweep is often a plate's thin end face; 3 with the fits drawn in the picture's frame)
 DEPTH_SPAN = 0.15  # the depth fit tries the sweep's depth times exp(+-this) (or +-2 pixels, if more)
 DEPTH_STEPS = 13  # the depths' grid, evenly spaced in log (9 of them tried, coarse to fine)
+MIN_THROUGH = 30  # a hole through a prism that would show this many pixels of the background ...
+THROUGH_SEEN = 0.1  # ... where the image shows less than this share of them is no hole through it (_closed_holes)
 MIN_INNER = 100  # holes of the cap of fewer pixels hold no boss or pocket
 MIN_TOP = 30  # a tall boss's top (_standing_tops) has at least this many pixels
 STANDING_INSIDE = 0.95  # ... and swept down to its foot stays in the silhouette for this share of its pixels
@@ -623,17 +625,40 @@ def _hull(region: np.ndarray) -> np.ndarray:
 
 
 def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
-          base: np.ndarray | None = None) -> tuple[Body, np.ndarray]:
+          base: np.ndarray | None = None, background: np.ndarray | None = None) -> tuple[Body, np.ndarray]:
     """The body of ``cap`` and its swept mask: its profile (the parts of ``cover`` inside the
-    region's convex hull added, where another body hides it) and its sweep length at full size
-    (what ``base`` covers already does not count)."""
+    region's convex hull added, where another body hides it; the holes that would show the
+    ``background`` where the image shows none filled: ``_closed_holes``) and its sweep length at
+    full size (what ``base`` covers already does not count)."""
     region = cap.region
     if cover is not None:
         region = region | (cover & _hull(region))
     depth, swept = _swept(region, cap.axis, filled, base)
+    if background is not None:
+        region = region | _closed_holes(region, cap.axis, depth, background)
     hidden = None if cover is None else binary_dilation(cover & ~cap.region, np.ones((5, 5), bool))
     outline, holes = profile(dataclasses.replace(cap, region=region), hidden, cap.region)
     return Body(cap.axis, outline, tuple(holes), depth), swept
+
+
+def _closed_holes(region: np.ndarray, axis: int, depth: float, background: np.ndarray) -> np.ndarray:
+    """The holes of ``region`` (a cap of a prism ``depth`` pixels long along ``axis``) that go
+    nowhere: cut through the prism, a hole shows the background where it overlaps its own far
+    opening (the hole moved along the view of the axis by the depth); a hole whose overlap covers
+    ``MIN_THROUGH`` pixels, of which the image shows the ``background`` (inside the silhouette) in
+    less than ``THROUGH_SEEN``, is something else seen there (bosses standing in it, a pocket)."""
+    holes, count = label(_holes_filled(region) & ~region)
+    dx, dy = np.rint(depth * screen_vector(-plane_basis(axis)[2])).astype(int)
+    closed = np.zeros_like(region)
+    h, w = region.shape
+    for i in range(1, count + 1):
+        hole = holes == i
+        far = np.zeros_like(hole)
+        far[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = hole[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+        through = hole & far
+        if through.sum() >= MIN_THROUGH and (through & background).sum() < THROUGH_SEEN * through.sum():
+            closed |= hole
+    return closed
 
 
 def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray, pool: SandboxPool,
@@ -656,9 +681,10 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
                         default=(None, None))  # outlines read only where one may pass
     if second is None:
         return []
-    a = _body(first, filled, _swept(second.region, second.axis, filled)[1])[0]  # completed where the second hides it
+    background = filled & ~silhouette(pixels)
+    a = _body(first, filled, _swept(second.region, second.axis, filled)[1], background=background)[0]  # completed where the second hides it
     covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it
-    b = _body(second, filled, covered, covered)[0]
+    b = _body(second, filled, covered, covered, background)[0]
     ga, gb = _execute_all([[a], [b]], pool)
     if ga is None or gb is None:
         return []
@@ -692,7 +718,7 @@ def _third(first: Cap, second: Cap, pixels: np.ndarray, regions: list[np.ndarray
     if min(_regularity(profile(c)[0]) for c in (second, third)) < THIRD_REGULAR:
         return None
     covered = _swept(second.region, second.axis, filled, covered)[1]  # both caps' sweeps
-    c = _body(third, filled, covered, covered)[0]
+    c = _body(third, filled, covered, covered, filled & ~silhouette(pixels))[0]
     gab, gc = _execute_all([bodies, [c]], pool)
     return None if gab is None or gc is None else _placed(c, gc, gab, target, objective)
 
@@ -1184,6 +1210,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     filled = binary_fill_holes(silhouette(pixels))
+    background = filled & ~silhouette(pixels)  # seen through the part
     regions, flat = planar_regions(pixels), flat_pixels(pixels)
     caps = find_caps(pixels, regions)
     out: list[list[Body]] = []
@@ -1198,7 +1225,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
         floors = _inner_faces(cap, holes, +1) if pocketed is None and fits else []
         if (i >= prisms or not fits) and not tops and not floors:
             continue
-        body, _ = _body(cap, filled)
+        body, _ = _body(cap, filled, background=background)
         g = _execute(body, pool)
         if g is None:
             continue

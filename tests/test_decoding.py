@@ -710,6 +710,20 @@ def test_a_rounded_corner_behind_a_boss_keeps_its_arc():
     assert len(prism._extended(outline, hidden)) < len(outline)  # the shorter default takes a chord for a side: a corner where the arc was
 
 
+def test_a_hole_that_shows_no_background_is_not_cut_through():
+    import decoding.prism as prism
+
+    plate = np.zeros((448, 448), bool)
+    plate[150:300, 150:300] = True
+    plate[200:250, 200:250] = False  # a hole in the cap's region: a hole through the plate, or bosses standing there
+    background = np.zeros_like(plate)  # all of it drawn: what stands in the hole hides the background
+    closed = prism._closed_holes(plate, 2, 20.0, background)
+    assert closed.sum() == 50 * 50 and not (closed & plate).any()
+    background[200:250, 200:250] = True  # the background seen through it: a hole through
+    assert not prism._closed_holes(plate, 2, 20.0, background).any()
+    assert not prism._closed_holes(plate, 2, 500.0, np.zeros_like(plate)).any()  # its openings do not overlap on the screen: nothing tells
+
+
 # An L block with a post standing on its front edge, which splits the block's top face in two, a
 # hole under the post and one beside it (the program of validation row 000187, seed 2, rounded).
 POST_SPLITS_TOP_FACE = (
