@@ -641,6 +641,15 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
     return Body(cap.axis, outline, tuple(holes), depth), swept
 
 
+def _moved(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``mask`` moved ``dx`` pixels right and ``dy`` down; what leaves its frame is dropped."""
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    if abs(dx) < w and abs(dy) < h:
+        out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
 def _closed_holes(region: np.ndarray, axis: int, depth: float, background: np.ndarray) -> np.ndarray:
     """The holes of ``region`` (a cap of a prism ``depth`` pixels long along ``axis``) that go
     nowhere: cut through the prism, a hole shows the background where it overlaps its own far
@@ -650,12 +659,9 @@ def _closed_holes(region: np.ndarray, axis: int, depth: float, background: np.nd
     holes, count = label(_holes_filled(region) & ~region)
     dx, dy = np.rint(depth * screen_vector(-plane_basis(axis)[2])).astype(int)
     closed = np.zeros_like(region)
-    h, w = region.shape
     for i in range(1, count + 1):
         hole = holes == i
-        far = np.zeros_like(hole)
-        far[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = hole[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-        through = hole & far
+        through = hole & _moved(hole, dx, dy)
         if through.sum() >= MIN_THROUGH and (through & background).sum() < THROUGH_SEEN * through.sum():
             closed |= hole
     return closed
@@ -862,9 +868,7 @@ def _hidden_floor(hole: np.ndarray, regions: list[np.ndarray], up: np.ndarray) -
         dx, dy = int(round(t * step[0])), int(round(t * step[1]))
         if abs(dx) >= w or abs(dy) >= h:  # moved past the opening: nothing of it overlaps
             break
-        seen = np.zeros_like(opening)
-        seen[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = opening[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-        seen &= opening
+        seen = _moved(opening, dx, dy) & opening
         size = int(seen.sum())
         if not size:
             break

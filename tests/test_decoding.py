@@ -721,7 +721,7 @@ def test_a_hole_that_shows_no_background_is_not_cut_through():
     assert closed.sum() == 50 * 50 and not (closed & plate).any()
     background[200:250, 200:250] = True  # the background seen through it: a hole through
     assert not prism._closed_holes(plate, 2, 20.0, background).any()
-    assert not prism._closed_holes(plate, 2, 500.0, np.zeros_like(plate)).any()  # its openings do not overlap on the screen: nothing tells
+    assert not prism._closed_holes(plate, 2, 5000.0, np.zeros_like(plate)).any()  # its openings do not overlap on the screen: nothing tells
 
 
 # An L block with a post standing on its front edge, which splits the block's top face in two, a
