@@ -667,8 +667,8 @@ def _closed_holes(region: np.ndarray, axis: int, depth: float, background: np.nd
     return closed
 
 
-def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray, pool: SandboxPool,
-           target: RenderTarget, objective: dict[str, float]) -> list[list[Body]]:
+def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray, background: np.ndarray,
+           pool: SandboxPool, target: RenderTarget, objective: dict[str, float]) -> list[list[Body]]:
     """Unions of prisms whose caps' sweeps together cover the silhouette best: two (the first
     among the ``UNION_FIRSTS`` best ``caps``, the second the cap that adds most to it, or one
     about as good whose outline is more regular, ``_likeliest``), when that beats the best single
@@ -676,7 +676,8 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     bar standing out of a block adds little to the silhouette); and those two with a third cap
     that beats them by as much (``_third``). Each added body's place along the view direction,
     which the outline does not show, and then its depth are fit by ``objective`` on the meshes
-    rendered together (``_placed``)."""
+    rendered together (``_placed``); ``background``: the background seen inside the silhouette
+    (``_closed_holes``)."""
     needed, needed_regular = (max(caps[0].fit + gain, MIN_FIT) for gain in (UNION_GAIN, UNION_GAIN_REGULAR))
     if needed_regular > 1.0:  # a sweep's IoU is at most 1: no second cap can add enough
         return []
@@ -687,7 +688,6 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
                         default=(None, None))  # outlines read only where one may pass
     if second is None:
         return []
-    background = filled & ~silhouette(pixels)
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1], background=background)[0]  # completed where the second hides it
     covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it
     b = _body(second, filled, covered, covered, background)[0]
@@ -699,7 +699,7 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     b = None if ga is None else _placed(b, gb, ga, target, objective)
     if b is None:
         return []
-    third = _third(first, second, pixels, regions, filled, covered, pool, target, objective, [a, b])
+    third = _third(first, second, pixels, regions, filled, background, covered, pool, target, objective, [a, b])
     return [[a, b]] + ([[a, b, third]] if third is not None else [])
 
 
@@ -711,7 +711,7 @@ def _adds_enough(cap: Cap, needed: float, needed_regular: float, others: tuple[C
 
 
 def _third(first: Cap, second: Cap, pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray,
-           covered: np.ndarray, pool: SandboxPool, target: RenderTarget, objective: dict[str, float],
+           background: np.ndarray, covered: np.ndarray, pool: SandboxPool, target: RenderTarget, objective: dict[str, float],
            bodies: list[Body]) -> Body | None:
     """A third prism joined to the union ``bodies`` of ``first`` and ``second`` (``covered``: the
     first's sweep at full size): the cap that adds most to the two caps' sweeps (``_likeliest``),
@@ -724,7 +724,7 @@ def _third(first: Cap, second: Cap, pixels: np.ndarray, regions: list[np.ndarray
     if min(_regularity(profile(c)[0]) for c in (second, third)) < THIRD_REGULAR:
         return None
     covered = _swept(second.region, second.axis, filled, covered)[1]  # both caps' sweeps
-    c = _body(third, filled, covered, covered, filled & ~silhouette(pixels))[0]
+    c = _body(third, filled, covered, covered, background)[0]
     gab, gc = _execute_all([bodies, [c]], pool)
     return None if gab is None or gc is None else _placed(c, gc, gab, target, objective)
 
@@ -1213,8 +1213,9 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     holes), and the bosses, pockets and union as in the full fit."""
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
-    filled = binary_fill_holes(silhouette(pixels))
-    background = filled & ~silhouette(pixels)  # seen through the part
+    drawn = silhouette(pixels)
+    filled = binary_fill_holes(drawn)
+    background = filled & ~drawn  # seen through the part
     regions, flat = planar_regions(pixels), flat_pixels(pixels)
     caps = find_caps(pixels, regions)
     out: list[list[Body]] = []
@@ -1252,7 +1253,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
         cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
         out.append([_fill_holes(cap, base, tops + pocketed[1], tops, regions), *bosses, *pocketed[2][1:]])
     if caps:
-        out += _union(caps, pixels, regions, filled, pool, target, objective)
+        out += _union(caps, pixels, regions, filled, background, pool, target, objective)
     framed: dict[str, Frame] = {}
     for bodies in out:
         framed.setdefault(program(bodies), program_frame(bodies))
