@@ -951,12 +951,15 @@ def _rim(cap: Cap) -> np.ndarray:
 
 
 def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = (),
-                regions: list[np.ndarray] = ()) -> Body:
+                regions: list[np.ndarray] = (), background: np.ndarray | None = None) -> Body:
     """``body`` (the prism of ``cap``) with the holes of ``inner`` filled; where the bosses of
     ``tops`` hide part of the cap's outline (their screen footprints: each top swept down to its
     hole), its hidden corners restored as ``profile`` restores them behind another body, between
     seen edges ``BOSS_CORNER_EDGE`` long, and the parts of the cap's face that a boss cuts off
-    (``_beside_bosses``, among ``regions``) joined to it across the boss."""
+    (``_beside_bosses``, among ``regions``) joined to it across the boss; with the ``background``
+    seen inside the silhouette, the parts of the bosses' holes beside them that show it left open
+    (``_open_beside``: a hole through the cap that a boss stands across), one circle kept of those
+    that overlap (``_apart``)."""
     hidden, region = None, cap.region | np.logical_or.reduce([t.hole for t in inner])
     seen = cap.region
     if tops:
@@ -967,8 +970,27 @@ def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = ()
             seen = cap.region | parts
             region = region | parts | (shadow & _hull(seen))
         hidden = binary_dilation(shadow & ~seen, np.ones((5, 5), bool))
+        if background is not None:
+            region &= ~_open_beside(cap, shadow, tops, background)
     outline, holes = profile(dataclasses.replace(cap, region=region), hidden, seen if tops else None, BOSS_CORNER_EDGE)
-    return dataclasses.replace(body, outline=outline, holes=tuple(holes))
+    return dataclasses.replace(body, outline=outline, holes=_apart(holes))
+
+
+def _apart(holes: list[Loop]) -> tuple[Loop, ...]:
+    """``holes`` without the circles that overlap a larger one (the parts of one hole a boss
+    stands across each read as its circle: cut together, they would make no valid solid)."""
+    circles = sorted((h for h in holes if isinstance(h, tuple)), key=lambda c: -c[2])
+    kept = [c for i, c in enumerate(circles) if all(np.hypot(c[0] - d[0], c[1] - d[1]) >= c[2] + d[2] for d in circles[:i])]
+    return tuple(h for h in holes if not isinstance(h, tuple) or h in kept)
+
+
+def _open_beside(cap: Cap, shadow: np.ndarray, tops: list[Inner], background: np.ndarray) -> np.ndarray:
+    """The parts of the holes of ``tops`` beside the bosses (off their screen footprints
+    ``shadow``) and enclosed by the cap with them, that show ``MIN_THROUGH`` pixels of the ``background``:
+    holes through the cap that the bosses stand in or in front of."""
+    rest, count = label(np.logical_or.reduce([t.hole for t in tops]) & ~binary_dilation(shadow) & _holes_filled(cap.region | shadow))
+    seen = np.bincount(rest[background], minlength=count + 1)
+    return np.isin(rest, np.flatnonzero(seen[1:] >= MIN_THROUGH) + 1)
 
 
 def _beside_bosses(cap: Cap, shadow: np.ndarray, regions: list[np.ndarray]) -> np.ndarray:
@@ -1014,15 +1036,17 @@ def _pixels_along(steps: int, axis: int) -> float:
 
 
 def _bossed(cap: Cap, body: Body, tops: list[Inner], regions: list[np.ndarray], pool: SandboxPool,
-            target: RenderTarget, objective: dict[str, float]) -> list[Body] | None:
+            target: RenderTarget, objective: dict[str, float], background: np.ndarray | None = None) -> list[Body] | None:
     """``body`` (the prism of ``cap``) with its holes filled, then the bosses of ``tops``
     (``_inner_faces``) standing there: each top's outline, unprojected onto the cap's plane, is a
     boss's sketch, moved along the view direction (which keeps it in place on the screen) until
     the boss stands on the cap. The heights start at the sweeps' and are fit by ``objective`` one
     boss at a time, largest first, on the base and the bosses executed once each and rendered
     together (a boss stretched along the axis from the cap, its foot moved along with its sketch:
-    the same boss at another height); then the cap's depth is fit again with the bosses in place."""
-    base = _fill_holes(cap, body, tops, tops, regions)
+    the same boss at another height); then the cap's depth is fit again with the bosses in place.
+    ``background``: the background seen inside the silhouette (holes beside the bosses that show it
+    stay open: ``_fill_holes``)."""
+    base = _fill_holes(cap, body, tops, tops, regions, background)
     along = _along(body.axis)
     sketches = [profile(Cap(t.face, body.axis, 0.0)) for t in tops]
 
@@ -1243,7 +1267,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
             if first:  # the best cap's prism as a symmetric extrusion too: the same solid, a line round its middle
                 out.append([dataclasses.replace(body, both=True)])
         if tops:
-            bodies = _bossed(cap, body, tops, regions, pool, target, objective)
+            bodies = _bossed(cap, body, tops, regions, pool, target, objective, background)
             bossed = None if bodies is None else (cap, tops, bodies)
         if floors:
             bodies = _pocketed(cap, body, floors, pool, target, objective)
@@ -1251,7 +1275,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     out += [bodies for _, _, bodies in filter(None, (bossed, pocketed))]
     if bossed and pocketed and bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in bossed[1] for f in pocketed[1]):
         cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
-        out.append([_fill_holes(cap, base, tops + pocketed[1], tops, regions), *bosses, *pocketed[2][1:]])
+        out.append([_fill_holes(cap, base, tops + pocketed[1], tops, regions, background), *bosses, *pocketed[2][1:]])
     if caps:
         out += _union(caps, pixels, regions, filled, background, pool, target, objective)
     framed: dict[str, Frame] = {}

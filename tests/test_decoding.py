@@ -694,7 +694,7 @@ def test_a_corner_of_a_cap_hidden_behind_a_boss_is_restored(pool, monkeypatch):
 
     fill = prism._fill_holes
     restored, chord = _fit_ious_without(pool, monkeypatch, POST_BEFORE_PLATE_CORNER, lambda q: q.count("Workplane(") == 2,
-                                        "_fill_holes", lambda cap, body, inner, tops=(), regions=(): fill(cap, body, inner))  # the bosses hide nothing
+                                        "_fill_holes", lambda cap, body, inner, tops=(), regions=(), background=None: fill(cap, body, inner))  # the bosses hide nothing
     assert max(restored) > 0.95 and max(restored) > max(chord) + 0.03, (restored, chord)
 
 
@@ -742,6 +742,34 @@ def test_a_face_a_post_splits_in_two_is_read_as_one_cap(pool, monkeypatch):
     joined, apart = _fit_ious_without(pool, monkeypatch, POST_SPLITS_TOP_FACE, lambda q: q.count("Workplane(") == 2,
                                       "_beside_bosses", lambda cap, shadow, regions: np.zeros_like(cap.region))
     assert joined and max(joined) > 0.9 and max(joined) > max(apart or [0.0]) + 0.05, (joined, apart)
+
+
+# A ring with a bar standing on its front face across its hole (GenCAD 000014's kind): the bar's
+# top and the hole are one hole of the ring's face, and the background shows beside the bar.
+BAR_ACROSS_RING = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.68, 0.44, 0.03), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.68, 0.0).circle(0.68)).add(wp0.moveTo(0.68, 0.0).circle(0.4)).extrude(0.285)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.47, 0.16, 0.02), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.81, 0.0).lineTo(0.81, 0.21).lineTo(0.0, 0.21).close()).extrude(0.36))\n")
+
+
+def test_a_hole_a_boss_stands_across_is_still_cut(pool, monkeypatch):
+    import decoding.prism as prism
+
+    monkeypatch.setattr(prism, "_union", lambda *args: [])  # the bar stood as a boss, not a union of prisms
+    cut, filled = _fit_ious_without(pool, monkeypatch, BAR_ACROSS_RING, lambda q: q.count("Workplane(") >= 2,
+                                    "_open_beside", lambda cap, shadow, tops, background: np.zeros_like(cap.region))
+    assert cut and max(cut) > 0.65 and max(cut) > max(filled or [0.0]) + 0.1, (cut, filled)
+
+
+def test_overlapping_circle_holes_keep_the_larger():
+    import decoding.prism as prism
+
+    square = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0]])
+    holes = [(0.0, 0.0, 5.0), (1.0, 0.0, 6.0), (20.0, 0.0, 2.0), square]
+    kept = prism._apart(holes)
+    assert kept[0] == (1.0, 0.0, 6.0) and kept[1] == (20.0, 0.0, 2.0) and kept[2] is square and len(kept) == 3
 
 
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
