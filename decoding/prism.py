@@ -252,15 +252,22 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
 def find_caps(pixels: np.ndarray, regions: list[np.ndarray], base: np.ndarray | None = None,
               exclude: tuple[int, ...] = ()) -> list[Cap]:
     """The planar face ``regions`` (``planar_regions`` of ``pixels``) that best explain the
-    silhouette as a prism's cap, best first; with ``base`` (a mask at the sweep's size), what they
-    add to it; the regions numbered ``exclude`` (from 1) are left out."""
-    target = binary_fill_holes(silhouette(pixels))
+    silhouette (its holes filled) as a prism's cap, best first; with ``base`` (a mask at the
+    sweep's size), what they add to it; the regions numbered ``exclude`` (from 1) are left out.
+    The background seen inside the silhouette is no part of the solid: a region's sweep is
+    compared with the silhouette without it, but for what its own holes show (a notch whose far
+    side is closed by a thin wall is not the prism's to cover, and a plate's end face swept
+    across it is no better for covering it)."""
+    drawn = silhouette(pixels)
+    target = binary_fill_holes(drawn)
+    background = target & ~drawn  # seen through the part
     regions = [(i, r) for i, r in enumerate(regions, 1)
                if r.sum() >= MIN_REGION * target.sum() and i not in exclude][:CAPS]
-    small_target = _small(target)
     caps = []
     for index, region in regions:
-        small_region = _small(_holes_filled(region), share=0)
+        filled_region = _holes_filled(region)
+        small_region = _small(filled_region, share=0)
+        small_target = _small(target & ~(background & ~filled_region))  # the background seen through the cap's own holes stays: its sweep covers them
         for axis in range(3):
             direction = screen_vector(-plane_basis(axis)[2])
             fit, _, swept = sweep(small_region, small_target, direction, base)

@@ -772,6 +772,29 @@ def test_overlapping_circle_holes_keep_the_larger():
     assert kept[0] == (1.0, 0.0, 6.0) and kept[1] == (20.0, 0.0, 2.0) and kept[2] is square and len(kept) == 3
 
 
+# A plate with a slot cut through it whose far sides are closed by walls 0.002 thick (GenCAD
+# 000105's program): the background shows through the slot, inside the silhouette.
+PLATE_WITH_WALLED_SLOT = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.1015625, -0.53515625, 0.4296875), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(0.30859375, 0.0).lineTo(0.30859375, 0.16394).lineTo(0.0, 0.16394).close()).extrude(0.04296875)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(0.03125, -0.46484375, 0.47265625), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.cut(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.173584, 0.0).lineTo(0.173584, 0.091614).lineTo(0.0, 0.091614).close()).extrude(-0.04296875))\n")
+
+
+def test_the_background_beside_a_cap_is_not_asked_of_its_sweep(pool):
+    import decoding.prism as prism
+
+    image = _image_of(pool, PLATE_WITH_WALLED_SLOT)
+    pixels = np.asarray(image.convert("RGB").resize((prism.SIZE_PX, prism.SIZE_PX), Image.NEAREST))
+    caps = prism.find_caps(pixels, prism.planar_regions(pixels))
+    top = max((c for c in caps if c.axis == 2), key=lambda c: int(c.region.sum()))  # the top face: an L beside the slot
+    assert top.fit >= prism.MIN_FIT, top.fit  # 0.78 with the background seen through the slot counted
+    ends = [c.fit for c in caps if c.axis != 2 and c.index != top.index]
+    assert top.fit > max(ends) - 0.1, (top.fit, ends)  # the end face swept across the slot is no longer far ahead
+    assert max(_fit_ious(pool, PLATE_WITH_WALLED_SLOT, image, lambda q: "circle" not in q)) > 0.9  # the L prism
+
+
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
 POSTS_ON_BLOCK = (
     "import cadquery as cq\n"
