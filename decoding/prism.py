@@ -59,7 +59,7 @@ from scipy.ndimage import binary_dilation, binary_fill_holes, label
 from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, Frame, silhouette
 from cad.sandbox import ExecOptions, Geometry, SandboxPool
 from decoding.primitives import PLANES, SIZE, _render_fit, _stretched, _vector
-from reward.score import RenderTarget, drawn_lines
+from reward.score import RenderTarget, drawn_lines, mask_iou
 
 SIZE_PX = 448  # the image is read at this size (GenCAD's)
 SWEEP_FACTOR = 4  # the sweep search runs on masks this many times smaller
@@ -94,6 +94,8 @@ STANDING_ON_CAP = 0.2  # ... and passes over the cap's face for at most this sha
 MAX_INNER = 4  # bosses stood on one cap, or pockets cut into it, at most
 TOPS_PER_HOLE = 3  # bosses standing side by side in one hole of the cap (their feet seen as one patch), at most
 HIDDEN_FLOOR = 0.5  # a deep pocket's floor, over half of it hidden by its walls, is the region inside its opening that matches the opening moved down (IoU) this well
+BOSSED_CAPS = 2  # caps stood with bosses, at most (the best caps with tops seen in their holes) ...
+SAME_SOLID = 0.9  # ... and where their two sweeps match this well (IoU), one prism with both caps' bosses
 MIN_WALL = 2  # a boss's top or a pocket's floor swept fewer pixels than this to cover its hole is flush with the cap
 OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
 MIN_FLOOR = 0.5  # a pocket stops at least this many pixels above the bottom of its prism
@@ -1219,6 +1221,20 @@ def _deepened(g: Geometry, axis: int, opening: Loop, depth: float, to: float) ->
     return dataclasses.replace(g, vertices=moved(g.vertices), edges=moved(g.edges))
 
 
+def _same_solid(a: Cap, b: Cap) -> bool:
+    """Whether the sweeps of caps ``a`` and ``b`` (on two faces, along their own axes) cover the
+    same part of the screen (IoU ``SAME_SOLID``): one prism seen from two of its faces."""
+    return a.axis != b.axis and mask_iou(a.swept, b.swept) >= SAME_SOLID
+
+
+def _moved_onto(bodies: list[Body], base: Body) -> list[Body]:
+    """The bosses of ``bodies`` (their base first) moved along the view direction, which keeps them
+    in place on the screen, by as much as their base's centre lies from ``base``'s along it."""
+    view = np.asarray(VIEW_DIR, float) / np.linalg.norm(VIEW_DIR)
+    offset = view * ((base.corners().mean(0) - bodies[0].corners().mean(0)) @ view)
+    return [dataclasses.replace(b, shift=tuple(np.asarray(b.shift) + offset)) for b in bodies[1:]]
+
+
 def _along(axis: int) -> np.ndarray:
     """A move along the view direction (which keeps a point in place on the screen) that raises
     a point by 1 along ``axis``'s normal."""
@@ -1237,9 +1253,11 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     it (``program_frame``): for each of the ``PRISMS`` best caps whose sweep fits
     the silhouette, the prism with its depth fit by ``objective``, with its holes and without (the
     first also as a symmetric extrusion, ``Body.both``: the same solid, a line round its middle);
-    the first such cap with bosses standing in its holes, with the bosses, and the first with pockets
-    seen through its holes, with the pockets (``_inner_faces``), and both when that is one cap
-    (in holes apart); then the unions of two and three prisms, when more caps cover the silhouette clearly
+    the first ``BOSSED_CAPS`` such caps with bosses standing in their holes, with the bosses (and
+    where the two caps' sweeps match, one prism seen from two of its faces, the first's prism with
+    the bosses of both: ``_same_solid``, ``_moved_onto``), and the first with pockets seen through
+    its holes, with the pockets (``_inner_faces``), and the first bossed cap with both when that is
+    one cap (in holes apart); then the unions of two and three prisms, when more caps cover the silhouette clearly
     better than one. ``quick``: the ``QUICK_PRISMS`` best caps' prisms (with and without their
     holes), and the bosses, pockets and union as in the full fit."""
     target = RenderTarget.of(image)
@@ -1250,13 +1268,15 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     regions, flat = planar_regions(pixels), flat_pixels(pixels)
     caps = find_caps(pixels, regions)
     out: list[list[Body]] = []
-    bossed = pocketed = None  # (cap, its inner faces, the bodies: the cap's prism first)
+    bossed: list[tuple[Cap, list[Inner], list[Body]]] = []  # (cap, its inner faces, the bodies: the cap's prism first)
+    pocketed = None
     prisms = QUICK_PRISMS if quick else PRISMS
     for i, cap in enumerate(c for c in caps if c.fit >= MIN_BOSSED_FIT):  # best first: the caps that fit come first
         fits = cap.fit >= MIN_FIT
-        holes = _cap_holes(cap, regions, flat) if bossed is None or (fits and pocketed is None) else []
-        tops = _inner_faces(cap, holes, -1) if bossed is None else []
-        if bossed is None:
+        more_bosses = len(bossed) < BOSSED_CAPS
+        holes = _cap_holes(cap, regions, flat) if more_bosses or (fits and pocketed is None) else []
+        tops = _inner_faces(cap, holes, -1) if more_bosses else []
+        if more_bosses:
             tops = sorted(tops + _standing_tops(cap, holes, regions, filled, tops), key=lambda t: -int(t.face.sum()))[:MAX_INNER]
         floors = _inner_faces(cap, holes, +1) if pocketed is None and fits else []
         if (i >= prisms or not fits) and not tops and not floors:
@@ -1275,13 +1295,17 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
                 out.append([dataclasses.replace(body, both=True)])
         if tops:
             bodies = _bossed(cap, body, tops, regions, pool, target, objective, background)
-            bossed = None if bodies is None else (cap, tops, bodies)
+            if bodies is not None:
+                bossed.append((cap, tops, bodies))
         if floors:
             bodies = _pocketed(cap, body, floors, pool, target, objective)
             pocketed = None if bodies is None else (cap, floors, bodies)
-    out += [bodies for _, _, bodies in filter(None, (bossed, pocketed))]
-    if bossed and pocketed and bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in bossed[1] for f in pocketed[1]):
-        cap, tops, (base, *bosses) = bossed  # bosses and pockets on one cap: the base with both sets of holes filled
+    out += [bodies for _, _, bodies in bossed + ([pocketed] if pocketed else [])]
+    if len(bossed) == 2 and _same_solid(bossed[0][0], bossed[1][0]):  # bosses on two faces of one prism: all of them on it
+        out.append(bossed[0][2] + _moved_onto(bossed[1][2], bossed[0][2][0]))
+    first_bossed = bossed[0] if bossed else None
+    if first_bossed and pocketed and first_bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in first_bossed[1] for f in pocketed[1]):
+        cap, tops, (base, *bosses) = first_bossed  # bosses and pockets on one cap: the base with both sets of holes filled
         out.append([_fill_holes(cap, base, tops + pocketed[1], tops, regions, background), *bosses, *pocketed[2][1:]])
     if caps:
         out += _union(caps, pixels, regions, filled, background, pool, target, objective)

@@ -456,7 +456,7 @@ def test_quick_prisms_are_the_best_caps(pool):
     quick, full = fit_prisms(image, pool, objective, quick=True), fit_prisms(image, pool, objective)
     assert [q.count(".circle(") for q in quick[:2]] == [2, 0] and quick == full[:len(quick)]  # with its holes and without
     quick = fit_prisms(_image_of(pool, BOSSED_PLATE), pool, objective, quick=True)
-    assert sum(".union(" in q for q in quick) == 1  # and with its boss
+    assert sum(".union(" in q for q in quick) >= 1  # and with its boss (a second cap with a top in a hole may stand one too)
     gt = pool.run(THIN_PLATE, ExecOptions(want_geometry=True))
     quick = fit_prisms(_image_of(pool, THIN_PLATE), pool, objective, quick=True)
     ious = [best_iou(pool.run(q, ExecOptions(want_geometry=True)).geometry, gt.geometry).iou for q in quick]
@@ -795,6 +795,25 @@ def test_the_background_beside_a_cap_is_not_asked_of_its_sweep(pool):
     assert max(_fit_ious(pool, PLATE_WITH_WALLED_SLOT, image, lambda q: "circle" not in q)) > 0.9  # the L prism
 
 
+# A plate with two posts standing on its top and a rod out of its end (GenCAD 000170's program):
+# bosses on two faces of one prism.
+POSTS_AND_ROD_ON_PLATE = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.39453125, 0.34765625), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(1.5, 0.0).lineTo(1.5, 0.97895).lineTo(0.0, 0.97895).lineTo(0.0, 0.0).close()).extrude(0.3359375)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.47265625, 0.125, 0.68359375), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.18947, 0.0).circle(0.18947)).extrude(0.23046875))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(0.75, -0.1484375, 0.4140625), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = solid.union(wp2.add(wp2.moveTo(0.07895, 0.07895).circle(0.07895)).extrude(0.453125))\n"
+    "wp3 = cq.Workplane(cq.Plane(cq.Vector(0.40625, 0.2109375, 0.68359375), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp3.add(wp3.moveTo(0.11053, 0.0).circle(0.11053)).extrude(0.4296875))\n")
+
+
+def test_bosses_on_two_faces_of_one_prism_stand_together(pool, monkeypatch):
+    both, one = _fit_ious_without(pool, monkeypatch, POSTS_AND_ROD_ON_PLATE, lambda q: True, "BOSSED_CAPS", 1)
+    assert max(both) > 0.95 and max(both) > max(one) + 0.1, (max(both), max(one))  # the posts alone on the plate: 0.92
+
+
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
 POSTS_ON_BLOCK = (
     "import cadquery as cq\n"
@@ -971,9 +990,9 @@ def test_prisms_stand_a_boss_on_the_cap_it_hides_a_patch_of(pool):
     """A short block on a wide plate (BOSSED_PLATE) adds too little to the silhouette to be read as a second cap,
     but it leaves a hole in the plate's cap with its top inside: the boss candidate puts it back."""
     iou = _prism_ious(pool, BOSSED_PLATE)
-    bossed = [c for c in iou if ".union(" in c]
-    assert len(bossed) == 1 and pool.run(bossed[0], ExecOptions(want_geometry=True)).n_solids == 1, iou
-    assert iou[bossed[0]] > 0.85 and iou[bossed[0]] > max(iou.values()) - 1e-9, iou  # the plate alone: 0.79
+    bossed = max((c for c in iou if ".union(" in c), key=iou.get)  # the plate's cap with the block (the side face's: 0.11)
+    assert pool.run(bossed, ExecOptions(want_geometry=True)).n_solids == 1, iou
+    assert iou[bossed] > 0.85 and iou[bossed] > max(iou.values()) - 1e-9, iou  # the plate alone: 0.79
 
 
 def test_prisms_stand_a_boss_in_each_hole_of_the_cap(pool):
