@@ -1301,7 +1301,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
             bodies = _pocketed(cap, body, floors, pool, target, objective)
             pocketed = None if bodies is None else (cap, floors, bodies)
     out += [bodies for _, _, bodies in bossed + ([pocketed] if pocketed else [])]
-    if len(bossed) == 2 and _same_solid(bossed[0][0], bossed[1][0]):  # bosses on two faces of one prism: all of them on it
+    if len(bossed) > 1 and _same_solid(bossed[0][0], bossed[1][0]):  # bosses on two faces of one prism: all of them on it
         out.append(bossed[0][2] + _moved_onto(bossed[1][2], bossed[0][2][0]))
     first_bossed = bossed[0] if bossed else None
     if first_bossed and pocketed and first_bossed[0] is pocketed[0] and not any((t.hole & f.hole).any() for t in first_bossed[1] for f in pocketed[1]):
