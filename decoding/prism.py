@@ -96,6 +96,8 @@ TOPS_PER_HOLE = 3  # bosses standing side by side in one hole of the cap (their 
 HIDDEN_FLOOR = 0.5  # a deep pocket's floor, over half of it hidden by its walls, is the region inside its opening that matches the opening moved down (IoU) this well
 BOSSED_CAPS = 2  # caps stood with bosses, at most (the best caps with tops seen in their holes) ...
 SAME_SOLID = 0.9  # ... and where their two sweeps match this well (IoU), one prism with both caps' bosses
+SPLIT_LINES = 2  # two planar regions with edges on this many lines, each beyond the other's across the silhouette, are one face a boss splits ...
+SPLIT_TOLERANCE = 2.0  # ... the four ends of the two edges within this many pixels of their line
 MIN_WALL = 2  # a boss's top or a pocket's floor swept fewer pixels than this to cover its hole is flush with the cap
 OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
 MIN_FLOOR = 0.5  # a pocket stops at least this many pixels above the bottom of its prism
@@ -953,6 +955,29 @@ def _standing_tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], r
     return found
 
 
+def _dented_caps(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], drawn: np.ndarray) -> list[Cap]:
+    """Caps whose sweep covers the silhouette only with what lies in their dents, where bosses
+    may stand: faces a boss splits in two (``_split_faces``) and single regions whose own sweep
+    is below ``MIN_BOSSED_FIT`` (a boss at a face's edge bites into it), each swept with its
+    convex hull (inside the silhouette) and kept where that sweep fits to ``MIN_BOSSED_FIT``,
+    best first."""
+    filled = binary_fill_holes(drawn)
+    faces = [r for r in regions if r.sum() >= MIN_REGION * filled.sum()][:CAPS]
+    split = _split_faces(faces, drawn)
+    tried = {(c.index, c.axis) for c in caps if c.fit >= MIN_BOSSED_FIT}  # fit without their dents
+    found = [dataclasses.replace(c, region=split[c.index - 1], index=0) for c in find_caps(pixels, [_hull(f) & filled for f in split])]
+    found += [dataclasses.replace(c, region=faces[c.index - 1]) for c in find_caps(pixels, [_hull(f) & filled for f in faces])
+              if (c.index, c.axis) not in tried]
+    return sorted((c for c in found if c.fit >= MIN_BOSSED_FIT), key=lambda c: -c.fit)
+
+
+def _tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], regions: list[np.ndarray], filled: np.ndarray) -> list[Inner]:
+    """The tops of the bosses standing in the ``holes`` of ``cap``, low (``_inner_faces``) and
+    tall (``_standing_tops``), largest first (at most ``MAX_INNER``)."""
+    tops = _inner_faces(cap, holes, -1)
+    return sorted(tops + _standing_tops(cap, holes, regions, filled, tops), key=lambda t: -int(t.face.sum()))[:MAX_INNER]
+
+
 def _rim(cap: Cap) -> np.ndarray:
     """The cap's region grown into its four neighbours (onto the drawn line around it, as
     ``profile`` grows it): a pocket's opening is its hole outside it."""
@@ -1017,6 +1042,46 @@ def _beside_bosses(cap: Cap, shadow: np.ndarray, regions: list[np.ndarray]) -> n
         if any(_continues(e, f, shadow) for f in _edges(region) if np.hypot(*(f[1] - f[0])) >= MIN_CORNER_EDGE for e in cap_edges):
             found |= region
     return found
+
+
+def _split_faces(regions: list[np.ndarray], drawn: np.ndarray) -> list[np.ndarray]:
+    """Pairs of the planar ``regions`` that may be a prism's cap (``find_caps``'s) which are one
+    face split in two by a boss standing across it, each pair joined: their outlines have edges
+    (``MIN_CORNER_EDGE`` long) on ``SPLIT_LINES`` distinct lines, the two edges on each line apart
+    with the ``drawn`` silhouette over half the gap between them (``_in_line``)."""
+    edges = [[e for e in _edges(r) if np.hypot(*(e[1] - e[0])) >= MIN_CORNER_EDGE] for r in regions]
+    joined = []
+    for i, a in enumerate(regions):
+        for j in range(i + 1, len(regions)):
+            gap = drawn & ~a & ~regions[j]
+            lines = [(e, f) for e in edges[i] for f in edges[j] if _in_line(e, f, gap)]
+            if len({tuple(np.round(e.ravel())) for e, _ in lines}) >= SPLIT_LINES and not _one_line(lines):
+                joined.append(a | regions[j])
+    return joined
+
+
+def _in_line(e: np.ndarray, f: np.ndarray, gap: np.ndarray) -> bool:
+    """Whether edges ``e`` and ``f`` (two screen points each) lie on one line (all four ends within
+    ``SPLIT_TOLERANCE`` of the line through the two ends farthest apart), apart along it, with
+    ``gap`` over at least half the gap between them."""
+    ends = np.concatenate([e, f])
+    far = max(((a, b) for a in range(4) for b in range(a + 1, 4)), key=lambda ab: np.hypot(*(ends[ab[0]] - ends[ab[1]])))
+    d = ends[far[1]] - ends[far[0]]
+    d = d / np.hypot(*d)
+    if np.abs((ends - ends[far[0]]) @ np.array([-d[1], d[0]])).max() > SPLIT_TOLERANCE:
+        return False
+    (e0, e1), (f0, f1) = sorted((e - ends[far[0]]) @ d), sorted((f - ends[far[0]]) @ d)
+    start, stop = (e1, f0) if e1 <= f0 else (f1, e0) if f1 <= e0 else (None, None)
+    if start is None:  # they overlap along the line
+        return False
+    return np.mean([_covered(ends[far[0]] + t * d, gap) for t in np.linspace(start, stop, 9)[1:-1]]) >= 0.5
+
+
+def _one_line(lines: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+    """Whether the edge pairs of ``lines`` all lie on one line (a long edge simplified in two)."""
+    points = np.concatenate([np.concatenate(pair) for pair in lines])
+    centred = points - points.mean(0)
+    return np.linalg.svd(centred, compute_uv=False)[-1] / np.sqrt(len(points)) <= SPLIT_TOLERANCE
 
 
 def _edges(region: np.ndarray) -> list[np.ndarray]:
@@ -1257,7 +1322,8 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     where the two caps' sweeps match, one prism seen from two of its faces, the first's prism with
     the bosses of both: ``_same_solid``, ``_moved_onto``), and the first with pockets seen through
     its holes, with the pockets (``_inner_faces``), and the first bossed cap with both when that is
-    one cap (in holes apart); then the unions of two and three prisms, when more caps cover the silhouette clearly
+    one cap (in holes apart); the first cap that fits only with its dents filled (``_dented_caps``:
+    a face a boss splits in two or bites into at its edge) and holds tops, with the bosses; then the unions of two and three prisms, when more caps cover the silhouette clearly
     better than one. ``quick``: the ``QUICK_PRISMS`` best caps' prisms (with and without their
     holes), and the bosses, pockets and union as in the full fit."""
     target = RenderTarget.of(image)
@@ -1275,9 +1341,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
         fits = cap.fit >= MIN_FIT
         more_bosses = len(bossed) < BOSSED_CAPS
         holes = _cap_holes(cap, regions, flat) if more_bosses or (fits and pocketed is None) else []
-        tops = _inner_faces(cap, holes, -1) if more_bosses else []
-        if more_bosses:
-            tops = sorted(tops + _standing_tops(cap, holes, regions, filled, tops), key=lambda t: -int(t.face.sum()))[:MAX_INNER]
+        tops = _tops(cap, holes, regions, filled) if more_bosses else []
         floors = _inner_faces(cap, holes, +1) if pocketed is None and fits else []
         if (i >= prisms or not fits) and not tops and not floors:
             continue
@@ -1301,6 +1365,16 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
             bodies = _pocketed(cap, body, floors, pool, target, objective)
             pocketed = None if bodies is None else (cap, floors, bodies)
     out += [bodies for _, _, bodies in bossed + ([pocketed] if pocketed else [])]
+    for cap in _dented_caps(caps, pixels, regions, drawn):  # the first that holds tops
+        tops = _tops(cap, _cap_holes(cap, regions, flat), regions, filled)
+        if not tops:
+            continue
+        body, _ = _body(cap, filled, background=background)
+        g = _execute(body, pool)
+        bodies = None if g is None else _bossed(cap, _fit_depth(body, g, target, objective), tops, regions, pool, target, objective, background)
+        if bodies is not None:
+            out.append(bodies)
+        break
     if len(bossed) > 1 and _same_solid(bossed[0][0], bossed[1][0]):  # bosses on two faces of one prism: all of them on it
         out.append(bossed[0][2] + _moved_onto(bossed[1][2], bossed[0][2][0]))
     first_bossed = bossed[0] if bossed else None

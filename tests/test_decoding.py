@@ -557,7 +557,8 @@ def test_a_bar_standing_out_of_a_block_is_read_as_a_union_of_two_regular_prisms(
     unions = _fit_ious(pool, BAR_OUT_OF_BLOCK, image, lambda q: ".union(" in q)
     assert unions and max(unions) > 0.9  # the union (the bar may also stand as a boss)
     monkeypatch.setattr(prism, "UNION_GAIN_REGULAR", prism.UNION_GAIN)  # regular outlines held to the general gain
-    monkeypatch.setattr(prism, "MIN_BOSSED_FIT", prism.MIN_FIT)  # and the bar not stood as a boss on the block
+    monkeypatch.setattr(prism, "MIN_BOSSED_FIT", prism.MIN_FIT)  # and the bar not stood as a boss on the block ...
+    monkeypatch.setattr(prism, "_dented_caps", lambda *args: [])  # ... nor on a cap swept with its dents
     assert not _fit_ious(pool, BAR_OUT_OF_BLOCK, image, lambda q: ".union(" in q)
 
 
@@ -812,6 +813,59 @@ POSTS_AND_ROD_ON_PLATE = (
 def test_bosses_on_two_faces_of_one_prism_stand_together(pool, monkeypatch):
     both, one = _fit_ious_without(pool, monkeypatch, POSTS_AND_ROD_ON_PLATE, lambda q: True, "BOSSED_CAPS", 1)
     assert max(both) > 0.95 and max(both) > max(one) + 0.1, (max(both), max(one))  # the posts alone on the plate: 0.92
+
+
+# A plate with a block standing across its top face (validation row 000323's program): the block
+# splits the plate's top into two regions, neither of which holds the block's top in a hole.
+BLOCK_ACROSS_PLATE = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.6640625, 0.01953125, 0.3046875), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.58203125, 0.0).lineTo(0.58203125, 0.14168).lineTo(0.0, 0.14168).lineTo(0.0, 0.0).close()).extrude(0.0546875)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.484375, 0.0234375, 0.359375), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.25272, 0.0).lineTo(0.25272, 0.07658).lineTo(0.0, 0.07658).lineTo(0.0, 0.0).close()).extrude(0.07421875))\n")
+
+
+def test_a_face_a_boss_splits_in_two_still_holds_it(pool, monkeypatch):
+    split, apart = _fit_ious_without(pool, monkeypatch, BLOCK_ACROSS_PLATE, lambda q: True, "SPLIT_LINES", 99)
+    assert max(split) > 0.95 and max(apart) < 0.7, (max(split), max(apart))
+
+
+# A block with two long bars standing out of its end face at the face's edge (validation row
+# 000375's program): the bars bite into the face's outline, so its sweep alone fits too little.
+BARS_AT_A_FACE_EDGE = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.7109375, -0.640625, -0.3515625), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = wp0.add(wp0.moveTo(1.21484, 0.0).lineTo(1.21484, 0.95909).lineTo(0.0, 0.95909).lineTo(0.0, 0.0).close()).extrude(0.90234375)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(0.19140625, -0.59375, -0.22265625), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.40921, 0.0).lineTo(0.40921, 0.12788).lineTo(0.0, 0.12788).lineTo(0.0, 0.0).close()).extrude(1.77734375))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(0.19140625, -0.26171875, -0.1796875), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = solid.union(wp2.add(wp2.moveTo(0.31970, 0.0).lineTo(0.31970, 0.20461).lineTo(0.0, 0.20461).lineTo(0.0, 0.0).close()).extrude(1.73828125))\n")
+
+
+def test_bosses_biting_into_a_face_stand_on_it(pool, monkeypatch):
+    import decoding.prism as prism
+
+    image = _image_of(pool, BARS_AT_A_FACE_EDGE)
+    pixels = np.asarray(image.convert("RGB").resize((prism.SIZE_PX, prism.SIZE_PX), Image.NEAREST))
+    caps = prism.find_caps(pixels, prism.planar_regions(pixels))
+    drawn = prism.silhouette(pixels)
+    dented = prism._dented_caps(caps, pixels, prism.planar_regions(pixels), drawn)
+    assert dented and dented[0].fit >= prism.MIN_BOSSED_FIT > max(c.fit for c in caps if c.index == dented[0].index and c.axis == dented[0].axis)
+    found, without = _fit_ious_without(pool, monkeypatch, BARS_AT_A_FACE_EDGE, lambda q: True, "_dented_caps", lambda *args: [])
+    assert max(found) > 0.9 and max(found) > max(without) + 0.05, (max(found), max(without))
+
+
+def test_split_faces_join_only_regions_with_edges_on_two_lines():
+    from decoding.prism import _split_faces
+
+    drawn = np.ones((60, 100), bool)
+    left, right, below = (np.zeros_like(drawn) for _ in range(3))
+    left[20:40, 5:30] = True
+    right[20:40, 60:95] = True  # the same band beyond a gap: top and bottom edges on two lines
+    below[45:55, 62:90] = True  # lower down: no edge on a line of the others'
+    joined = _split_faces([left, right, below], drawn)
+    assert len(joined) == 1 and (joined[0] == (left | right)).all()
+    assert not _split_faces([left, right], drawn & ~np.pad(np.ones((60, 30), bool), ((0, 0), (30, 40))))  # background between them
 
 
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
