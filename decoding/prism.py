@@ -829,7 +829,8 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
     hole swept a pixel or none is flush with the cap, or a shallow pocket's floor seen as a boss.
     Each hole's largest such face is taken; where no one top covers a hole, bosses standing side
     by side in it (their feet one patch), the tops that cover it together (``_side_by_side``; a
-    face that fits the hole better swept up is a pocket's floor, not among them); where no floor
+    face that fits the hole better swept up is a pocket's floor, not among them; each is swept to
+    fit the hole less the others' tops, which are seen, so no boss's wall stands in front of them); where no floor
     covers it, a deep pocket's floor that its walls hide in part (``_hidden_floor``)."""
     direction = screen_vector(sign * plane_basis(cap.axis)[2])
     rim = _rim(cap) if sign > 0 else None
@@ -851,7 +852,8 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
                       if fit > sweep(shape, hole, -direction)[0]}
 
             def down(face: np.ndarray, covered: np.ndarray) -> tuple[int, np.ndarray] | None:
-                _, steps, mask = sweep(shapes[id(face)], hole, direction, covered)
+                others = [t.face for t, _, _ in swept if id(t.face) in shapes and t.face is not face]  # seen: no wall stands in front of them
+                _, steps, mask = sweep(shapes[id(face)], hole & ~np.logical_or.reduce(others, initial=False), direction, covered)
                 return (steps, mask) if steps >= MIN_WALL else None
 
             found += _side_by_side(hole, [t.face for t, _, _ in swept if id(t.face) in shapes], down)

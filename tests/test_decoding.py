@@ -868,6 +868,33 @@ def test_split_faces_join_only_regions_with_edges_on_two_lines():
     assert not _split_faces([left, right], drawn & ~np.pad(np.ones((60, 30), bool), ((0, 0), (30, 40))))  # background between them
 
 
+# A thin plate with two low discs standing side by side on its face and a square boss (validation
+# row 000507's program, less two cuts the picture does not show): the discs' feet are one hole of the
+# face, and the nearer disc swept alone to cover that hole passes over the farther one's top.
+DISCS_SIDE_BY_SIDE = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(0.55859375, -0.75, -0.41015625), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = wp0.add(wp0.moveTo(1.5, 0.0).lineTo(1.5, 0.50526).lineTo(0.0, 0.50526).lineTo(0.0, 0.0).close()).extrude(0.04296875)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(0.6015625, -0.6953125, -0.19140625), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.11053, 0.0).circle(0.11053)).extrude(0.03125))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(0.6015625, -0.44140625, -0.26953125), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = solid.union(wp2.add(wp2.moveTo(0.12632, 0.0).circle(0.12632)).extrude(0.03515625))\n"
+    "wp3 = cq.Workplane(cq.Plane(cq.Vector(0.6015625, 0.04296875, -0.23046875), cq.Vector(0.0, 1.0, 0.0), cq.Vector(1.0, 0.0, 0.0)))\n"
+    "solid = solid.union(wp3.add(wp3.moveTo(0.18947, 0.0).lineTo(0.18947, 0.18947).lineTo(0.0, 0.18947).lineTo(0.0, 0.0).close()).extrude(0.03515625))\n")
+
+
+def test_bosses_side_by_side_are_swept_clear_of_each_others_tops(pool):
+    import decoding.prism as prism
+
+    image = _image_of(pool, DISCS_SIDE_BY_SIDE)
+    pixels = np.asarray(image.convert("RGB").resize((prism.SIZE_PX, prism.SIZE_PX), Image.NEAREST))
+    regions, flat = prism.planar_regions(pixels), prism.flat_pixels(pixels)
+    plate = max((c for c in prism.find_caps(pixels, regions) if c.index == 1), key=lambda c: c.fit)
+    tops = prism._inner_faces(plate, prism._cap_holes(plate, regions, flat), -1)
+    assert len(tops) == 3, [int(t.face.sum()) for t in tops]  # the square boss and both discs
+    assert max(_fit_ious(pool, DISCS_SIDE_BY_SIDE, image, lambda q: q.count(".union(") == 3)) > 0.85
+
+
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
 POSTS_ON_BLOCK = (
     "import cadquery as cq\n"
