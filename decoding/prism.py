@@ -688,7 +688,7 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     that beats them by as much (``_third``). Each added body's place along the view direction,
     which the outline does not show, and then its depth are fit by ``objective`` on the meshes
     rendered together (``_placed``); ``background``: the background seen inside the silhouette
-    (``_closed_holes``)."""
+    (``_closed_holes``); the openings of pockets whose floors are seen are filled (``_opened``)."""
     needed, needed_regular = (max(caps[0].fit + gain, MIN_FIT) for gain in (UNION_GAIN, UNION_GAIN_REGULAR))
     if needed_regular > 1.0:  # a sweep's IoU is at most 1: no second cap can add enough
         return []
@@ -699,6 +699,8 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
                         default=(None, None))  # outlines read only where one may pass
     if second is None:
         return []
+    flat = flat_pixels(pixels)
+    first, second = (_opened(c, _inner_faces(c, _cap_holes(c, regions, flat), +1)) for c in (first, second))
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1], background=background)[0]  # completed where the second hides it
     covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it
     b = _body(second, filled, covered, covered, background)[0]
@@ -971,6 +973,13 @@ def _dented_caps(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray],
     found += [dataclasses.replace(c, region=faces[c.index - 1]) for c in find_caps(pixels, [_hull(f) & filled for f in faces])
               if (c.index, c.axis) not in tried]
     return sorted((c for c in found if c.fit >= MIN_BOSSED_FIT), key=lambda c: -c.fit)
+
+
+def _opened(cap: Cap, floors: list[Inner]) -> Cap:
+    """``cap`` with the holes where the pockets of ``floors`` open filled: a pocket's opening is no
+    hole through the prism (a hole too small for its far end to show beside its near one looks
+    the same, but for the floor seen in it)."""
+    return dataclasses.replace(cap, region=cap.region | np.logical_or.reduce([f.hole for f in floors])) if floors else cap
 
 
 def _tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], regions: list[np.ndarray], filled: np.ndarray) -> list[Inner]:
@@ -1318,7 +1327,8 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
                   quick: bool = False) -> list[tuple[str, Frame]]:
     """Prism programs read off ``image``, each with the frame that draws it where the image shows
     it (``program_frame``): for each of the ``PRISMS`` best caps whose sweep fits
-    the silhouette, the prism with its depth fit by ``objective``, with its holes and without (the
+    the silhouette, the prism with its depth fit by ``objective``, with its holes (but the openings
+    of pockets whose floors are seen: ``_opened``) and without (the
     first also as a symmetric extrusion, ``Body.both``: the same solid, a line round its middle);
     the first ``BOSSED_CAPS`` such caps with bosses standing in their holes, with the bosses (and
     where the two caps' sweeps match, one prism seen from two of its faces, the first's prism with
@@ -1347,7 +1357,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
         floors = _inner_faces(cap, holes, +1) if pocketed is None and fits else []
         if (i >= prisms or not fits) and not tops and not floors:
             continue
-        body, _ = _body(cap, filled, background=background)
+        body, _ = _body(_opened(cap, floors), filled, background=background)
         g = _execute(body, pool)
         if g is None:
             continue

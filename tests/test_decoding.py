@@ -895,6 +895,23 @@ def test_bosses_side_by_side_are_swept_clear_of_each_others_tops(pool):
     assert max(_fit_ious(pool, DISCS_SIDE_BY_SIDE, image, lambda q: q.count(".union(") == 3)) > 0.85
 
 
+# A block with a square pocket in its top face, too deep for its far end to show beside its opening.
+BLOCK_WITH_DEEP_POCKET = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.5, -0.5, -0.5), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.0, 0.0).lineTo(1.0, 0.0).lineTo(1.0, 0.8).lineTo(0.0, 0.8).close()).extrude(1.0)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.15, -0.1, 0.5), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\n"
+    "solid = solid.cut(wp1.add(wp1.moveTo(0.0, 0.0).lineTo(0.3, 0.0).lineTo(0.3, 0.3).lineTo(0.0, 0.3).close()).extrude(-0.25))\n")
+
+
+def test_a_pockets_opening_is_not_cut_through_the_prism(pool):
+    image = _image_of(pool, BLOCK_WITH_DEEP_POCKET)
+    prisms = _fit_ious(pool, BLOCK_WITH_DEEP_POCKET, image, lambda q: q.count("Workplane(") == 1)
+    pocketed = _fit_ious(pool, BLOCK_WITH_DEEP_POCKET, image, lambda q: ".cut(" in q)
+    assert pocketed and max(pocketed) > 0.95  # the floor is seen: the pocket is found
+    assert prisms and min(prisms) > 0.9, prisms  # and no prism cuts its opening through (0.84)
+
+
 # A block with two tall posts standing on it: the block's cap swept alone covers 0.75 of the silhouette.
 POSTS_ON_BLOCK = (
     "import cadquery as cq\n"
