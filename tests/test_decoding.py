@@ -218,6 +218,13 @@ def _image_of(pool, code: str) -> Image.Image:
     return Image.fromarray(render_geometry(pool.run(code, ExecOptions(want_geometry=True)).geometry))
 
 
+def _prism_pixels(image: Image.Image) -> np.ndarray:
+    """``image`` as ``decoding.prism`` reads it (``SIZE_PX`` square, RGB)."""
+    from decoding.prism import SIZE_PX
+
+    return np.asarray(image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
+
+
 def test_refinement_moves_a_wrong_depth_towards_the_input(pool):
     from decoding.refine import refine
 
@@ -787,7 +794,7 @@ def test_the_background_beside_a_cap_is_not_asked_of_its_sweep(pool):
     import decoding.prism as prism
 
     image = _image_of(pool, PLATE_WITH_WALLED_SLOT)
-    pixels = np.asarray(image.convert("RGB").resize((prism.SIZE_PX, prism.SIZE_PX), Image.NEAREST))
+    pixels = _prism_pixels(image)
     caps = prism.find_caps(pixels, prism.planar_regions(pixels))
     top = max((c for c in caps if c.axis == 2), key=lambda c: int(c.region.sum()))  # the top face: an L beside the slot
     assert top.fit >= prism.MIN_FIT, top.fit  # 0.78 with the background seen through the slot counted
@@ -846,7 +853,7 @@ def test_bosses_biting_into_a_face_stand_on_it(pool, monkeypatch):
     import decoding.prism as prism
 
     image = _image_of(pool, BARS_AT_A_FACE_EDGE)
-    pixels = np.asarray(image.convert("RGB").resize((prism.SIZE_PX, prism.SIZE_PX), Image.NEAREST))
+    pixels = _prism_pixels(image)
     caps = prism.find_caps(pixels, prism.planar_regions(pixels))
     drawn = prism.silhouette(pixels)
     dented = prism._dented_caps(caps, pixels, prism.planar_regions(pixels), drawn)
@@ -887,7 +894,7 @@ def test_bosses_side_by_side_are_swept_clear_of_each_others_tops(pool):
     import decoding.prism as prism
 
     image = _image_of(pool, DISCS_SIDE_BY_SIDE)
-    pixels = np.asarray(image.convert("RGB").resize((prism.SIZE_PX, prism.SIZE_PX), Image.NEAREST))
+    pixels = _prism_pixels(image)
     regions, flat = prism.planar_regions(pixels), prism.flat_pixels(pixels)
     plate = max((c for c in prism.find_caps(pixels, regions) if c.index == 1), key=lambda c: c.fit)
     tops = prism._inner_faces(plate, prism._cap_holes(plate, regions, flat), -1)
@@ -928,7 +935,7 @@ def test_posts_too_tall_for_their_base_to_fit_alone_still_stand_on_it(pool, monk
 
     monkeypatch.setattr(prism, "_union", lambda *args: [])  # the bosses alone, not a union of prisms
     image = _image_of(pool, POSTS_ON_BLOCK)
-    pixels = np.asarray(image.convert("RGB").resize((prism.SIZE_PX, prism.SIZE_PX), Image.NEAREST))
+    pixels = _prism_pixels(image)
     assert prism.MIN_BOSSED_FIT <= prism.find_caps(pixels, prism.planar_regions(pixels))[0].fit < prism.MIN_FIT
     bossed = _fit_ious(pool, POSTS_ON_BLOCK, image, lambda q: ".union(" in q)
     assert len(bossed) == 1 and bossed[0] > 0.9
