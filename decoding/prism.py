@@ -265,10 +265,8 @@ def find_caps(pixels: np.ndarray, regions: list[np.ndarray], base: np.ndarray | 
     drawn = silhouette(pixels)
     target = binary_fill_holes(drawn)
     background = target & ~drawn  # seen through the part
-    regions = [(i, r) for i, r in enumerate(regions, 1)
-               if r.sum() >= MIN_REGION * target.sum() and i not in exclude][:CAPS]
     caps = []
-    for index, region in regions:
+    for index, region in _cap_regions(regions, target, exclude):
         filled_region = _holes_filled(region)
         small_region = _small(filled_region, share=0)
         small_target = _small(target & ~(background & ~filled_region))  # the background seen through the cap's own holes stays: its sweep covers them
@@ -277,6 +275,12 @@ def find_caps(pixels: np.ndarray, regions: list[np.ndarray], base: np.ndarray | 
             fit, _, swept = sweep(small_region, small_target, direction, base)
             caps.append(Cap(region, axis, fit, index, swept))
     return sorted(caps, key=lambda c: -c.fit)
+
+
+def _cap_regions(regions: list[np.ndarray], target: np.ndarray, exclude: tuple[int, ...] = ()) -> list[tuple[int, np.ndarray]]:
+    """The ``regions`` tried as caps, each with its number (from 1): the ``CAPS`` largest of at
+    least ``MIN_REGION`` of the silhouette ``target``, less those numbered ``exclude``."""
+    return [(i, r) for i, r in enumerate(regions, 1) if r.sum() >= MIN_REGION * target.sum() and i not in exclude][:CAPS]
 
 
 def _circle(points: np.ndarray, width: float | None = None) -> tuple[float, float, float] | None:
@@ -652,6 +656,15 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
     return Body(cap.axis, outline, tuple(holes), depth), swept
 
 
+def _fit_prism(cap: Cap, filled: np.ndarray, background: np.ndarray, pool: SandboxPool, target: RenderTarget,
+               objective: dict[str, float]) -> Body | None:
+    """The prism of ``cap`` (``_body``, with the ``background`` seen inside the silhouette),
+    executed and its depth fit by ``objective``; None where it does not execute."""
+    body, _ = _body(cap, filled, background=background)
+    g = _execute(body, pool)
+    return None if g is None else _fit_depth(body, g, target, objective)
+
+
 def _moved(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """``mask`` moved ``dx`` pixels right and ``dy`` down; what leaves its frame is dropped."""
     h, w = mask.shape
@@ -853,9 +866,11 @@ def _inner_faces(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], sig
             shapes = {id(t.face): shape for t, fit, shape in swept  # a face that fits better swept up is a pocket's floor
                       if fit > sweep(shape, hole, -direction)[0]}
 
+            tops = np.logical_or.reduce([t.face for t, _, _ in swept if id(t.face) in shapes], initial=False)
+
             def down(face: np.ndarray, covered: np.ndarray) -> tuple[int, np.ndarray] | None:
-                others = [t.face for t, _, _ in swept if id(t.face) in shapes and t.face is not face]  # seen: no wall stands in front of them
-                _, steps, mask = sweep(shapes[id(face)], hole & ~np.logical_or.reduce(others, initial=False), direction, covered)
+                others = tops & ~face  # the other tops are seen: no boss's wall stands in front of them
+                _, steps, mask = sweep(shapes[id(face)], hole & ~others, direction, covered)
                 return (steps, mask) if steps >= MIN_WALL else None
 
             found += _side_by_side(hole, [t.face for t, _, _ in swept if id(t.face) in shapes], down)
@@ -959,14 +974,14 @@ def _standing_tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], r
     return found
 
 
-def _dented_caps(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], drawn: np.ndarray) -> list[Cap]:
+def _dented_caps(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], drawn: np.ndarray,
+                 filled: np.ndarray) -> list[Cap]:
     """Caps whose sweep covers the silhouette only with what lies in their dents, where bosses
     may stand: faces a boss splits in two (``_split_faces``) and single regions whose own sweep
     is below ``MIN_BOSSED_FIT`` (a boss at a face's edge bites into it), each swept with its
     convex hull (inside the silhouette) and kept where that sweep fits to ``MIN_BOSSED_FIT``,
-    best first."""
-    filled = binary_fill_holes(drawn)
-    faces = [r for r in regions if r.sum() >= MIN_REGION * filled.sum()][:CAPS]
+    best first. ``drawn``: the silhouette; ``filled``: it with its holes filled."""
+    faces = [r for _, r in _cap_regions(regions, filled)]
     split = _split_faces(faces, drawn)
     tried = {(c.index, c.axis) for c in caps if c.fit >= MIN_BOSSED_FIT}  # fit without their dents
     found = [dataclasses.replace(c, region=split[c.index - 1], index=0) for c in find_caps(pixels, [_hull(f) & filled for f in split])]
@@ -1085,7 +1100,7 @@ def _in_line(e: np.ndarray, f: np.ndarray, gap: np.ndarray) -> bool:
     start, stop = (e1, f0) if e1 <= f0 else (f1, e0) if f1 <= e0 else (None, None)
     if start is None:  # they overlap along the line
         return False
-    return np.mean([_covered(ends[far[0]] + t * d, gap) for t in np.linspace(start, stop, 9)[1:-1]]) >= 0.5
+    return _gap_covered(ends[far[0]], d, start, stop, gap)
 
 
 def _one_line(lines: list[tuple[np.ndarray, np.ndarray]]) -> bool:
@@ -1112,7 +1127,13 @@ def _continues(edge: np.ndarray, other: np.ndarray, shadow: np.ndarray) -> bool:
     if ends[0] < span and ends[1] > 0:  # they overlap along the line
         return False
     gap = (span, ends[0]) if ends[0] >= span else (ends[1], 0.0)
-    return gap[1] - gap[0] <= MIN_WALL or np.mean([_covered(edge[0] + t * d, shadow) for t in np.linspace(*gap, 9)[1:-1]]) >= 0.5
+    return gap[1] - gap[0] <= MIN_WALL or _gap_covered(edge[0], d, *gap, shadow)
+
+
+def _gap_covered(origin: np.ndarray, d: np.ndarray, start: float, stop: float, mask: np.ndarray) -> bool:
+    """Whether ``mask`` covers at least half of seven points evenly spaced strictly between
+    ``origin + start * d`` and ``origin + stop * d`` (screen points)."""
+    return np.mean([_covered(origin + t * d, mask) for t in np.linspace(start, stop, 9)[1:-1]]) >= 0.5
 
 
 def _pixels_along(steps: int, axis: int) -> float:
@@ -1357,11 +1378,9 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
         floors = _inner_faces(cap, holes, +1) if pocketed is None and fits else []
         if (i >= prisms or not fits) and not tops and not floors:
             continue
-        body, _ = _body(_opened(cap, floors), filled, background=background)
-        g = _execute(body, pool)
-        if g is None:
+        body = _fit_prism(_opened(cap, floors), filled, background, pool, target, objective)
+        if body is None:
             continue
-        body = _fit_depth(body, g, target, objective)
         if i < prisms and fits:
             first = not out
             out.append([body])
@@ -1377,13 +1396,12 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
             bodies = _pocketed(cap, body, floors, pool, target, objective)
             pocketed = None if bodies is None else (cap, floors, bodies)
     out += [bodies for _, _, bodies in bossed + ([pocketed] if pocketed else [])]
-    for cap in _dented_caps(caps, pixels, regions, drawn):  # the first that holds tops
+    for cap in _dented_caps(caps, pixels, regions, drawn, filled):  # the first that holds tops
         tops = _tops(cap, _cap_holes(cap, regions, flat), regions, filled)
         if not tops:
             continue
-        body, _ = _body(cap, filled, background=background)
-        g = _execute(body, pool)
-        bodies = None if g is None else _bossed(cap, _fit_depth(body, g, target, objective), tops, regions, pool, target, objective, background)
+        body = _fit_prism(cap, filled, background, pool, target, objective)
+        bodies = None if body is None else _bossed(cap, body, tops, regions, pool, target, objective, background)
         if bodies is not None:
             out.append(bodies)
         break

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.ndimage import binary_fill_holes
 from transformers import LogitsProcessorList
 
 from cad.render import render_geometry
@@ -856,7 +857,7 @@ def test_bosses_biting_into_a_face_stand_on_it(pool, monkeypatch):
     pixels = _prism_pixels(image)
     caps = prism.find_caps(pixels, prism.planar_regions(pixels))
     drawn = prism.silhouette(pixels)
-    dented = prism._dented_caps(caps, pixels, prism.planar_regions(pixels), drawn)
+    dented = prism._dented_caps(caps, pixels, prism.planar_regions(pixels), drawn, binary_fill_holes(drawn))
     assert dented and dented[0].fit >= prism.MIN_BOSSED_FIT > max(c.fit for c in caps if c.index == dented[0].index and c.axis == dented[0].axis)
     found, without = _fit_ious_without(pool, monkeypatch, BARS_AT_A_FACE_EDGE, lambda q: True, "_dented_caps", lambda *args: [])
     assert max(found) > 0.9 and max(found) > max(without) + 0.05, (max(found), max(without))
