@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -528,7 +528,8 @@ class _Zygote:
 
 
 class SandboxPool:
-    """A pool of zygotes; ``run_many`` keeps input order and survives crashes of any worker."""
+    """A pool of zygotes; ``run_many`` keeps input order and survives crashes of any worker;
+    ``prefetch`` starts programs whose results will be asked for later."""
 
     def __init__(self, workers: int = 2, cache_size: int = 2048) -> None:
         self.workers = max(1, int(workers))
@@ -537,6 +538,8 @@ class SandboxPool:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, ExecResult] = OrderedDict()
         self._cache_size = cache_size
+        self._ahead: dict[str, Future] = {}  # programs started by prefetch, by cache key, until they finish
+        self._background = ThreadPoolExecutor(max(1, self.workers - 1), thread_name_prefix="sandbox-prefetch")
         self.closed = False
         with ThreadPoolExecutor(self.workers) as ex:
             for z in ex.map(lambda _: _Zygote(), range(self.workers)):
@@ -561,6 +564,39 @@ class SandboxPool:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
+            ahead = self._ahead.get(key)
+        if ahead is not None and not ahead.cancel():  # prefetched and started: its result, not a second run
+            return ahead.result()
+        return self._execute(code, opts, key)
+
+    def cached(self, code: str, opts: ExecOptions | None = None) -> ExecResult | None:
+        """The cached result of ``code`` under ``opts``, None when there is none (yet)."""
+        with self._lock:
+            return self._cache.get(self.cache_key(code, opts or ExecOptions()))
+
+    def prefetch(self, codes: Iterable[str], opts: ExecOptions | None = None) -> None:
+        """Start running ``codes`` in the background, at most ``workers - 1`` at a time (a worker
+        stays free for ``run``), into the cache: a later ``run`` or ``imap`` of the same program and
+        options takes that result (or waits for it) instead of running it again; one whose turn has
+        not come yet when it is asked for runs then, in the caller's thread."""
+        opts = opts or ExecOptions()
+        with self._lock:
+            if self.closed:
+                return
+            for code in dict.fromkeys(codes):
+                key = self.cache_key(code, opts)
+                if key not in self._cache and key not in self._ahead:
+                    self._ahead[key] = self._background.submit(self._execute, code, opts, key)
+
+    def _execute(self, code: str, opts: ExecOptions, key: str) -> ExecResult:
+        """Run ``code`` on a free worker (replacing one that dies) and cache the result under ``key``."""
+        try:
+            return self._on_worker(code, opts, key)
+        finally:
+            with self._lock:
+                self._ahead.pop(key, None)
+
+    def _on_worker(self, code: str, opts: ExecOptions, key: str) -> ExecResult:
         zygote = self._idle.get()
         try:
             result = zygote.run(code, opts)
@@ -601,7 +637,9 @@ class SandboxPool:
         return list(self.imap(codes, opts))
 
     def close(self) -> None:
-        self.closed = True
+        with self._lock:
+            self.closed = True
+        self._background.shutdown(wait=False, cancel_futures=True)
         for z in self._all:
             z.close()
         self._all.clear()

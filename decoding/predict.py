@@ -252,14 +252,25 @@ class Predictor:
             fits = fitter.submit(self.fit_candidates, images) if fitting else None
             with cpu_threads_but_one(fitting and self.device_is_cpu):  # ... on a core of their own
                 out = self.model_candidates(images, ids)
+            if cfg.repair:
+                for cands in out:
+                    for c in cands:
+                        if c.source not in NOT_MODEL:  # training programs and primitives need no repair
+                            c.code = repair_program(c.code, cfg.grammar_name).code
+            if fitting:  # the selection's executions start while the fits go on
+                self.prefetch([c.code for cands in out for c in cands])
             for cands, fitted in zip(out, fits.result() if fits is not None else []):
                 cands.extend(Candidate(code, float("nan"), 1, "primitive", frame=frame) for code, frame in fitted)
-        if cfg.repair:
-            for cands in out:
-                for c in cands:
-                    if c.source not in NOT_MODEL:  # training programs and primitives need no repair
-                        c.code = repair_program(c.code, cfg.grammar_name).code
         return out
+
+    def exec_options(self) -> ExecOptions:
+        """How ``select`` executes candidates."""
+        return ExecOptions(timeout=self.cfg.timeout, want_geometry=self.renders)
+
+    def prefetch(self, codes: list[str]) -> None:
+        """Start executing candidates that ``select`` will execute (``SandboxPool.prefetch``)."""
+        if self.pool is not None and self.cfg.strategy in ("bestofn", "rerank"):
+            self.pool.prefetch(codes, self.exec_options())
 
     @property
     def device(self) -> torch.device | None:
@@ -307,13 +318,18 @@ class Predictor:
         """Per image, the programs fit to it, each with the frame that draws it where the image
         shows it (None: the primitives, which fit proportions only): with ``primitives``, the
         primitives and all prisms; with ``prisms``, the quick prisms (``decoding.prism.framed_prisms``)."""
-        cfg, out = self.cfg, []
-        for image in images:
+        cfg = self.cfg
+
+        def fit(image) -> list[tuple[str, Frame | None]]:
             target = RenderTarget.of(image)
             prisms = framed_prisms(target, self.pool, self.render_terms, quick=not cfg.primitives)
             primitives = fit_primitives(target, self.pool, self.render_terms) if cfg.primitives else []
-            out.append([(code, None) for code in primitives] + prisms)
-        return out
+            fitted = [(code, None) for code in primitives] + prisms
+            self.prefetch([code for code, _ in fitted])
+            return fitted
+
+        with ThreadPoolExecutor(max(1, min(len(images), self.pool.workers))) as ex:  # one image per sandbox worker: one
+            return list(ex.map(fit, images))  # computes while another waits on the sandbox
 
     def generate_edits(self, px: torch.Tensor, hits: list[list[tuple[str, float]]], out: list[list[Candidate]],
                        sampling: bool) -> None:
@@ -382,7 +398,7 @@ class Predictor:
             return cands[0], info
         if self.pool is None:
             raise ValueError(f"strategy {cfg.strategy} executes candidates: pass a SandboxPool")
-        opts = ExecOptions(timeout=cfg.timeout, want_geometry=self.renders)
+        opts = self.exec_options()
         unique = list(dict.fromkeys(c.code for c in cands))  # identical programs execute (and render) once
         results = dict(zip(unique, self.pool.imap(unique, opts)))
         for c in cands:

@@ -54,7 +54,7 @@ from typing import Callable, NamedTuple
 import cv2
 import numpy as np
 from PIL import Image
-from scipy.ndimage import binary_dilation, binary_fill_holes, label
+from scipy.ndimage import label
 
 from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, Frame, silhouette
 from cad.sandbox import ExecOptions, Geometry, SandboxPool
@@ -177,15 +177,36 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) if len(rows) else None
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled: what the background joined to the frame's border through
+    pixels' four neighbours does not reach. ``scipy.ndimage.binary_fill_holes``'s mask, from one
+    flood fill, about 30x faster."""
+    h, w = mask.shape
+    flood = np.zeros((h + 2, w + 2), np.uint8)  # a background frame round it: the flood reaches every border pixel's
+    flood[1:-1, 1:-1] = mask
+    cv2.floodFill(flood, None, (0, 0), 2, flags=4)
+    return flood[1:-1, 1:-1] != 2
+
+
+CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))  # a pixel and its four neighbours
+SQUARE5 = np.ones((5, 5), np.uint8)
+
+
+def dilated(mask: np.ndarray, kernel: np.ndarray = CROSS, iterations: int = 1) -> np.ndarray:
+    """``mask`` grown by ``kernel`` (symmetric) ``iterations`` times, nothing from beyond its
+    frame: ``scipy.ndimage.binary_dilation``'s mask, about 30x faster."""
+    return cv2.dilate(mask.astype(np.uint8), kernel, iterations=iterations).astype(bool)
+
+
 def _holes_filled(region: np.ndarray) -> np.ndarray:
-    """``region`` with its holes filled: ``binary_fill_holes`` run on the region's box, the same
-    mask (a background pixel on the box's edge touches the background outside it) at the box's cost."""
+    """``region`` with its holes filled: ``fill_holes`` run on the region's box, the same mask (a
+    background pixel on the box's edge touches the background outside it) at the box's cost."""
     box = _box(region)
     if box is None:
         return region.copy()
     y0, y1, x0, x1 = box
     out = np.zeros_like(region)
-    out[y0:y1, x0:x1] = binary_fill_holes(region[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = fill_holes(region[y0:y1, x0:x1])
     return out
 
 
@@ -208,7 +229,7 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
     the mask is rebuilt once for the best step."""
     step = direction / np.abs(direction).max()
     swept = region | (base if base is not None else False)
-    inter, union = int((swept & target).sum()), int((swept | target).sum())
+    inter, union = np.count_nonzero(swept & target), np.count_nonzero(swept | target)
     best_iou, best_t = (inter / union if union else 0.0), 0  # mask_iou's number
     box, target_box = _box(region), _box(target)
     if box is None or target_box is None:
@@ -238,8 +259,8 @@ def sweep(region: np.ndarray, target: np.ndarray, direction: np.ndarray,
         if hit is not None:
             at, part = hit
             new = part & ~mask[at]
-            gain = int((new & target[at]).sum())
-            inter, union = inter + gain, union + int(new.sum()) - gain
+            gain = np.count_nonzero(new & target[at])  # counts, not sums: 3x faster on a small box
+            inter, union = inter + gain, union + np.count_nonzero(new) - gain
             mask[at] |= part
         iou = inter / union if union else 0.0
         if iou > best_iou:
@@ -263,7 +284,7 @@ def find_caps(pixels: np.ndarray, regions: list[np.ndarray], base: np.ndarray | 
     side is closed by a thin wall is not the prism's to cover, and a plate's end face swept
     across it is no better for covering it)."""
     drawn = silhouette(pixels)
-    target = binary_fill_holes(drawn)
+    target = fill_holes(drawn)
     background = target & ~drawn  # seen through the part
     caps = []
     for index, region in _cap_regions(regions, target, exclude):
@@ -317,7 +338,7 @@ def profile(cap: Cap, hidden: np.ndarray | None = None, seen: np.ndarray | None 
     runs to the body that hides the rest); ``corner_edge``: ``_extended``'s shortest seen edge
     (default ``MIN_CORNER_EDGE``)."""
     to_plane = _to_plane(cap.axis)
-    beside = hidden if hidden is None or seen is None else hidden & ~binary_dilation(seen, iterations=2)
+    beside = hidden if hidden is None or seen is None else hidden & ~dilated(seen, iterations=2)
     outer, holes = _contours(cap.region)
     return (simplified(outer, to_plane, hidden, beside, corner_edge),
             [simplified(c, to_plane, hidden, beside, corner_edge) for c in holes])
@@ -326,7 +347,7 @@ def profile(cap: Cap, hidden: np.ndarray | None = None, seen: np.ndarray | None 
 def _contours(region: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """The outer contour of ``region`` grown into its four neighbours (OpenCV's pixels) and the
     contours of its holes of at least ``MIN_HOLE`` pixels."""
-    grown = binary_dilation(region).astype(np.uint8)  # scipy's default structure: the cross
+    grown = dilated(region).astype(np.uint8)
     contours, hierarchy = cv2.findContours(grown, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     outer = max((i for i in range(len(contours)) if hierarchy[0][i][3] < 0), key=lambda i: cv2.contourArea(contours[i]))
     return contours[outer], [c for i, c in enumerate(contours) if hierarchy[0][i][3] == outer and cv2.contourArea(c) >= MIN_HOLE]
@@ -550,9 +571,12 @@ def _execute(body: Body | list[Body], pool: SandboxPool) -> Geometry | None:
     return _execute_all([body if isinstance(body, list) else [body]], pool)[0]
 
 
+MESHED = ExecOptions(want_geometry=True)
+
+
 def _execute_all(parts: list[list[Body]], pool: SandboxPool) -> list[Geometry | None]:
     """Each list of bodies executed in pixel units (the pool's workers at once), None where it fails."""
-    results = pool.imap([program(bodies, normalise=False) for bodies in parts], ExecOptions(want_geometry=True))
+    results = pool.imap([program(bodies, normalise=False) for bodies in parts], MESHED)
     return [r.geometry if r.executable and r.geometry is not None else None for r in results]
 
 
@@ -651,16 +675,17 @@ def _body(cap: Cap, filled: np.ndarray, cover: np.ndarray | None = None,
     depth, swept = _swept(region, cap.axis, filled, base)
     if background is not None:
         region = region | _closed_holes(region, cap.axis, depth, background)
-    hidden = None if cover is None else binary_dilation(cover & ~cap.region, np.ones((5, 5), bool))
+    hidden = None if cover is None else dilated(cover & ~cap.region, SQUARE5)
     outline, holes = profile(dataclasses.replace(cap, region=region), hidden, cap.region)
     return Body(cap.axis, outline, tuple(holes), depth), swept
 
 
 def _fit_prism(cap: Cap, filled: np.ndarray, background: np.ndarray, pool: SandboxPool, target: RenderTarget,
-               objective: dict[str, float]) -> Body | None:
-    """The prism of ``cap`` (``_body``, with the ``background`` seen inside the silhouette),
-    executed and its depth fit by ``objective``; None where it does not execute."""
-    body, _ = _body(cap, filled, background=background)
+               objective: dict[str, float], body: Body | None = None) -> Body | None:
+    """The prism of ``cap`` (``_body``, with the ``background`` seen inside the silhouette; or
+    ``body``, already made so), executed and its depth fit by ``objective``; None where it does
+    not execute."""
+    body = body or _body(cap, filled, background=background)[0]
     g = _execute(body, pool)
     return None if g is None else _fit_depth(body, g, target, objective)
 
@@ -1007,7 +1032,7 @@ def _tops(cap: Cap, holes: list[tuple[np.ndarray, list[np.ndarray]]], regions: l
 def _rim(cap: Cap) -> np.ndarray:
     """The cap's region grown into its four neighbours (onto the drawn line around it, as
     ``profile`` grows it): a pocket's opening is its hole outside it."""
-    return binary_dilation(cap.region)
+    return dilated(cap.region)
 
 
 def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = (),
@@ -1029,7 +1054,7 @@ def _fill_holes(cap: Cap, body: Body, inner: list[Inner], tops: list[Inner] = ()
         if parts.any():
             seen = cap.region | parts
             region = region | parts | (shadow & _hull(seen))
-        hidden = binary_dilation(shadow & ~seen, np.ones((5, 5), bool))
+        hidden = dilated(shadow & ~seen, SQUARE5)
         if background is not None:
             region &= ~_open_beside(cap, shadow, tops, background)
     outline, holes = profile(dataclasses.replace(cap, region=region), hidden, seen if tops else None, BOSS_CORNER_EDGE)
@@ -1048,7 +1073,7 @@ def _open_beside(cap: Cap, shadow: np.ndarray, tops: list[Inner], background: np
     """The parts of the holes of ``tops`` beside the bosses (off their screen footprints
     ``shadow``) and enclosed by the cap with them, that show ``MIN_THROUGH`` pixels of the ``background``:
     holes through the cap that the bosses stand in or in front of."""
-    rest, count = label(np.logical_or.reduce([t.hole for t in tops]) & ~binary_dilation(shadow) & _holes_filled(cap.region | shadow))
+    rest, count = label(np.logical_or.reduce([t.hole for t in tops]) & ~dilated(shadow) & _holes_filled(cap.region | shadow))
     seen = np.bincount(rest[background], minlength=count + 1)
     return np.isin(rest, np.flatnonzero(seen[1:] >= MIN_THROUGH) + 1)
 
@@ -1059,7 +1084,7 @@ def _beside_bosses(cap: Cap, shadow: np.ndarray, regions: list[np.ndarray]) -> n
     ``shadow`` and has an edge (``MIN_CORNER_EDGE`` long) on the line of an edge of the cap's
     outline (``BOSS_CORNER_EDGE`` long; both ends within ``SIMPLIFY`` pixels of it), the two apart
     with the boss between them (half the gap or more in ``shadow``)."""
-    near = binary_dilation(shadow, iterations=2)
+    near = dilated(shadow, iterations=2)
     cap_edges = [e for e in _edges(cap.region) if np.hypot(*(e[1] - e[0])) >= BOSS_CORNER_EDGE]
     found = np.zeros_like(cap.region)
     for region in regions:
@@ -1362,7 +1387,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     target = RenderTarget.of(image)
     pixels = np.asarray(target.image.convert("RGB").resize((SIZE_PX, SIZE_PX), Image.NEAREST))
     drawn = silhouette(pixels)
-    filled = binary_fill_holes(drawn)
+    filled = fill_holes(drawn)
     background = filled & ~drawn  # seen through the part
     regions, flat = planar_regions(pixels), flat_pixels(pixels)
     caps = find_caps(pixels, regions)
@@ -1370,6 +1395,8 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
     bossed: list[tuple[Cap, list[Inner], list[Body]]] = []  # (cap, its inner faces, the bodies: the cap's prism first)
     pocketed = None
     prisms = QUICK_PRISMS if quick else PRISMS
+    ahead = {id(cap): _body(cap, filled, background=background)[0] for cap in caps[:prisms] if cap.fit >= MIN_FIT}
+    pool.prefetch([program([body], normalise=False) for body in ahead.values()], MESHED)  # executed while the first is fit
     for i, cap in enumerate(c for c in caps if c.fit >= MIN_BOSSED_FIT):  # best first: the caps that fit come first
         fits = cap.fit >= MIN_FIT
         more_bosses = len(bossed) < BOSSED_CAPS
@@ -1378,7 +1405,8 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
         floors = _inner_faces(cap, holes, +1) if pocketed is None and fits else []
         if (i >= prisms or not fits) and not tops and not floors:
             continue
-        body = _fit_prism(_opened(cap, floors), filled, background, pool, target, objective)
+        opened = _opened(cap, floors)
+        body = _fit_prism(opened, filled, background, pool, target, objective, ahead.get(id(cap)) if opened is cap else None)
         if body is None:
             continue
         if i < prisms and fits:

@@ -153,11 +153,17 @@ class RetrievalIndex:
         """Unit query vectors (float32) of images."""
         return self._project(raw_features(images, self.embedding))
 
+    def unit_vectors(self) -> np.ndarray:
+        """The rows' vectors as float32 (``vectors`` / 127), converted once per ``vectors`` array."""
+        if getattr(self, "_unit_of", None) is not self.vectors:
+            self._unit, self._unit_of = self.vectors.astype(np.float32) / 127.0, self.vectors
+        return self._unit
+
     def search(self, queries: np.ndarray, k: int, exclude: list[set[int]] | None = None,
                chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
         """(indices, similarities) of the ``k`` most similar rows for each unit query vector,
         best first; ``exclude[i]`` removes rows from query i's answers (-1 / -inf pad a short row)."""
-        base = self.vectors.astype(np.float32) / 127.0
+        base = self.unit_vectors()
         k_eff = min(k + (max(len(e) for e in exclude) if exclude else 0), len(base))
         idx = np.full((len(queries), k), -1, np.int64)
         sim = np.full((len(queries), k), -np.inf, np.float32)
@@ -199,7 +205,7 @@ class RetrievalIndex:
     def training_neighbours(self, k: int) -> np.ndarray:
         """(N, k) nearest rows of every indexed row among the others, excluding itself and every
         row with the same canonical program (so that a model trained on them learns to edit)."""
-        return self.search(self.vectors.astype(np.float32) / 127.0, k, self.exclusions(self.ids))[0]
+        return self.search(self.unit_vectors(), k, self.exclusions(self.ids))[0]
 
 
 def read_rows(rows, progress: bool = True, batch: int = 512) -> tuple[np.ndarray, list[str], list[str]]:

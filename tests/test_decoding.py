@@ -1260,6 +1260,20 @@ def test_holes_filled_on_the_regions_box_is_binary_fill_holes():
     assert not _holes_filled(np.zeros((5, 5), bool)).any()
 
 
+def test_fill_holes_is_binary_fill_holes():
+    from scipy.ndimage import binary_fill_holes
+
+    from decoding.prism import fill_holes
+
+    rng = np.random.default_rng(2)
+    for _ in range(200):  # random masks: holes of every shape, some joined to the border only diagonally
+        mask = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.uniform(0.2, 0.9)
+        assert np.array_equal(fill_holes(mask), binary_fill_holes(mask))
+    ring = np.ones((5, 5), bool)
+    ring[2, 2] = False
+    assert fill_holes(ring).all() and not fill_holes(~ring)[0, 0]
+
+
 # A block with a post standing on its top face: the post's top lies above the face, outside it.
 POST_ON_BLOCK = (
     "import cadquery as cq\n"

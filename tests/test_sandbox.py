@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,22 @@ def test_a_closed_pool_refuses_programs_and_starts_no_worker():
     with pytest.raises(RuntimeError, match="closed"):
         own.run(BOX + "# another program\n")
     assert own._all == []
+
+
+def test_prefetched_programs_run_in_the_background_once(pool):
+    """``prefetch`` runs programs with no caller waiting, into the cache, where ``run`` then finds
+    them; a program asked for before its turn came runs in the caller's thread."""
+    codes = [f"import cadquery as cq\nsolid = cq.Workplane('XY').box(1, 1, {k + 1})  # prefetched\n" for k in range(6)]
+    pool.prefetch(codes[:3])
+    deadline = time.monotonic() + 60
+    while any(pool.cached(c) is None for c in codes[:3]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(pool.cached(c) is not None for c in codes[:3])  # nobody ran them: the prefetch did
+    assert pool.run(codes[1]) is pool.cached(codes[1])
+    pool.prefetch(codes[3:])  # one background thread: the last two wait their turn, then run here
+    results = pool.run_many(codes[3:])
+    assert [r.volume for r in results] == pytest.approx([4.0, 5.0, 6.0])
+    assert all(pool.cached(c) is r for c, r in zip(codes[3:], results))
 
 
 def test_no_state_leaks_between_programs(pool):
