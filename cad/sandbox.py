@@ -81,7 +81,7 @@ class ExecResult:
     n_solids: int = 0
     n_faces: int = 0
     valid: bool = False
-    brep_valid: bool = False
+    brep_valid: bool | None = False  # None: not checked (ExecOptions.check_brep)
     seconds: float = 0.0
     geometry: Geometry | None = field(default=None, repr=False)
     exports: dict[str, bytes] = field(default_factory=dict, repr=False)  # format -> file bytes
@@ -112,6 +112,7 @@ class ExecOptions:
     tolerance: float = 1e-3  # linear deflection, relative to the bounding-box diagonal
     angular_tolerance: float = 0.2
     export: tuple[str, ...] = ()  # EXPORT_FORMATS made from the solid in the child (ExecResult.exports)
+    check_brep: bool = True  # run the full BRepCheck (ExecResult.brep_valid; None without it): a few ms a program
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +354,7 @@ def _child_main(code: str, opts: ExecOptions, result_fd: int) -> None:
                         "bbox": [bb.xmin, bb.ymin, bb.zmin, bb.xmax, bb.ymax, bb.zmax],
                         "n_solids": len(solids), "n_faces": len(shape.Faces()),
                         "valid": _closed_solids(solids) and volume > 1e-12,
-                        "brep_valid": bool(shape.isValid()),
+                        "brep_valid": bool(shape.isValid()) if opts.check_brep else None,
                     }
                     g = None
                     if opts.want_geometry:
@@ -413,7 +414,7 @@ def _parse_child_blob(blob: bytes) -> ExecResult:
         volume=None if header.get("volume") is None else float(header["volume"]),
         bbox=None if bbox is None else [float(x) for x in bbox][:6],
         n_solids=int(header.get("n_solids", 0)), n_faces=int(header.get("n_faces", 0)),
-        valid=bool(header.get("valid", False)), brep_valid=bool(header.get("brep_valid", False)),
+        valid=bool(header.get("valid", False)), brep_valid=None if header.get("brep_valid", False) is None else bool(header.get("brep_valid")),
         seconds=float(header.get("seconds", 0.0)),
         geometry=geometry, exports=exports,
     )

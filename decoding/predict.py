@@ -264,8 +264,8 @@ class Predictor:
         return out
 
     def exec_options(self) -> ExecOptions:
-        """How ``select`` executes candidates."""
-        return ExecOptions(timeout=self.cfg.timeout, want_geometry=self.renders)
+        """How ``select`` executes candidates (a candidate is executable without BRepCheck's verdict)."""
+        return ExecOptions(timeout=self.cfg.timeout, want_geometry=self.renders, check_brep=False)
 
     def prefetch(self, codes: list[str]) -> None:
         """Start executing candidates that ``select`` will execute (``SandboxPool.prefetch``)."""
@@ -318,18 +318,14 @@ class Predictor:
         """Per image, the programs fit to it, each with the frame that draws it where the image
         shows it (None: the primitives, which fit proportions only): with ``primitives``, the
         primitives and all prisms; with ``prisms``, the quick prisms (``decoding.prism.framed_prisms``)."""
-        cfg = self.cfg
-
-        def fit(image) -> list[tuple[str, Frame | None]]:
+        cfg, out = self.cfg, []
+        for image in images:
             target = RenderTarget.of(image)
             prisms = framed_prisms(target, self.pool, self.render_terms, quick=not cfg.primitives)
             primitives = fit_primitives(target, self.pool, self.render_terms) if cfg.primitives else []
-            fitted = [(code, None) for code in primitives] + prisms
-            self.prefetch([code for code, _ in fitted])
-            return fitted
-
-        with ThreadPoolExecutor(max(1, min(len(images), self.pool.workers))) as ex:  # one image per sandbox worker: one
-            return list(ex.map(fit, images))  # computes while another waits on the sandbox
+            out.append([(code, None) for code in primitives] + prisms)
+            self.prefetch([code for code, _ in out[-1]])  # executed for the selection while the next image is fit
+        return out
 
     def generate_edits(self, px: torch.Tensor, hits: list[list[tuple[str, float]]], out: list[list[Candidate]],
                        sampling: bool) -> None:

@@ -152,6 +152,13 @@ def test_prefetched_programs_run_in_the_background_once(pool):
     assert all(pool.cached(c) is r for c, r in zip(codes[3:], results))
 
 
+def test_brep_check_is_skipped_only_when_asked(pool):
+    checked, unchecked = pool.run(BOX), pool.run(BOX, ExecOptions(check_brep=False))
+    assert checked.brep_valid is True and unchecked.brep_valid is None
+    assert unchecked.executable and unchecked.volume == pytest.approx(6.0)
+    assert pool.run("solid = 1 / 0\n", ExecOptions(check_brep=False)).status == "runtime_error"
+
+
 def test_no_state_leaks_between_programs(pool):
     """A program may mutate module state the policy allows it to reach (a dict in
     ``cq.selectors``) and set globals; the next program must not see either."""
