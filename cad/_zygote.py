@@ -33,7 +33,7 @@ def main() -> None:
     import OCP.TopoDS  # noqa: F401
     import OCP.TopTools  # noqa: F401
     from cad import policy  # noqa: F401
-    from cad.sandbox import ExecResult, _recv, _send, run_in_child
+    from cad.sandbox import ExecResult, _recv, _send, run_in_child, run_resident
 
     _send(proto_out, "ready")
     while True:
@@ -42,7 +42,7 @@ def main() -> None:
         except EOFError:
             return
         try:
-            result = run_in_child(code, opts)
+            result = (run_resident if opts.reuse else run_in_child)(code, opts)
         except Exception as exc:  # noqa: BLE001 - the zygote must keep serving
             result = ExecResult("crash", f"zygote error: {type(exc).__name__}: {exc}")
         _send(proto_out, result)

@@ -263,14 +263,16 @@ class Predictor:
                 cands.extend(Candidate(code, float("nan"), 1, "primitive", frame=frame) for code, frame in fitted)
         return out
 
-    def exec_options(self) -> ExecOptions:
-        """How ``select`` executes candidates (a candidate is executable without BRepCheck's verdict)."""
-        return ExecOptions(timeout=self.cfg.timeout, want_geometry=self.renders, check_brep=False)
+    def exec_options(self, fitted: bool = False) -> ExecOptions:
+        """How ``select`` executes candidates: executable without BRepCheck's verdict; ``fitted``:
+        programs the fits wrote (never the model's or a dataset's), which share a sandboxed
+        process (``ExecOptions.reuse``)."""
+        return ExecOptions(timeout=self.cfg.timeout, want_geometry=self.renders, check_brep=False, reuse=fitted)
 
-    def prefetch(self, codes: list[str]) -> None:
+    def prefetch(self, codes: list[str], fitted: bool = False) -> None:
         """Start executing candidates that ``select`` will execute (``SandboxPool.prefetch``)."""
         if self.pool is not None and self.cfg.strategy in ("bestofn", "rerank"):
-            self.pool.prefetch(codes, self.exec_options())
+            self.pool.prefetch(codes, self.exec_options(fitted))
 
     @property
     def device(self) -> torch.device | None:
@@ -324,7 +326,7 @@ class Predictor:
             prisms = framed_prisms(target, self.pool, self.render_terms, quick=not cfg.primitives)
             primitives = fit_primitives(target, self.pool, self.render_terms) if cfg.primitives else []
             out.append([(code, None) for code in primitives] + prisms)
-            self.prefetch([code for code, _ in out[-1]])  # executed for the selection while the next image is fit
+            self.prefetch([code for code, _ in out[-1]], fitted=True)  # executed for the selection while the next image is fit
         return out
 
     def generate_edits(self, px: torch.Tensor, hits: list[list[tuple[str, float]]], out: list[list[Candidate]],
@@ -394,9 +396,9 @@ class Predictor:
             return cands[0], info
         if self.pool is None:
             raise ValueError(f"strategy {cfg.strategy} executes candidates: pass a SandboxPool")
-        opts = self.exec_options()
+        fitted = {c.code for c in cands if c.source == "primitive"}
         unique = list(dict.fromkeys(c.code for c in cands))  # identical programs execute (and render) once
-        results = dict(zip(unique, self.pool.imap(unique, opts)))
+        results = dict(zip(unique, self.pool.imap(unique, [self.exec_options(code in fitted) for code in unique])))
         for c in cands:
             c.result = results[c.code]
         info["n_unique"] = len(unique)

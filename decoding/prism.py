@@ -571,7 +571,7 @@ def _execute(body: Body | list[Body], pool: SandboxPool) -> Geometry | None:
     return _execute_all([body if isinstance(body, list) else [body]], pool)[0]
 
 
-MESHED = ExecOptions(want_geometry=True, check_brep=False)  # a fit needs the mesh, not BRepCheck's verdict
+MESHED = ExecOptions(want_geometry=True, check_brep=False, reuse=True)  # a fit needs the mesh, not BRepCheck's verdict; its own programs share a sandboxed child
 
 
 def _execute_all(parts: list[list[Body]], pool: SandboxPool) -> list[Geometry | None]:

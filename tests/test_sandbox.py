@@ -159,6 +159,39 @@ def test_brep_check_is_skipped_only_when_asked(pool):
     assert pool.run("solid = 1 / 0\n", ExecOptions(check_brep=False)).status == "runtime_error"
 
 
+def test_reused_child_runs_programs_alike_and_starts_again_after_a_timeout(pool):
+    """``ExecOptions(reuse=True)`` programs run one after another in one child: the same results as
+    a child each, a program that runs out of memory or time ends as it would there, and the next
+    program still runs."""
+    reuse = ExecOptions(want_geometry=True, reuse=True)
+    boxes = [f"import cadquery as cq\nsolid = cq.Workplane('XY').box(2, 3, {k + 1}).faces('>Z').hole(0.5)  # reused\n"
+             for k in range(3)]
+    fresh = pool.run_many(boxes, ExecOptions(want_geometry=True))
+    reused = pool.run_many(boxes, reuse)
+    assert [r.volume for r in reused] == pytest.approx([r.volume for r in fresh])
+    assert all(np.array_equal(a.geometry.triangles, b.geometry.triangles) for a, b in zip(fresh, reused))
+    assert pool.run("x = [0] * 10 ** 10\n", reuse).status == "memory"
+    assert pool.run("while True:\n    pass\n", ExecOptions(timeout=1.0, reuse=True)).status == "timeout"
+    after = pool.run("import cadquery as cq\nsolid = cq.Workplane('XY').box(1, 1, 7)  # after the timeout\n", reuse)
+    assert after.executable and after.volume == pytest.approx(7.0)
+
+
+def test_reused_programs_share_a_child_whose_state_stays_in_it():
+    """Reused programs share their child (what one changes in module state, the next sees: only
+    programs this code base writes may be reused), and that state stays out of the programs that
+    run in a child of their own, which start from the zygote's pristine image."""
+    from cad.sandbox import SandboxPool
+
+    spoil = "import cadquery as cq\nsolid = cq.Workplane().box(2, 2, 2)\ncq.selectors.geom_LUT_FACE.clear()\n"
+    uses_lut = ("import cadquery as cq\nn = cq.Workplane().box(2, 2, 2).faces('%PLANE').size()\n"
+                "solid = cq.Workplane().box(2, 2, n)\n")
+    with SandboxPool(1) as own:
+        assert own.run(spoil, ExecOptions(reuse=True)).status == "ok"
+        assert own.run(uses_lut, ExecOptions(reuse=True)).status == "runtime_error"  # the same child: spoiled
+        fresh = own.run(uses_lut)
+        assert fresh.status == "ok" and fresh.volume == pytest.approx(24.0), fresh.error
+
+
 def test_no_state_leaks_between_programs(pool):
     """A program may mutate module state the policy allows it to reach (a dict in
     ``cq.selectors``) and set globals; the next program must not see either."""
