@@ -542,13 +542,13 @@ def _parse_child_blob(blob: bytes) -> ExecResult:
     n_geometry = len(arrays) - len(names)
     exports = {n: a.tobytes() for n, a in zip(names, arrays[n_geometry:])}
     geometry = Geometry(*arrays[:n_geometry]) if n_geometry == len(Geometry.ARRAYS) else None
-    bbox = header.get("bbox")
+    bbox, brep = header.get("bbox"), header.get("brep_valid", False)  # brep None: not checked
     return ExecResult(
         status=status, error=str(header.get("error", ""))[:1000],
         volume=None if header.get("volume") is None else float(header["volume"]),
         bbox=None if bbox is None else [float(x) for x in bbox][:6],
         n_solids=int(header.get("n_solids", 0)), n_faces=int(header.get("n_faces", 0)),
-        valid=bool(header.get("valid", False)), brep_valid=None if header.get("brep_valid", False) is None else bool(header.get("brep_valid")),
+        valid=bool(header.get("valid", False)), brep_valid=None if brep is None else bool(brep),
         seconds=float(header.get("seconds", 0.0)),
         geometry=geometry, exports=exports,
     )

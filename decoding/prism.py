@@ -571,7 +571,8 @@ def _execute(body: Body | list[Body], pool: SandboxPool) -> Geometry | None:
     return _execute_all([body if isinstance(body, list) else [body]], pool)[0]
 
 
-MESHED = ExecOptions(want_geometry=True, check_brep=False, reuse=True)  # a fit needs the mesh, not BRepCheck's verdict; its own programs share a sandboxed child
+# A fit needs the mesh, not BRepCheck's verdict; the programs it writes share a resident sandboxed child.
+MESHED = ExecOptions(want_geometry=True, check_brep=False, reuse=True)
 
 
 def _execute_all(parts: list[list[Body]], pool: SandboxPool) -> list[Geometry | None]:
@@ -685,7 +686,7 @@ def _fit_prism(cap: Cap, filled: np.ndarray, background: np.ndarray, pool: Sandb
     """The prism of ``cap`` (``_body``, with the ``background`` seen inside the silhouette; or
     ``body``, already made so), executed and its depth fit by ``objective``; None where it does
     not execute."""
-    body = body or _body(cap, filled, background=background)[0]
+    body = body if body is not None else _body(cap, filled, background=background)[0]
     g = _execute(body, pool)
     return None if g is None else _fit_depth(body, g, target, objective)
 
