@@ -717,7 +717,7 @@ def _closed_holes(region: np.ndarray, axis: int, depth: float, background: np.nd
     return closed
 
 
-def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], filled: np.ndarray, background: np.ndarray,
+def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], flat: np.ndarray, filled: np.ndarray, background: np.ndarray,
            pool: SandboxPool, target: RenderTarget, objective: dict[str, float]) -> list[list[Body]]:
     """Unions of prisms whose caps' sweeps together cover the silhouette best: two (the first
     among the ``UNION_FIRSTS`` best ``caps``, the second the cap that adds most to it, or one
@@ -727,7 +727,8 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
     that beats them by as much (``_third``). Each added body's place along the view direction,
     which the outline does not show, and then its depth are fit by ``objective`` on the meshes
     rendered together (``_placed``); ``background``: the background seen inside the silhouette
-    (``_closed_holes``); the openings of pockets whose floors are seen are filled (``_opened``)."""
+    (``_closed_holes``); the openings of pockets whose floors are seen are filled (``_opened``).
+    ``regions`` and ``flat``: ``planar_regions`` and ``flat_pixels`` of ``pixels``."""
     needed, needed_regular = (max(caps[0].fit + gain, MIN_FIT) for gain in (UNION_GAIN, UNION_GAIN_REGULAR))
     if needed_regular > 1.0:  # a sweep's IoU is at most 1: no second cap can add enough
         return []
@@ -738,7 +739,6 @@ def _union(caps: list[Cap], pixels: np.ndarray, regions: list[np.ndarray], fille
                         default=(None, None))  # outlines read only where one may pass
     if second is None:
         return []
-    flat = flat_pixels(pixels)
     first, second = (_opened(c, _inner_faces(c, _cap_holes(c, regions, flat), +1)) for c in (first, second))
     a = _body(first, filled, _swept(second.region, second.axis, filled)[1], background=background)[0]  # completed where the second hides it
     covered = _swept(first.region, first.axis, filled)[1]  # the first cap's own sweep: the second's sweep stops at it
@@ -1441,7 +1441,7 @@ def framed_prisms(image: Image.Image | RenderTarget, pool: SandboxPool, objectiv
         cap, tops, (base, *bosses) = first_bossed  # bosses and pockets on one cap: the base with both sets of holes filled
         out.append([_fill_holes(cap, base, tops + pocketed[1], tops, regions, background), *bosses, *pocketed[2][1:]])
     if caps:
-        out += _union(caps, pixels, regions, filled, background, pool, target, objective)
+        out += _union(caps, pixels, regions, flat, filled, background, pool, target, objective)
     framed: dict[str, Frame] = {}
     for bodies in out:
         framed.setdefault(program(bodies), program_frame(bodies))

@@ -524,7 +524,7 @@ def test_no_second_cap_is_looked_for_when_one_cap_leaves_too_little_to_add(monke
     monkeypatch.setattr(prism, "find_caps", find_caps)
     assert prism.UNION_GAIN_REGULAR <= prism.UNION_GAIN
     cap = prism.Cap(np.ones((4, 4), bool), 2, 1.0 - prism.UNION_GAIN_REGULAR + 0.001)  # a second cap would need an IoU above 1
-    assert prism._union([cap], None, [], None, None, None, None, {}) == []
+    assert prism._union([cap], None, [], None, None, None, None, None, {}) == []
 
 
 # A block with a bar standing out of its front face: the bar adds 0.03-0.05 to the block's sweep.
