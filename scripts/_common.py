@@ -17,6 +17,23 @@ def reference_rows() -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def dataset_rows(source: str, split: str | None, limit: int | None, offset: int = 0) -> list[dict]:
+    """Rows (deepcad_id, cadquery, image) of a local dataset from row ``offset`` on, at most
+    ``limit`` of them; its test split refused (``cad.io.InputError`` names what is wrong)."""
+    from cad.data import load_gencad
+    ds = load_gencad(source, split=split, limit=None if limit is None else offset + limit, allow_test=False)
+    return [dict(ds[i]) for i in range(min(offset, len(ds)), len(ds))]
+
+
+def row_picture(row: dict):
+    """The row's picture as an RGB PIL image: a reference row names its file, a dataset row holds the image."""
+    from PIL import Image
+
+    from cad.data import to_image
+    image = row["image"]
+    return (Image.open(REFERENCE / image) if isinstance(image, str) else to_image(image)).convert("RGB")
+
+
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
 

@@ -26,7 +26,7 @@ from cad.io import InputError  # noqa: E402
 from cad.sandbox import SandboxPool  # noqa: E402
 from img2cad.images import NORMALISE_VERSION, load_input  # noqa: E402
 from reward.evaluate import evaluate_pairs  # noqa: E402
-from scripts._common import REFERENCE, machine, reference_rows, write_json  # noqa: E402
+from scripts._common import dataset_rows, machine, reference_rows, row_picture, write_json  # noqa: E402
 
 COPIES = {
     "as_is": lambda im: (im, "png"),
@@ -45,21 +45,6 @@ def _tinted(a: np.ndarray) -> np.ndarray:
     """A render's part in orange (its channels scaled by 1, 0.55 and 0.3), the background kept."""
     part = (a < 250).any(-1, keepdims=True)
     return np.where(part, a * np.array([1.0, 0.55, 0.3]), a).astype(np.uint8)
-
-
-def _dataset_rows(source: str, split: str | None, limit: int | None, offset: int = 0) -> list[dict]:
-    """Rows (deepcad_id, cadquery, image) of a local dataset from row ``offset`` on, at most
-    ``limit`` of them; its test split refused."""
-    from cad.data import load_gencad
-    ds = load_gencad(source, split=split, limit=None if limit is None else offset + limit, allow_test=False)
-    return [dict(ds[i]) for i in range(min(offset, len(ds)), len(ds))]
-
-
-def _picture(row: dict) -> Image.Image:
-    """The row's picture as RGB: a reference row names its file, a dataset row holds the image."""
-    from cad.data import to_image
-    image = row["image"]
-    return (Image.open(REFERENCE / image) if isinstance(image, str) else to_image(image)).convert("RGB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from img2cad.shipped import DEFAULT_MODEL, load_shipped
 
     try:
-        rows = reference_rows() if args.data is None else _dataset_rows(args.data, args.split, args.limit, args.offset)
+        rows = reference_rows() if args.data is None else dataset_rows(args.data, args.split, args.limit, args.offset)
     except InputError as exc:
         ap.error(f"--data: {exc}")
     shipped = load_shipped(args.model or DEFAULT_MODEL)
@@ -95,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             make = COPIES[name]
             pairs, seconds = [], 0.0
             for row in tqdm(rows, desc=name, unit="img"):
-                img, ext = make(_picture(row))
+                img, ext = make(row_picture(row))
                 path = Path(tmp) / f"{row['deepcad_id']}-{name}.{ext}"
                 img.save(path, **({"quality": 85} if ext == "jpg" else {}))
                 t0 = time.perf_counter()

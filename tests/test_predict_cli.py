@@ -339,20 +339,39 @@ def test_a_halved_render_keeps_its_planar_faces_apart():
             assert max((face & f).sum() / (face | f).sum() for f in again) > 0.85, name
 
 
-def test_the_robustness_script_takes_validation_rows_and_refuses_a_test_split(tmp_path, capsys):
+@pytest.mark.parametrize("script", ["input_robustness", "candidate_oracle"])
+def test_the_scripts_on_dataset_rows_take_validation_rows_and_refuse_a_test_split(script, tmp_path, capsys):
+    import importlib
+
     from cad.data import FEATURES, load_gencad
-    from scripts.input_robustness import _dataset_rows, main as robustness
+    from scripts._common import dataset_rows
 
     rows = load_gencad(REFERENCE / "samples.jsonl").cast(FEATURES)
     rows.select(range(3)).to_parquet(str(tmp_path / "validation-00000.parquet"))
     rows.select(range(3, 5)).to_parquet(str(tmp_path / "test-00000.parquet"))
-    assert [r["deepcad_id"] for r in _dataset_rows(str(tmp_path), "validation", 2)] == rows["deepcad_id"][:2]
-    assert [r["deepcad_id"] for r in _dataset_rows(str(tmp_path), "validation", 1, offset=1)] == rows["deepcad_id"][1:2]
-    assert [r["deepcad_id"] for r in _dataset_rows(str(tmp_path), "validation", None, offset=2)] == rows["deepcad_id"][2:3]
+    assert [r["deepcad_id"] for r in dataset_rows(str(tmp_path), "validation", 2)] == rows["deepcad_id"][:2]
+    assert [r["deepcad_id"] for r in dataset_rows(str(tmp_path), "validation", 1, offset=1)] == rows["deepcad_id"][1:2]
+    assert [r["deepcad_id"] for r in dataset_rows(str(tmp_path), "validation", None, offset=2)] == rows["deepcad_id"][2:3]
     with pytest.raises(SystemExit) as stop:
-        robustness(["--data", str(tmp_path), "--split", "test", "--out", str(tmp_path / "r.json")])
+        importlib.import_module(f"scripts.{script}").main(["--data", str(tmp_path), "--split", "test", "--out", str(tmp_path / "r.json")])
     assert stop.value.code == 2 and "final numbers only" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_candidate_oracle_sets_the_chosen_programs_iou_beside_the_best_candidates():
+    from scripts.candidate_oracle import sketches, summarise
+
+    two = "import cadquery as cq\na = cq.Workplane(cq.Plane((0, 0, 0)))\nb = cq.Workplane(cq.Plane((0, 0, 1)))\n"
+    assert sketches(two) == 2 and sketches("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)\n") == 1
+    rows = [{"id": "a", "sketches": 1, "chosen_source": "retrieval", "chosen_iou": 0.5, "oracle_source": "primitive", "oracle_iou": 0.9},
+            {"id": "b", "sketches": 1, "chosen_source": "primitive", "chosen_iou": 0.8, "oracle_source": "primitive", "oracle_iou": 0.8},
+            {"id": "c", "sketches": 2, "chosen_source": "edit:1", "chosen_iou": 0.6, "oracle_source": "retrieval", "oracle_iou": 0.62}]
+    s = summarise(rows, gap=0.05)
+    assert (s["iou_chosen"], s["iou_oracle"]) == (round(1.9 / 3, 4), round(2.32 / 3, 4))
+    assert s["oracle_sources"] == {"primitive": 2, "retrieval": 1}
+    assert s["by_sketches"] == {"1": {"n": 2, "iou_chosen": 0.65, "iou_oracle": 0.85},
+                                "2": {"n": 1, "iou_chosen": 0.6, "iou_oracle": 0.62}}
+    assert [r["id"] for r in s["rerank_losses"]] == ["a"]  # c's best beats its chosen by 0.02 only
 
 
 def test_sandbox_exports_step_and_stl_from_the_child(pool):

@@ -1,0 +1,115 @@
+"""Where the default decoding loses IoU: in the choice among its candidates, or in the candidates.
+
+    python scripts/candidate_oracle.py --data data/synth-val --split validation --limit 96 \\
+        --out docs/results/candidate_oracle-val96.json
+    python scripts/candidate_oracle.py --out /tmp/oracle-real10.json  # the ten reference rows
+
+Each row's picture is decoded by the shipped model's default (``img2cad.engine.Engine``, what
+``img2cad predict`` runs; ``--thorough`` for its slower setting). Every candidate it ranked (the
+model's edits, the retrieved programs, the prisms and unions read off the picture) and the program
+it chose are then scored against the row's program (exact Best IoU, ``reward.evaluate``). The
+report gives the mean Best IoU of the chosen program and of each row's best candidate (the
+oracle: what a perfect reranker would reach with these candidates), the source of the best
+candidates, both means by the number of sketches in the true program, and the rows where the
+best candidate beats the chosen one by more than ``--gap``. A test split is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cad.io import InputError  # noqa: E402
+from cad.sandbox import SandboxPool  # noqa: E402
+from img2cad.images import load_input  # noqa: E402
+from reward.evaluate import evaluate_pairs  # noqa: E402
+from scripts._common import dataset_rows, machine, reference_rows, row_picture, write_json  # noqa: E402
+
+
+def sketches(code: str) -> int:
+    """The number of workplanes (sketches) a GenCAD program draws on."""
+    return code.count("cq.Workplane(")
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def summarise(rows: list[dict], gap: float) -> dict:
+    """Means of the chosen and the best candidates' IoU, overall and by sketch count; the best
+    candidates' sources; the rows whose best candidate beats the chosen by more than ``gap``."""
+    by_sketches: dict[int, list[dict]] = collections.defaultdict(list)
+    for r in rows:
+        by_sketches[r["sketches"]].append(r)
+    return {
+        "iou_chosen": _mean([r["chosen_iou"] for r in rows]),
+        "iou_oracle": _mean([r["oracle_iou"] for r in rows]),
+        "oracle_sources": dict(collections.Counter(r["oracle_source"] for r in rows).most_common()),
+        "by_sketches": {str(k): {"n": len(v), "iou_chosen": _mean([r["chosen_iou"] for r in v]),
+                                 "iou_oracle": _mean([r["oracle_iou"] for r in v])}
+                        for k, v in sorted(by_sketches.items())},
+        "rerank_losses": [{k: r[k] for k in ("id", "chosen_source", "chosen_iou", "oracle_source", "oracle_iou")}
+                          for r in sorted(rows, key=lambda r: r["chosen_iou"] - r["oracle_iou"])
+                          if r["oracle_iou"] - r["chosen_iou"] > gap],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    ap.add_argument("--data", default=None, help="a GenCAD-style dataset folder (default: the reference rows)")
+    ap.add_argument("--split", default=None, help="--data's split (a test split is refused: tune on validation)")
+    ap.add_argument("--offset", type=int, default=0, help="--data's rows from this one on")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many rows of --data (from --offset)")
+    ap.add_argument("--thorough", action="store_true", help="decode with img2cad's --thorough setting")
+    ap.add_argument("--gap", type=float, default=0.05, help="list the rows whose best candidate beats the chosen by more")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    from img2cad.engine import Engine, decode_config
+    from img2cad.shipped import DEFAULT_MODEL, load_shipped
+
+    try:
+        data = reference_rows() if args.data is None else dataset_rows(args.data, args.split, args.limit, args.offset)
+    except InputError as exc:
+        ap.error(f"--data: {exc}")
+    shipped = load_shipped(args.model or DEFAULT_MODEL)
+    cfg = decode_config(shipped)
+    pairs, meta = [], []
+    with tempfile.TemporaryDirectory() as tmp, Engine(shipped, cfg, workers=args.workers) as engine, \
+            SandboxPool(args.workers) as pool:
+        for row in tqdm(data, desc="decode", unit="img"):
+            path = Path(tmp) / f"{row['deepcad_id']}.png"
+            row_picture(row).save(path)
+            pred = engine.predict(load_input(path), thorough=args.thorough)
+            codes = [c.code for c in pred.candidates]
+            if pred.chosen.code not in codes:  # a refined program is no candidate: score it too
+                codes.append(pred.chosen.code)
+            sources = [c.source for c in pred.candidates] + ["refined"] * (len(codes) - len(pred.candidates))
+            for i, code in enumerate(codes):
+                pairs.append((f"{row['deepcad_id']}#{i}", code, row["cadquery"]))
+            meta.append((row, codes, sources, codes.index(pred.chosen.code)))
+        _, scored = evaluate_pairs(pairs, pool, progress=True)
+    iou = {r["id"]: r["iou"] or 0.0 for r in scored}  # a program that fails scores 0, as in Best IoU
+    rows = []
+    for row, codes, sources, chosen in meta:
+        ious = [iou[f"{row['deepcad_id']}#{i}"] for i in range(len(codes))]
+        best = max(range(len(codes)), key=lambda i: (ious[i], i == chosen))
+        rows.append({"id": row["deepcad_id"], "sketches": sketches(row["cadquery"]), "candidates": len(codes),
+                     "chosen_source": sources[chosen], "chosen_iou": round(ious[chosen], 4),
+                     "oracle_source": sources[best].split(":")[0], "oracle_iou": round(ious[best], 4)})
+    result = {"benchmark": "candidate_oracle", "command": "python " + " ".join(sys.argv), "model": shipped.name,
+              "decoding": "thorough" if args.thorough else cfg.strategy, "n": len(rows), "machine": machine(),
+              **summarise(rows, args.gap), "rows": rows}
+    write_json(args.out, result)
+    print(f"chosen {result['iou_chosen']}, oracle {result['iou_oracle']} over {len(rows)} rows -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
