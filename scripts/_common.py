@@ -25,6 +25,27 @@ def dataset_rows(source: str, split: str | None, limit: int | None, offset: int 
     return [dict(ds[i]) for i in range(min(offset, len(ds)), len(ds))]
 
 
+def add_row_arguments(ap) -> None:
+    """The options naming the rows a script decodes: ``--model``, ``--workers``, ``--data``,
+    ``--split``, ``--offset``, ``--limit`` (``rows_of`` reads them)."""
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--data", default=None, help="a GenCAD-style dataset folder to take rows from (default: the reference rows)")
+    ap.add_argument("--split", default=None, help="--data's split (a test split is refused: tune on validation)")
+    ap.add_argument("--offset", type=int, default=0, help="--data's rows from this one on")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many rows of --data (from --offset)")
+
+
+def rows_of(ap, args) -> list[dict]:
+    """The reference rows, or ``--data``'s rows (``dataset_rows``); a dataset that cannot be read
+    (or a test split) stops with one line naming it and exit code 2 (``ap.error``)."""
+    from cad.io import InputError
+    try:
+        return reference_rows() if args.data is None else dataset_rows(args.data, args.split, args.limit, args.offset)
+    except InputError as exc:
+        ap.error(f"--data: {exc}")
+
+
 def row_picture(row: dict):
     """The row's picture as an RGB PIL image: a reference row names its file, a dataset row holds the image."""
     from PIL import Image

@@ -24,11 +24,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cad.io import InputError  # noqa: E402
 from cad.sandbox import SandboxPool  # noqa: E402
 from img2cad.images import load_input  # noqa: E402
 from reward.evaluate import evaluate_pairs  # noqa: E402
-from scripts._common import dataset_rows, machine, reference_rows, row_picture, write_json  # noqa: E402
+from scripts._common import add_row_arguments, machine, row_picture, rows_of, write_json  # noqa: E402
 
 
 def sketches(code: str) -> int:
@@ -61,23 +60,15 @@ def summarise(rows: list[dict], gap: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
-    ap.add_argument("--data", default=None, help="a GenCAD-style dataset folder (default: the reference rows)")
-    ap.add_argument("--split", default=None, help="--data's split (a test split is refused: tune on validation)")
-    ap.add_argument("--offset", type=int, default=0, help="--data's rows from this one on")
-    ap.add_argument("--limit", type=int, default=None, help="at most this many rows of --data (from --offset)")
+    add_row_arguments(ap)
     ap.add_argument("--thorough", action="store_true", help="decode with img2cad's --thorough setting")
     ap.add_argument("--gap", type=float, default=0.05, help="list the rows whose best candidate beats the chosen by more")
-    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     from img2cad.engine import Engine, decode_config
     from img2cad.shipped import DEFAULT_MODEL, load_shipped
 
-    try:
-        data = reference_rows() if args.data is None else dataset_rows(args.data, args.split, args.limit, args.offset)
-    except InputError as exc:
-        ap.error(f"--data: {exc}")
+    data = rows_of(ap, args)
     shipped = load_shipped(args.model or DEFAULT_MODEL)
     cfg = decode_config(shipped)
     pairs, meta = [], []

@@ -22,11 +22,10 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cad.io import InputError  # noqa: E402
 from cad.sandbox import SandboxPool  # noqa: E402
 from img2cad.images import NORMALISE_VERSION, load_input  # noqa: E402
 from reward.evaluate import evaluate_pairs  # noqa: E402
-from scripts._common import dataset_rows, machine, reference_rows, row_picture, write_json  # noqa: E402
+from scripts._common import add_row_arguments, machine, row_picture, rows_of, write_json  # noqa: E402
 
 COPIES = {
     "as_is": lambda im: (im, "png"),
@@ -49,13 +48,8 @@ def _tinted(a: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
-    ap.add_argument("--workers", type=int, default=2)
+    add_row_arguments(ap)
     ap.add_argument("--copies", default=",".join(COPIES), help="comma-separated copies to run (default: all)")
-    ap.add_argument("--data", default=None, help="a GenCAD-style dataset folder to take rows from (default: the reference rows)")
-    ap.add_argument("--split", default=None, help="--data's split (a test split is refused: tune on validation)")
-    ap.add_argument("--offset", type=int, default=0, help="--data's rows from this one on")
-    ap.add_argument("--limit", type=int, default=None, help="at most this many rows of --data (from --offset)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     names = [c for c in args.copies.split(",") if c]
@@ -65,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from img2cad.engine import Engine, decode_config
     from img2cad.shipped import DEFAULT_MODEL, load_shipped
 
-    try:
-        rows = reference_rows() if args.data is None else dataset_rows(args.data, args.split, args.limit, args.offset)
-    except InputError as exc:
-        ap.error(f"--data: {exc}")
+    rows = rows_of(ap, args)
     shipped = load_shipped(args.model or DEFAULT_MODEL)
     cfg = decode_config(shipped)
     result = {"benchmark": "input_robustness", "command": "python " + " ".join(sys.argv), "model": shipped.name,
