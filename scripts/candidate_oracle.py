@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(tmp) / f"{row['deepcad_id']}.png"
             row_picture(row).save(path)
             pred = engine.predict(load_input(path), thorough=args.thorough)
-            codes = [c.code for c in pred.candidates]
+            codes, sources = [c.code for c in pred.candidates], [c.source for c in pred.candidates]
             if pred.chosen.code not in codes:  # a refined program is no candidate: score it too
                 codes.append(pred.chosen.code)
-            sources = [c.source for c in pred.candidates] + ["refined"] * (len(codes) - len(pred.candidates))
+                sources.append("refined")
             for i, code in enumerate(codes):
                 pairs.append((f"{row['deepcad_id']}#{i}", code, row["cadquery"]))
             meta.append((row, codes, sources, codes.index(pred.chosen.code)))
