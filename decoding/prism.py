@@ -103,6 +103,7 @@ OVERCUT = 1.0  # a cut starts this many pixels above the face it opens
 MIN_FLOOR = 0.5  # a pocket stops at least this many pixels above the bottom of its prism
 LEVEL_TOLERANCE = 0.01  # a point within this many pixels of a pocket's floor plane lies on it
 INNER_STEPS = 7  # boss heights or pocket depths tried, evenly spaced in log around the sweep's
+BOSS_CLIMB = 0.6  # a boss height best at an end of that grid climbs on in its steps while the fit improves, up to the sweep's times exp(+-this): a top's hole in the cap also holds what lies beside the boss (a hole through the cap), which lengthens the sweep
 ARC_SPANS = (8, 16, 32)  # circles through a floor's holes are tried through contour points this many apart ...
 ARC_POINTS = 12  # ... and one is kept where at least this many contour points lie on it (_circle's tolerance) ...
 ARC_COVERAGE = 0.3  # ... spread over at least this share of its circumference (of 36 sectors) ...
@@ -611,6 +612,21 @@ def _meeting(a: Geometry, b: Geometry, view: np.ndarray) -> tuple[float, float] 
 
 def _best(values: np.ndarray, score) -> float:
     return float(max(values, key=score))
+
+
+def _climbed(values: np.ndarray, score, bounds: np.ndarray) -> float:
+    """The best of ``values`` (evenly spaced in log) by ``score``, or, where that is an end of the
+    grid, the last of the further steps of the same ratio out that way (within ``bounds``) that each
+    scores better than the one before."""
+    at = functools.cache(score)
+    best = _best(values, at)
+    if best not in (values[0], values[-1]) or len(values) < 2:
+        return best
+    ratio = values[1] / values[0] if best == values[0] else values[-1] / values[-2]
+    ratio = 1 / ratio if best == values[0] else ratio
+    while bounds[0] <= best * ratio <= bounds[1] and at(best * ratio) > at(best):
+        best = best * ratio
+    return float(best)
 
 
 def _best_coarse_to_fine(values: np.ndarray, score) -> float:
@@ -1197,7 +1213,7 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], regions: list[np.ndarray], 
             return _placed_fit(functools.reduce(_joined, meshes, g_base), target, objective)
 
         span = _span(start, body.axis)
-        heights[k] = _best(start * np.exp(np.linspace(-span, span, INNER_STEPS)), score)
+        heights[k] = _climbed(start * np.exp(np.linspace(-span, span, INNER_STEPS)), score, start * np.exp([-BOSS_CLIMB, BOSS_CLIMB]))
     g_bosses = _execute(bosses(heights), pool)
     if g_bosses is None:
         return None

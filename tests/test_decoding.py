@@ -1044,6 +1044,30 @@ def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth
         assert len(tried) <= (DEPTH_STEPS + 1) // 2 + 2 and len(set(tried)) == len(tried)  # 9 of 13, none twice
 
 
+def test_a_height_best_at_the_grids_end_climbs_on_while_the_fit_improves():
+    from decoding.prism import _climbed
+
+    grid = 10.0 * np.exp(np.linspace(-0.15, 0.15, 7))
+    bounds = 10.0 * np.exp([-0.6, 0.6])
+    ratio = grid[1] / grid[0]
+    for peak, expected in ((10.0, 10.0), (7.0, 10.0 * np.exp(-0.15) / ratio ** 4), (13.5, 10.0 * np.exp(0.15) * ratio ** 3),
+                           (3.0, None), (30.0, None)):
+        tried = []
+
+        def score(v: float) -> float:
+            tried.append(v)
+            return -abs(np.log(v / peak))
+
+        got = _climbed(grid, score, bounds)
+        if expected is None:  # the peak lies beyond the bounds: the climb stops at the last step within them
+            assert bounds[0] <= got <= bounds[1] and (got * ratio > bounds[1] or got / ratio < bounds[0]), (peak, got)
+        else:
+            assert np.isclose(got, expected), (peak, got, expected)
+        assert len(set(tried)) == len(tried)  # no height scored twice
+    flat = _climbed(grid, lambda v: 0.0, bounds)
+    assert flat == grid[0]  # a tie at the end does not climb: each step must fit better
+
+
 def test_a_raised_boss_is_the_boss_executed_at_that_height(pool):
     from decoding.prism import Body, _along, _execute, _raised
 
