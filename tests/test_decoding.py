@@ -1044,6 +1044,24 @@ def test_the_coarse_to_fine_grid_finds_the_best_of_all_where_the_score_is_smooth
         assert len(tried) <= (DEPTH_STEPS + 1) // 2 + 2 and len(set(tried)) == len(tried)  # 9 of 13, none twice
 
 
+# A plate with a block and a disc standing on it beside a hole through it (validation row 000049's
+# program): the hole lies in the block's hole in the plate's face, and lengthens the block's sweep.
+BLOCK_BESIDE_A_HOLE = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.578125, -0.484375, -0.40234375), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = wp0.add(wp0.moveTo(1.05078, 0.0).lineTo(1.05078, 0.88487).lineTo(0.0, 0.88487).lineTo(0.0, 0.0).close())"
+    ".add(wp0.moveTo(0.39819, 0.40925).circle(0.13273)).extrude(0.125)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(0.0078125, -0.609375, -0.13671875), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.15485, 0.0).circle(0.15485)).extrude(0.14453125))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(-0.546875, -0.609375, -0.34765625), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = solid.union(wp2.add(wp2.moveTo(0.37607, 0.0).lineTo(0.37607, 0.36501).lineTo(0.0, 0.36501).lineTo(0.0, 0.0).close()).extrude(0.125))\n")
+
+
+def test_a_boss_beside_a_hole_through_its_face_stands_at_its_own_height(pool, monkeypatch):
+    climbed, kept = _fit_ious_without(pool, monkeypatch, BLOCK_BESIDE_A_HOLE, lambda q: q.count(".union(") == 2, "BOSS_CLIMB", 0.0)
+    assert climbed and kept and max(climbed) > 0.8 and max(climbed) > max(kept) + 0.1, (climbed, kept)
+
+
 def test_a_height_best_at_the_grids_end_climbs_on_while_the_fit_improves():
     from decoding.prism import _climbed
 
