@@ -622,8 +622,7 @@ def _climbed(values: np.ndarray, score, bounds: np.ndarray) -> float:
     best = _best(values, at)
     if best not in (values[0], values[-1]) or len(values) < 2:
         return best
-    ratio = values[1] / values[0] if best == values[0] else values[-1] / values[-2]
-    ratio = 1 / ratio if best == values[0] else ratio
+    ratio = values[0] / values[1] if best == values[0] else values[-1] / values[-2]
     while bounds[0] <= best * ratio <= bounds[1] and at(best * ratio) > at(best):
         best = best * ratio
     return float(best)
@@ -1189,7 +1188,8 @@ def _bossed(cap: Cap, body: Body, tops: list[Inner], regions: list[np.ndarray], 
     (``_inner_faces``) standing there: each top's outline, unprojected onto the cap's plane, is a
     boss's sketch, moved along the view direction (which keeps it in place on the screen) until
     the boss stands on the cap. The heights start at the sweeps' and are fit by ``objective`` one
-    boss at a time, largest first, on the base and the bosses executed once each and rendered
+    boss at a time (on ``INNER_STEPS`` heights, climbing on past an end of them: ``_climbed``),
+    largest first, on the base and the bosses executed once each and rendered
     together (a boss stretched along the axis from the cap, its foot moved along with its sketch:
     the same boss at another height); then the cap's depth is fit again with the bosses in place.
     ``background``: the background seen inside the silhouette (holes beside the bosses that show it
