@@ -118,6 +118,7 @@ UNION_FIRSTS = 3  # the best single caps tried as the first of two
 UNION_STEPS = 21  # places along the view direction tried for the second body, twice (coarse, then fine)
 AXIS_TIE = 0.005  # second caps whose sweeps fit within this of the best one's are alike (_likeliest) ...
 AXIS_REGULAR = 0.3  # ... and one more regular by this share is taken instead
+SNAP_STEPS = 11  # places along the view direction tried for a body standing on a face of the others (_snapped), twice (coarse, then fine)
 AXIS_DEGREES = 3.0  # an outline's edge within this of a sketch axis lies along it (_regularity)
 
 
@@ -799,7 +800,10 @@ def _third(first: Cap, second: Cap, pixels: np.ndarray, regions: list[np.ndarray
 def _placed(body: Body, g: Geometry, other: Geometry, target: RenderTarget, objective: dict[str, float]) -> Body | None:
     """``body`` (executed: ``g``) moved along the view direction to where, rendered with ``other``,
     it fits ``objective`` best (``UNION_STEPS`` places where the two meet, then as many about the
-    best), with its depth then fit the same way; None when no place meets ``other``."""
+    best), with its depth then fit the same way; or, where that fits at least as well, standing on
+    a face of ``other`` (``_snapped``: the outline does not show how far a body goes on behind
+    what hides it, and GenCAD's bodies start on a face of the part); None when no place meets
+    ``other``."""
     view = np.asarray(VIEW_DIR)
     span = _meeting(other, g, view)
     if span is None:
@@ -809,13 +813,72 @@ def _placed(body: Body, g: Geometry, other: Geometry, target: RenderTarget, obje
         moved = _stretched(g, 1.0, t * view)
         return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
 
-    t = _best(np.linspace(*span, UNION_STEPS), score)
-    step = (span[1] - span[0]) / (UNION_STEPS - 1)
-    t = _best(np.clip(t + np.linspace(-step, step, UNION_STEPS), *span), score)
+    t = _along_view(span, UNION_STEPS, score)
     if score(t) == -np.inf:
         return None
     moved = dataclasses.replace(body, shift=tuple(np.asarray(body.shift) + t * view))
-    return _fit_depth(moved, _stretched(g, 1.0, t * view), target, objective, other)
+    free = _fit_depth(moved, _stretched(g, 1.0, t * view), target, objective, other)
+    snapped = _snapped(body, g, other, target, objective, span)
+    if snapped is None or snapped[1] < _placed_fit(_joined(other, _reshaped(g, body, free)), target, objective):
+        return free
+    return snapped[0]
+
+
+def _along_view(span: tuple[float, float], steps: int, score) -> float:
+    """The best place ``t`` in ``span`` by ``score``: of ``steps`` evenly spaced, then of as many
+    within a step of the best."""
+    t = _best(np.linspace(*span, steps), score)
+    step = (span[1] - span[0]) / (steps - 1)
+    return _best(np.clip(t + np.linspace(-step, step, steps), *span), score)
+
+
+def _reshaped(g: Geometry, body: Body, to: Body) -> Geometry:
+    """``body``'s executed mesh ``g`` moved and stretched along its axis about its cap into ``to``
+    (the same outline, another shift and depth)."""
+    normal = plane_basis(body.axis)[2]
+    cap = np.abs(normal) @ np.asarray(body.shift)
+    factor = to.depth / body.depth
+    return _stretched(g, np.where(normal != 0, factor, 1.0),
+                      np.abs(normal) * cap * (1 - factor) + (np.asarray(to.shift) - np.asarray(body.shift)))
+
+
+def _face_levels(g: Geometry, axis: int) -> np.ndarray:
+    """The world coordinates along ``axis`` of ``g``'s planar faces square to it."""
+    planar = np.asarray(g.face_planar, bool)[np.asarray(g.tri_face)]
+    v = np.asarray(g.vertices)[np.asarray(g.triangles)[planar]]
+    n = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    square = np.abs(n[:, axis]) > 0.999 * np.linalg.norm(n, axis=1) + 1e-12
+    return np.unique(np.round(v[square, 0, axis], 3))
+
+
+def _snapped(body: Body, g: Geometry, other: Geometry, target: RenderTarget, objective: dict[str, float],
+             span: tuple[float, float]) -> tuple[Body, float] | None:
+    """``body`` standing on a face of ``other``: its far end on one of ``other``'s faces square to
+    its axis (``_face_levels``) and its cap moved along the view direction (within ``span``) to
+    where, rendered with ``other``, it fits ``objective`` best; (body, score), None when no such
+    place leaves it at least a pixel deep."""
+    view = np.asarray(VIEW_DIR)
+    normal = plane_basis(body.axis)[2]
+    k, sign = body.axis, normal[body.axis]
+    best: tuple[Body, float] | None = None
+    for level in _face_levels(other, k):
+        def shaped(t: float, level: float = level) -> Body | None:
+            shift = np.asarray(body.shift) + t * view
+            depth = (shift[k] - level) * sign
+            return dataclasses.replace(body, shift=tuple(shift), depth=float(depth)) if depth >= 1.0 else None
+
+        @functools.cache
+        def score(t: float, shaped=shaped) -> float:
+            b = shaped(t)
+            if b is None:
+                return -np.inf
+            moved = _reshaped(g, body, b)
+            return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
+
+        t = _along_view(span, SNAP_STEPS, score)
+        if score(t) > -np.inf and (best is None or score(t) > best[1]):
+            best = (shaped(t), score(t))
+    return best
 
 
 def _regularity(loop: Loop) -> float:

@@ -1062,6 +1062,38 @@ def test_a_boss_beside_a_hole_through_its_face_stands_at_its_own_height(pool, mo
     assert climbed and kept and max(climbed) > 0.8 and max(climbed) > max(kept) + 0.1, (climbed, kept)
 
 
+# A block with a slab standing out of its front face and a peg standing on the slab (validation row
+# 000417's program): the slab's back is hidden by the block, and a slab that runs on into the block
+# renders alike; the program has it start on the block's face.
+SLAB_ON_A_BLOCK = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.67578125, -0.30078125), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = wp0.add(wp0.moveTo(1.5, 0.0).lineTo(1.5, 0.33984).lineTo(0.0, 0.33984).lineTo(0.0, 0.0).close()).extrude(0.16015625)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.7109375, -0.8359375, -0.21875), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.70898, 0.0).lineTo(0.70898, 0.04102).lineTo(0.0, 0.04102).lineTo(0.0, 0.0).close())"
+    ".extrude(0.26171875))\n"
+    "wp2 = cq.Workplane(cq.Plane(cq.Vector(-0.453125, -0.8359375, -0.0859375), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))\n"
+    "solid = solid.union(wp2.add(wp2.moveTo(0.06445, 0.0).circle(0.06445)).extrude(0.18359375))\n")
+
+
+def test_a_body_whose_back_is_hidden_stands_on_a_face_of_the_others(pool, monkeypatch):
+    snapped, free = _fit_ious_without(pool, monkeypatch, SLAB_ON_A_BLOCK, lambda q: ".union(" in q, "_snapped", lambda *args: None)
+    assert snapped and free and max(snapped) > 0.85 and max(snapped) > max(free) + 0.1, (snapped, free)
+
+
+def test_face_levels_are_the_planes_of_faces_square_to_the_axis(pool):
+    from decoding.prism import Body, _execute, _face_levels, plane_basis
+
+    square = np.array([[30.0, 30.0], [50.0, 30.0], [50.0, 42.0], [30.0, 42.0]])  # 20 by 12, a hole in it
+    for axis in range(3):
+        g = _execute(Body(axis, square, ((40.0, 36.0, 3.0),), 10.0, (5.0, 5.0, 5.0)), pool)
+        x_dir, y_dir, _ = plane_basis(axis)
+        for along, width in ((axis, 10.0), (int(np.argmax(np.abs(x_dir))), 20.0), (int(np.argmax(np.abs(y_dir))), 12.0)):
+            levels = _face_levels(g, along)  # the hole's wall is curved: only the two flat ends count
+            assert len(levels) == 2 and np.isclose(levels[1] - levels[0], width, atol=2e-3), (axis, along, levels)
+        assert np.isclose(_face_levels(g, axis), 5.0, atol=2e-3).any()  # the cap lies in the plane through the shift
+
+
 def test_a_height_best_at_the_grids_end_climbs_on_while_the_fit_improves():
     from decoding.prism import _climbed
 
