@@ -11,12 +11,14 @@ it chose are then scored against the row's program (exact Best IoU, ``reward.eva
 report gives the mean Best IoU of the chosen program and of each row's best candidate (the
 oracle: what a perfect reranker would reach with these candidates), the source of the best
 candidates, both means by the number of sketches in the true program, and the rows where the
-best candidate beats the chosen one by more than ``--gap``. A test split is refused.
+best candidate beats the chosen one by more than ``--gap``; each row lists every candidate's source,
+the reranker's total and its IoU (``scored``). A test split is refused.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -79,21 +81,25 @@ def main(argv: list[str] | None = None) -> int:
             row_picture(row).save(path)
             pred = engine.predict(load_input(path), thorough=args.thorough)
             codes, sources = [c.code for c in pred.candidates], [c.source for c in pred.candidates]
+            totals = [c.total for c in pred.candidates]
             if pred.chosen.code not in codes:  # a refined program is no candidate: score it too
                 codes.append(pred.chosen.code)
                 sources.append("refined")
+                totals.append(pred.chosen.total)
             for i, code in enumerate(codes):
                 pairs.append((f"{row['deepcad_id']}#{i}", code, row["cadquery"]))
-            meta.append((row, codes, sources, codes.index(pred.chosen.code)))
+            meta.append((row, codes, sources, totals, codes.index(pred.chosen.code)))
         _, scored = evaluate_pairs(pairs, pool, progress=True)
     iou = {r["id"]: r["iou"] or 0.0 for r in scored}  # a program that fails scores 0, as in Best IoU
     rows = []
-    for row, codes, sources, chosen in meta:
+    for row, codes, sources, totals, chosen in meta:
         ious = [iou[f"{row['deepcad_id']}#{i}"] for i in range(len(codes))]
         best = max(range(len(codes)), key=lambda i: (ious[i], i == chosen))
         rows.append({"id": row["deepcad_id"], "sketches": sketches(row["cadquery"]), "candidates": len(codes),
                      "chosen_source": sources[chosen], "chosen_iou": round(ious[chosen], 4),
-                     "oracle_source": sources[best].split(":")[0], "oracle_iou": round(ious[best], 4)})
+                     "oracle_source": sources[best].split(":")[0], "oracle_iou": round(ious[best], 4),
+                     "scored": [{"source": s, "total": round(t, 4) if math.isfinite(t) else None, "iou": round(v, 4)}
+                                for s, t, v in zip(sources, totals, ious)]})
     result = {"benchmark": "candidate_oracle", "command": "python " + " ".join(sys.argv), "model": shipped.name,
               "decoding": "thorough" if args.thorough else cfg.strategy, "n": len(rows), "machine": machine(),
               **summarise(rows, args.gap), "rows": rows}
