@@ -652,13 +652,10 @@ def _fit_depth(body: Body, g: Geometry, target: RenderTarget, objective: dict[st
     ``DEPTH_STEPS`` around its own (at least two pixels either way, a thin plate's side is a few
     pixels tall), searched coarse to fine (``_best_coarse_to_fine``), stretching its executed mesh
     ``g`` along its axis about its cap."""
-    normal = plane_basis(body.axis)[2]
     span = _span(body.depth, body.axis)
-    cap = np.abs(normal) @ np.asarray(body.shift)  # the cap's world coordinate along the axis
 
     def score(factor: float) -> float:
-        scale = np.where(normal != 0, factor, 1.0)
-        moved = _stretched(g, scale, np.abs(normal) * cap * (1 - factor))
+        moved = _deepened_mesh(g, body, factor)
         if other is None:
             return _placed_fit(moved, target, objective)
         return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
@@ -835,11 +832,15 @@ def _along_view(span: tuple[float, float], steps: int, score) -> float:
 def _reshaped(g: Geometry, body: Body, to: Body) -> Geometry:
     """``body``'s executed mesh ``g`` moved and stretched along its axis about its cap into ``to``
     (the same outline, another shift and depth)."""
+    return _deepened_mesh(g, body, to.depth / body.depth, np.asarray(to.shift) - np.asarray(body.shift))
+
+
+def _deepened_mesh(g: Geometry, body: Body, factor: float, shift: np.ndarray | float = 0.0) -> Geometry:
+    """``body``'s executed mesh ``g`` stretched ``factor`` times along its axis about its cap (the
+    cap's world coordinate along the axis stays), then moved by ``shift``."""
     normal = plane_basis(body.axis)[2]
     cap = np.abs(normal) @ np.asarray(body.shift)
-    factor = to.depth / body.depth
-    return _stretched(g, np.where(normal != 0, factor, 1.0),
-                      np.abs(normal) * cap * (1 - factor) + (np.asarray(to.shift) - np.asarray(body.shift)))
+    return _stretched(g, np.where(normal != 0, factor, 1.0), np.abs(normal) * cap * (1 - factor) + shift)
 
 
 def _face_levels(g: Geometry, axis: int) -> np.ndarray:
@@ -857,28 +858,37 @@ def _snapped(body: Body, g: Geometry, other: Geometry, target: RenderTarget, obj
     its axis (``_face_levels``) and its cap moved along the view direction (within ``span``) to
     where, rendered with ``other``, it fits ``objective`` best; (body, score), None when no such
     place leaves it at least a pixel deep."""
-    view = np.asarray(VIEW_DIR)
-    normal = plane_basis(body.axis)[2]
-    k, sign = body.axis, normal[body.axis]
     best: tuple[Body, float] | None = None
-    for level in _face_levels(other, k):
-        def shaped(t: float, level: float = level) -> Body | None:
-            shift = np.asarray(body.shift) + t * view
-            depth = (shift[k] - level) * sign
-            return dataclasses.replace(body, shift=tuple(shift), depth=float(depth)) if depth >= 1.0 else None
-
-        @functools.cache
-        def score(t: float, shaped=shaped) -> float:
-            b = shaped(t)
-            if b is None:
-                return -np.inf
-            moved = _reshaped(g, body, b)
-            return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
-
-        t = _along_view(span, SNAP_STEPS, score)
-        if score(t) > -np.inf and (best is None or score(t) > best[1]):
-            best = (shaped(t), score(t))
+    for level in _face_levels(other, body.axis):
+        found = _standing_on(level, body, g, other, target, objective, span)
+        if found is not None and (best is None or found[1] > best[1]):
+            best = found
     return best
+
+
+def _standing_on(level: float, body: Body, g: Geometry, other: Geometry, target: RenderTarget,
+                 objective: dict[str, float], span: tuple[float, float]) -> tuple[Body, float] | None:
+    """``_snapped``'s best place for ``body`` with its far end at world coordinate ``level`` along
+    its axis: (body, score), None when none leaves it a pixel deep and meeting ``other``."""
+    view = np.asarray(VIEW_DIR)
+    k = body.axis
+    sign = plane_basis(k)[2][k]
+
+    def shaped(t: float) -> Body | None:
+        shift = np.asarray(body.shift) + t * view
+        depth = (shift[k] - level) * sign
+        return dataclasses.replace(body, shift=tuple(shift), depth=float(depth)) if depth >= 1.0 else None
+
+    @functools.cache
+    def score(t: float) -> float:
+        b = shaped(t)
+        if b is None:
+            return -np.inf
+        moved = _reshaped(g, body, b)
+        return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
+
+    t = _along_view(span, SNAP_STEPS, score)
+    return (shaped(t), score(t)) if score(t) > -np.inf else None
 
 
 def _regularity(loop: Loop) -> float:
