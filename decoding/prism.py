@@ -43,7 +43,10 @@ body hides part of the other's cap, the cap is completed with the hiding body's 
 cap's convex hull, and the hidden part of its contour does not count against a circle. The
 second body's place along the view direction does not change the picture's outline, only the
 framing and what hides what, so it is searched by the render terms on the two meshes rendered
-together (over the stretch of the line where the bodies meet), then its depth.
+together (over the stretch of the line where the bodies meet and as far again either way, a bar
+whose foot is hidden reaching across to the other body), then its depth. Places that render
+about as well are told apart by the framing: the picture is the part's bounding box fit to a
+window, so bodies read whole and in place are drawn where that fit draws them.
 """
 from __future__ import annotations
 
@@ -118,6 +121,12 @@ UNION_FIRSTS = 3  # the best single caps tried as the first of two
 UNION_STEPS = 21  # places along the view direction tried for the second body, twice (coarse, then fine)
 AXIS_TIE = 0.005  # second caps whose sweeps fit within this of the best one's are alike (_likeliest) ...
 AXIS_REGULAR = 0.3  # ... and one more regular by this share is taken instead
+FRAMING_SLACK = 0.005  # an added body's places that fit (objective) within this of the best are told apart ...
+FRAMING_WEIGHT = 0.01  # ... by their fit less this per pixel by which the picture's window fit would draw the bodies elsewhere (_framing_error) ...
+FRAMING_TRUST = 2.0  # ... where one of them frames the picture within this many pixels (the bodies explain its framing)
+REACH_TOLERANCE = 0.01  # pixels: bodies farther apart than this along an axis are apart (_reaching) ...
+REACH_STEPS = 11  # places tried each way beyond where the bodies meet, twice (coarse, then fine) ...
+REACH_END = 6.0  # ... and the outline's points this near its end (or a quarter of its length, if less) make that end: an edge the other body hid is ragged
 SNAP_STEPS = 11  # places along the view direction tried for a body standing on a face of the others (_snapped), twice (coarse, then fine)
 AXIS_DEGREES = 3.0  # an outline's edge within this of a sketch axis lies along it (_regularity)
 
@@ -554,6 +563,58 @@ def _placed_fit(g: Geometry, target: RenderTarget, objective: dict[str, float]) 
     return _render_fit(g, target, objective, PIXEL_FRAME)
 
 
+def _framing_error(g: Geometry, drawn: np.ndarray | None = None) -> float:
+    """Pixels by which ``cad.render``'s window fit (the projected bounding box fit to the style's
+    window, centred: how the picture was drawn) would draw the pixel-unit mesh ``g`` away from
+    where it lies (``PIXEL_FRAME``), at the farthest corner of its bounding box: none for a part
+    read whole and in place. A body moved along the view direction keeps its outline but moves
+    the box's hidden corners, so this tells places apart that the render does not. ``drawn``: the
+    picture's silhouette box (x0, y0, x1, y1) on the screen, joined to the projected box, so that
+    bodies not (yet) read, which lie inside it, do not count against the ones that are."""
+    v = np.asarray(g.vertices)
+    lo, hi = v.min(0), v.max(0)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    screen = np.stack([corners @ RIGHT, -(corners @ UP)], axis=1)
+    if drawn is not None:
+        screen = np.concatenate([screen, np.reshape(drawn, (2, 2))])
+    low, high = screen.min(0), screen.max(0)
+    ext = np.maximum(high - low, 1e-9)
+    scale = min(SIZE_PX * GENCAD_STYLE.fit_width / ext[0], SIZE_PX * GENCAD_STYLE.fit_height / ext[1])
+    fitted = (screen - (low + high) / 2) * scale + SIZE_PX / 2
+    return float(np.abs(fitted - screen).max())
+
+
+def _drawn_box(target: RenderTarget) -> np.ndarray:
+    """The box (x0, y0, x1, y1) of the picture's silhouette, in ``SIZE_PX`` pixels."""
+    mask = np.asarray(target.silhouette)
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return np.array([SIZE_PX / 2] * 4, dtype=float)
+    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=float) * (SIZE_PX / mask.shape[0])
+
+
+Placing = tuple[float, float]  # a place's (_placed_fit, _framing_error)
+NOWHERE: Placing = (-np.inf, np.inf)  # a place where the bodies do not meet
+
+
+def _framed_fit(g: Geometry, target: RenderTarget, objective: dict[str, float]) -> Placing:
+    """(``_placed_fit``, ``_framing_error`` with the picture's silhouette box) of ``g``."""
+    return _placed_fit(g, target, objective), _framing_error(g, _drawn_box(target))
+
+
+def _framed_pick(options: list[tuple[object, Placing]]) -> object:
+    """The option whose place fits best (the first on ties), or, where one of the places that fit
+    within ``FRAMING_SLACK`` of the best frames the picture within ``FRAMING_TRUST`` pixels, the
+    one of those whose fit less ``FRAMING_WEIGHT`` per pixel of framing error is best. Bodies not
+    read (a rod, a boss) change the framing too: it parts only places that the render hardly does,
+    and only where the bodies read explain it."""
+    top = max(fit for _, (fit, _) in options)
+    close = [o for o in options if o[1][0] >= top - FRAMING_SLACK]
+    if min(error for _, (_, error) in close) > FRAMING_TRUST:
+        return max(options, key=lambda o: o[1][0])[0]
+    return max(close, key=lambda o: o[1][0] - FRAMING_WEIGHT * o[1][1])[0]
+
+
 def _normalisation(bodies: list[Body]) -> tuple[float, np.ndarray]:
     """(scale, centre) that ``program`` applies: pixel units to GenCAD's frame."""
     corners = np.concatenate([b.corners() for b in bodies if not b.cut])
@@ -796,37 +857,94 @@ def _third(first: Cap, second: Cap, pixels: np.ndarray, regions: list[np.ndarray
 
 def _placed(body: Body, g: Geometry, other: Geometry, target: RenderTarget, objective: dict[str, float]) -> Body | None:
     """``body`` (executed: ``g``) moved along the view direction to where, rendered with ``other``,
-    it fits ``objective`` best (``UNION_STEPS`` places where the two meet, then as many about the
-    best), with its depth then fit the same way; or, where that fits at least as well, standing on
-    a face of ``other`` (``_snapped``: the outline does not show how far a body goes on behind
-    what hides it, and GenCAD's bodies start on a face of the part); None when no place meets
-    ``other``."""
+    it fits ``objective`` best, places that fit about as well told apart by how they frame the
+    picture (``_framed_pick``), on ``UNION_STEPS`` places (then as many about the best) over where
+    the two meet, and on ``REACH_STEPS`` over half as far again each way, where it reaches across
+    to ``other`` (``_reaching``: a place taken only where it frames the picture within
+    ``FRAMING_TRUST`` pixels); with its depth then fit by ``objective``; or, where that is picked over it (``_framed_pick``), standing on a
+    face of ``other`` (``_snapped``: the outline does not show how far a body goes on behind what
+    hides it, and GenCAD's bodies start on a face of the part); None when no place meets ``other``."""
     view = np.asarray(VIEW_DIR)
     span = _meeting(other, g, view)
     if span is None:
         return None
 
-    def score(t: float) -> float:
+    @functools.cache
+    def at(t: float) -> tuple[Body, Geometry] | None:
         moved = _stretched(g, 1.0, t * view)
-        return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
+        if _meet(other, moved):
+            return dataclasses.replace(body, shift=tuple(np.asarray(body.shift) + t * view)), moved
+        return _reaching(dataclasses.replace(body, shift=tuple(np.asarray(body.shift) + t * view)), moved, other)
+
+    @functools.cache
+    def score(t: float) -> Placing:
+        placed = at(t)
+        if placed is None:
+            return NOWHERE
+        joined = _joined(other, placed[1])
+        if placed[0].outline is not body.outline and _framing_error(joined, _drawn_box(target)) > FRAMING_TRUST:
+            return NOWHERE  # reached across: only the framing shows how far a hidden foot runs
+        return _framed_fit(joined, target, objective)
 
     t = _along_view(span, UNION_STEPS, score)
-    if score(t) == -np.inf:
+    if score(t) == NOWHERE:
         return None
-    moved = dataclasses.replace(body, shift=tuple(np.asarray(body.shift) + t * view))
-    free = _fit_depth(moved, _stretched(g, 1.0, t * view), target, objective, other)
+    if not isinstance(body.outline, tuple):  # beyond where the two meet, half as far again each way: places where it reaches across
+        width = (span[1] - span[0]) / 2
+        wings = [_along_view(wing, REACH_STEPS, score) for wing in ((span[0] - width, span[0]), (span[1], span[1] + width))]
+        t = _framed_pick([(x, score(x)) for x in (t, *wings)])
+    moved, g_moved = at(t)
+    free = _fit_depth(moved, g_moved, target, objective, other)
     snapped = _snapped(body, g, other, target, objective, span)
-    if snapped is None or snapped[1] < _placed_fit(_joined(other, _reshaped(g, body, free)), target, objective):
+    if snapped is None:
         return free
-    return snapped[0]
+    return _framed_pick([snapped, (free, _framed_fit(_joined(other, _reshaped(g_moved, moved, free)), target, objective))])
 
 
-def _along_view(span: tuple[float, float], steps: int, score) -> float:
-    """The best place ``t`` in ``span`` by ``score``: of ``steps`` evenly spaced, then of as many
-    within a step of the best."""
-    t = _best(np.linspace(*span, steps), score)
+def _reaching(body: Body, g: Geometry, other: Geometry) -> tuple[Body, Geometry] | None:
+    """``body`` (executed: ``g``) with its outline's end moved across the gap that parts it from
+    ``other``'s bounding box, where one axis of its sketch plane alone parts them: the outline's
+    points near that end (``REACH_END``) move onto ``other``'s box there, and so do the mesh's. A
+    bar whose foot is hidden runs on behind what hides it to the part it stands on; None where a
+    circle or a single point makes the end."""
+    if isinstance(body.outline, tuple):
+        return None
+    v, w = np.asarray(g.vertices), np.asarray(other.vertices)
+    lo, hi, lo_o, hi_o = v.min(0), v.max(0), w.min(0), w.max(0)
+    apart = np.maximum(lo - hi_o, lo_o - hi) > REACH_TOLERANCE
+    if apart.sum() != 1 or apart[body.axis]:
+        return None
+    k = int(np.argmax(apart))
+    end, to = (lo[k], hi_o[k]) if lo[k] > hi_o[k] else (hi[k], lo_o[k])
+    x_dir, y_dir, _ = plane_basis(body.axis)
+    j, d = (0, x_dir) if abs(x_dir[k]) > 0.5 else (1, y_dir)
+    shift = np.asarray(body.shift)
+    near = min(REACH_END, (hi[k] - lo[k]) / 4)
+    at_end = np.abs(shift[k] + body.outline[:, j] * d[k] - end) < near
+    if at_end.sum() < 2:
+        return None
+    outline = body.outline.copy()
+    outline[at_end, j] = (to - shift[k]) / d[k]
+
+    def moved(points: np.ndarray) -> np.ndarray:
+        p = np.array(points, dtype=float)
+        p[..., k] = np.where(np.abs(p[..., k] - end) < near, to, p[..., k])
+        return p
+
+    return dataclasses.replace(body, outline=outline), dataclasses.replace(g, vertices=moved(g.vertices), edges=moved(g.edges))
+
+
+def _along_view(span: tuple[float, float], steps: int, score: Callable[[float], Placing]) -> float:
+    """The best place ``t`` in ``span`` by ``score`` (``_framed_pick``): of ``steps`` evenly
+    spaced, then of as many within a step of the best."""
+    def best(values: np.ndarray) -> float:
+        return float(_framed_pick([(float(t), score(float(t))) for t in values]))
+
+    t = best(np.linspace(*span, steps))
+    if score(t) == NOWHERE:
+        return t
     step = (span[1] - span[0]) / (steps - 1)
-    return _best(np.clip(t + np.linspace(-step, step, steps), *span), score)
+    return best(np.clip(t + np.linspace(-step, step, steps), *span))
 
 
 def _reshaped(g: Geometry, body: Body, to: Body) -> Geometry:
@@ -853,21 +971,18 @@ def _face_levels(g: Geometry, axis: int) -> np.ndarray:
 
 
 def _snapped(body: Body, g: Geometry, other: Geometry, target: RenderTarget, objective: dict[str, float],
-             span: tuple[float, float]) -> tuple[Body, float] | None:
+             span: tuple[float, float]) -> tuple[Body, Placing] | None:
     """``body`` standing on a face of ``other``: its far end on one of ``other``'s faces square to
     its axis (``_face_levels``) and its cap moved along the view direction (within ``span``) to
-    where, rendered with ``other``, it fits ``objective`` best; (body, score), None when no such
-    place leaves it at least a pixel deep."""
-    best: tuple[Body, float] | None = None
-    for level in _face_levels(other, body.axis):
-        found = _standing_on(level, body, g, other, target, objective, span)
-        if found is not None and (best is None or found[1] > best[1]):
-            best = found
-    return best
+    where, rendered with ``other``, it fits ``objective`` best (``_framed_pick``); (body, its
+    placing), None when no such place leaves it at least a pixel deep."""
+    found = [f for f in (_standing_on(level, body, g, other, target, objective, span) for level in _face_levels(other, body.axis))
+             if f is not None]
+    return _framed_pick([(f, f[1]) for f in found]) if found else None
 
 
 def _standing_on(level: float, body: Body, g: Geometry, other: Geometry, target: RenderTarget,
-                 objective: dict[str, float], span: tuple[float, float]) -> tuple[Body, float] | None:
+                 objective: dict[str, float], span: tuple[float, float]) -> tuple[Body, Placing] | None:
     """``_snapped``'s best place for ``body`` with its far end at world coordinate ``level`` along
     its axis: (body, score), None when none leaves it a pixel deep and meeting ``other``."""
     view = np.asarray(VIEW_DIR)
@@ -880,15 +995,15 @@ def _standing_on(level: float, body: Body, g: Geometry, other: Geometry, target:
         return dataclasses.replace(body, shift=tuple(shift), depth=float(depth)) if depth >= 1.0 else None
 
     @functools.cache
-    def score(t: float) -> float:
+    def score(t: float) -> Placing:
         b = shaped(t)
         if b is None:
-            return -np.inf
+            return NOWHERE
         moved = _reshaped(g, body, b)
-        return _placed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else -np.inf
+        return _framed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else NOWHERE
 
     t = _along_view(span, SNAP_STEPS, score)
-    return (shaped(t), score(t)) if score(t) > -np.inf else None
+    return (shaped(t), score(t)) if score(t) != NOWHERE else None
 
 
 def _regularity(loop: Loop) -> float:

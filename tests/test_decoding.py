@@ -1095,6 +1095,56 @@ def test_face_levels_are_the_planes_of_faces_square_to_the_axis(pool):
         assert np.isclose(_face_levels(g, axis), 5.0, atol=2e-3).any()  # the cap lies in the plane through the shift
 
 
+# A block with a bar running out of its back face (validation row 000169's program, without its
+# pocket and hole): the bar's top and side are its caps, the block hides its foot, and a bar moved
+# along the view direction keeps its outline; only where it reaches the block's face does the
+# picture's framing (the window fit of the whole part's bounding box) come out right.
+BAR_OUT_OF_THE_BACK = (
+    "import cadquery as cq\n"
+    "wp0 = cq.Workplane(cq.Plane(cq.Vector(-0.47265625, -0.1171875, -0.05859375), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 1.0, 0.0)))\n"
+    "solid = wp0.add(wp0.moveTo(0.609375, 0.0).lineTo(0.609375, 0.3999).lineTo(0.0, 0.3999).lineTo(0.0, 0.0).close()).extrude(0.6015625)\n"
+    "wp1 = cq.Workplane(cq.Plane(cq.Vector(-0.2265625, 0.484375, -0.12890625), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 1.0, 0.0)))\n"
+    "solid = solid.union(wp1.add(wp1.moveTo(0.31421, 0.0).lineTo(0.31421, 0.16187).lineTo(0.0, 0.16187).lineTo(0.0, 0.0).close())"
+    ".extrude(1.03515625))\n")
+
+
+def test_a_bar_whose_foot_is_hidden_reaches_the_face_it_runs_out_of(pool, monkeypatch):
+    reached, apart = _fit_ious_without(pool, monkeypatch, BAR_OUT_OF_THE_BACK, lambda q: ".union(" in q, "_reaching", lambda *args: None)
+    assert reached and apart and max(reached) > 0.85 and max(reached) > max(apart) + 0.1, (reached, apart)
+
+
+def test_the_framing_error_is_how_far_the_window_fit_moves_a_mesh(pool):
+    from cad.render import RIGHT, UP, VIEW_DIR
+    from decoding.primitives import _stretched
+    from decoding.prism import SIZE_PX, Body, _execute, _framing_error
+
+    square = np.array([[0.0, 0.0], [120.0, 0.0], [120.0, 50.0], [0.0, 50.0]])
+    g = _execute(Body(2, square, (), 80.0), pool)
+    v = np.asarray(g.vertices)
+    lo, hi = v.min(0), v.max(0)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    screen = np.stack([corners @ RIGHT, -(corners @ UP)], axis=1)
+    ext = screen.max(0) - screen.min(0)
+    scale = min(400 / ext[0], 300 / ext[1])  # GenCAD's window: 400 by 300 pixels of 448
+    centre = (lo + hi) / 2 * scale
+    fitted = _stretched(g, scale, (SIZE_PX / 2 - centre @ RIGHT) * RIGHT - (SIZE_PX / 2 + centre @ UP) * UP)
+    assert _framing_error(fitted) < 1e-6  # drawn where the window fit draws it
+    for t in (-40.0, 25.0):
+        assert _framing_error(_stretched(fitted, 1.0, t * VIEW_DIR)) < 1e-6  # the view direction moves nothing on the screen
+    assert np.isclose(_framing_error(_stretched(fitted, 1.0, 7.0 * RIGHT)), 7.0)  # seven pixels to the right of the window
+    assert _framing_error(_stretched(fitted, 0.8, 0.0)) > 10.0  # too small: the window fit enlarges it
+
+
+def test_places_that_render_alike_are_told_apart_by_their_framing_where_the_bodies_explain_it():
+    from decoding.prism import FRAMING_SLACK, FRAMING_TRUST, _framed_pick
+
+    best = ("best", (3.9, 6.0))  # (fit, framing error in pixels)
+    assert _framed_pick([best, ("framed", (3.9 - FRAMING_SLACK / 2, 0.5))]) == "framed"
+    assert _framed_pick([best, ("worse", (3.9 - 2 * FRAMING_SLACK, 0.5))]) == "best"  # it renders clearly worse
+    assert _framed_pick([best, ("unexplained", (3.9 - FRAMING_SLACK / 2, FRAMING_TRUST + 1.0))]) == "best"  # no place frames it: the fit decides
+    assert _framed_pick([("first", (1.0, 9.0)), ("second", (1.0, 9.0))]) == "first"
+
+
 def test_a_height_best_at_the_grids_end_climbs_on_while_the_fit_improves():
     from decoding.prism import _climbed
 
