@@ -156,6 +156,27 @@ def project(points: np.ndarray) -> np.ndarray:
 Frame = tuple[float, float, float]  # (pixels per unit as a share of the image size, centre right, centre up)
 
 
+def box_corners(points: np.ndarray) -> np.ndarray:
+    """The eight corners of the points' axis-aligned bounding box."""
+    lo, hi = np.min(points, 0), np.max(points, 0)
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
+def window_fit(low: np.ndarray, high: np.ndarray, style: Style = GENCAD_STYLE) -> tuple[float, np.ndarray]:
+    """(pixels per unit, centre) that fit the projected box from ``low`` to ``high`` into the
+    style's centred window: how a picture in this style frames a part."""
+    ext = np.maximum(high - low, 1e-9)
+    return min(style.size * style.fit_width / ext[0], style.size * style.fit_height / ext[1]), (low + high) / 2.0
+
+
+def frame_offset(geometry: Geometry, frame: Frame, style: Style = GENCAD_STYLE) -> float:
+    """Pixels between where the window fit and ``frame`` draw the farthest corner of the solid's
+    bounding box: none where ``frame`` is the window fit (a program read whole and in place)."""
+    pc = project(box_corners(np.asarray(geometry.vertices, dtype=np.float64)))[:, :2]
+    scale, centre = window_fit(pc.min(0), pc.max(0), style)
+    return float(np.abs((pc - centre) * scale - (pc - np.asarray(frame[1:])) * frame[0] * style.size).max())
+
+
 def render_geometry(geometry: Geometry, style: Style = GENCAD_STYLE, frame: Frame | None = None) -> np.ndarray:
     """Render an executed solid to an (H, W, 3) uint8 image in GenCAD's style: its projected
     bounding box fit to the style's window, or placed by ``frame`` (the projected point
@@ -166,13 +187,8 @@ def render_geometry(geometry: Geometry, style: Style = GENCAD_STYLE, frame: Fram
     img = np.full((size, size, 3), style.background, dtype=np.uint8)
     if len(verts) == 0 or len(tris) == 0:
         return img
-    lo, hi = verts.min(0), verts.max(0)
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    pc = project(corners)
-    c_lo, c_hi = pc[:, :2].min(0), pc[:, :2].max(0)
-    ext = np.maximum(c_hi - c_lo, 1e-9)
-    scale = min(size * style.fit_width / ext[0], size * style.fit_height / ext[1])
-    centre = (c_lo + c_hi) / 2.0
+    pc = project(box_corners(verts))[:, :2]
+    scale, centre = window_fit(pc.min(0), pc.max(0), style)
     if frame is not None:
         scale, centre = frame[0] * size, np.array(frame[1:], dtype=np.float64)
 

@@ -59,12 +59,13 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import label
 
-from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, Frame, silhouette
+from cad.render import GENCAD_STYLE, RIGHT, UP, VIEW_DIR, Frame, box_corners, silhouette, window_fit
 from cad.sandbox import ExecOptions, Geometry, SandboxPool
 from decoding.primitives import PLANES, SIZE, _render_fit, _stretched, _vector
 from reward.score import RenderTarget, drawn_lines, mask_iou
 
 SIZE_PX = 448  # the image is read at this size (GenCAD's)
+READ_STYLE = dataclasses.replace(GENCAD_STYLE, size=SIZE_PX)  # GenCAD's style at that size
 SWEEP_FACTOR = 4  # the sweep search runs on masks this many times smaller
 CAPS = 6  # the largest planar face regions tried as a cap
 FLAT_TOLERANCE = 3  # a pixel within this of the planar face grey (every channel) is flat
@@ -571,17 +572,12 @@ def _framing_error(g: Geometry, drawn: np.ndarray | None = None) -> float:
     the box's hidden corners, so this tells places apart that the render does not. ``drawn``: the
     picture's silhouette box (x0, y0, x1, y1) on the screen, joined to the projected box, so that
     bodies not (yet) read, which lie inside it, do not count against the ones that are."""
-    v = np.asarray(g.vertices)
-    lo, hi = v.min(0), v.max(0)
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    corners = box_corners(np.asarray(g.vertices))
     screen = np.stack([corners @ RIGHT, -(corners @ UP)], axis=1)
     if drawn is not None:
         screen = np.concatenate([screen, np.reshape(drawn, (2, 2))])
-    low, high = screen.min(0), screen.max(0)
-    ext = np.maximum(high - low, 1e-9)
-    scale = min(SIZE_PX * GENCAD_STYLE.fit_width / ext[0], SIZE_PX * GENCAD_STYLE.fit_height / ext[1])
-    fitted = (screen - (low + high) / 2) * scale + SIZE_PX / 2
-    return float(np.abs(fitted - screen).max())
+    scale, centre = window_fit(screen.min(0), screen.max(0), READ_STYLE)
+    return float(np.abs((screen - centre) * scale + SIZE_PX / 2 - screen).max())
 
 
 def _drawn_box(target: RenderTarget) -> np.ndarray:

@@ -53,6 +53,19 @@ def test_renderer_is_deterministic(pool, reference_rows):
     assert np.array_equal(render_geometry(res.geometry), render_geometry(res.geometry))
 
 
+def test_a_frame_is_as_far_from_the_window_fit_as_it_draws_the_box_away_from_it(pool, reference_rows):
+    from cad.render import box_corners, frame_offset, project, window_fit
+
+    res = pool.run(reference_rows[1]["cadquery"], GEO)
+    corners = project(box_corners(np.asarray(res.geometry.vertices, dtype=np.float64)))[:, :2]
+    scale, centre = window_fit(corners.min(0), corners.max(0))
+    fit = (scale / 448, *centre)
+    assert np.array_equal(render_geometry(res.geometry, frame=fit), render_geometry(res.geometry))  # the window fit, as a frame
+    assert frame_offset(res.geometry, fit) < 1e-9
+    assert np.isclose(frame_offset(res.geometry, (fit[0], fit[1] + 3 / scale, fit[2])), 3.0)  # three pixels to the left
+    assert frame_offset(res.geometry, (fit[0] * 0.9, fit[1], fit[2])) > 10.0  # drawn smaller than the fit
+
+
 def test_render_cli_writes_one_png_per_program(tmp_path, reference_rows):
     from cad.render import main
 

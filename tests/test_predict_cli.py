@@ -372,6 +372,9 @@ def test_the_candidate_oracle_sets_the_chosen_programs_iou_beside_the_best_candi
     assert s["by_sketches"] == {"1": {"n": 2, "iou_chosen": 0.65, "iou_oracle": 0.85},
                                 "2": {"n": 1, "iou_chosen": 0.6, "iou_oracle": 0.62}}
     assert [r["id"] for r in s["rerank_losses"]] == ["a"]  # c's best beats its chosen by 0.02 only
+    framed = [dict(r, chosen_framing_error=e) for r, e in zip(rows, (0.5, 3.0, None))]  # c was drawn by the window fit
+    assert summarise(framed, gap=0.05)["by_framing_error"] == {"[0, 2)": {"n": 1, "iou_chosen": 0.5}, "[2, 4)": {"n": 1, "iou_chosen": 0.8},
+                                                               "[4, inf)": {"n": 0, "iou_chosen": None}}
 
 
 def test_sandbox_exports_step_and_stl_from_the_child(pool):
