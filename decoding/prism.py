@@ -43,8 +43,8 @@ body hides part of the other's cap, the cap is completed with the hiding body's 
 cap's convex hull, and the hidden part of its contour does not count against a circle. The
 second body's place along the view direction does not change the picture's outline, only the
 framing and what hides what, so it is searched by the render terms on the two meshes rendered
-together (over the stretch of the line where the bodies meet and as far again either way, a bar
-whose foot is hidden reaching across to the other body), then its depth. Places that render
+together (over the stretch of the line where the bodies meet and half as far again each way, a
+bar whose foot is hidden reaching across to the other body), then its depth. Places that render
 about as well are told apart by the framing: the picture is the part's bounding box fit to a
 window, so bodies read whole and in place are drawn where that fit draws them.
 """
@@ -126,8 +126,8 @@ FRAMING_SLACK = 0.005  # an added body's places that fit (objective) within this
 FRAMING_WEIGHT = 0.01  # ... by their fit less this per pixel by which the picture's window fit would draw the bodies elsewhere (_framing_error) ...
 FRAMING_TRUST = 2.0  # ... where one of them frames the picture within this many pixels (the bodies explain its framing)
 REACH_TOLERANCE = 0.01  # pixels: bodies farther apart than this along an axis are apart (_reaching) ...
-REACH_STEPS = 11  # places tried each way beyond where the bodies meet, twice (coarse, then fine) ...
-REACH_END = 6.0  # ... and the outline's points this near its end (or a quarter of its length, if less) make that end: an edge the other body hid is ragged
+REACH_STEPS = 11  # places tried each way beyond where the bodies meet, twice (coarse, then fine)
+REACH_END = 6.0  # the outline's points this near its end (or a quarter of its length, if less) make that end: an edge the other body hid is ragged
 SNAP_STEPS = 11  # places along the view direction tried for a body standing on a face of the others (_snapped), twice (coarse, then fine)
 AXIS_DEGREES = 3.0  # an outline's edge within this of a sketch axis lies along it (_regularity)
 
@@ -857,9 +857,10 @@ def _placed(body: Body, g: Geometry, other: Geometry, target: RenderTarget, obje
     picture (``_framed_pick``), on ``UNION_STEPS`` places (then as many about the best) over where
     the two meet, and on ``REACH_STEPS`` over half as far again each way, where it reaches across
     to ``other`` (``_reaching``: a place taken only where it frames the picture within
-    ``FRAMING_TRUST`` pixels); with its depth then fit by ``objective``; or, where that is picked over it (``_framed_pick``), standing on a
-    face of ``other`` (``_snapped``: the outline does not show how far a body goes on behind what
-    hides it, and GenCAD's bodies start on a face of the part); None when no place meets ``other``."""
+    ``FRAMING_TRUST`` pixels); with its depth then fit by ``objective``; or, where that is picked
+    over it (``_framed_pick``), standing on a face of ``other`` (``_snapped``: the outline does not
+    show how far a body goes on behind what hides it, and GenCAD's bodies start on a face of the
+    part); None when no place meets ``other``."""
     view = np.asarray(VIEW_DIR)
     span = _meeting(other, g, view)
     if span is None:
