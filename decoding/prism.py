@@ -593,9 +593,9 @@ Placing = tuple[float, float]  # a place's (_placed_fit, _framing_error)
 NOWHERE: Placing = (-np.inf, np.inf)  # a place where the bodies do not meet
 
 
-def _framed_fit(g: Geometry, target: RenderTarget, objective: dict[str, float]) -> Placing:
-    """(``_placed_fit``, ``_framing_error`` with the picture's silhouette box) of ``g``."""
-    return _placed_fit(g, target, objective), _framing_error(g, _drawn_box(target))
+def _framed_fit(g: Geometry, target: RenderTarget, objective: dict[str, float], drawn: np.ndarray) -> Placing:
+    """(``_placed_fit``, ``_framing_error`` with the picture's silhouette box ``drawn``) of ``g``."""
+    return _placed_fit(g, target, objective), _framing_error(g, drawn)
 
 
 def _framed_pick(options: list[tuple[object, Placing]]) -> object:
@@ -865,13 +865,12 @@ def _placed(body: Body, g: Geometry, other: Geometry, target: RenderTarget, obje
     span = _meeting(other, g, view)
     if span is None:
         return None
+    drawn = _drawn_box(target)
 
     @functools.cache
     def at(t: float) -> tuple[Body, Geometry] | None:
-        moved = _stretched(g, 1.0, t * view)
-        if _meet(other, moved):
-            return dataclasses.replace(body, shift=tuple(np.asarray(body.shift) + t * view)), moved
-        return _reaching(dataclasses.replace(body, shift=tuple(np.asarray(body.shift) + t * view)), moved, other)
+        moved_body, moved = dataclasses.replace(body, shift=tuple(np.asarray(body.shift) + t * view)), _stretched(g, 1.0, t * view)
+        return (moved_body, moved) if _meet(other, moved) else _reaching(moved_body, moved, other)
 
     @functools.cache
     def score(t: float) -> Placing:
@@ -879,9 +878,10 @@ def _placed(body: Body, g: Geometry, other: Geometry, target: RenderTarget, obje
         if placed is None:
             return NOWHERE
         joined = _joined(other, placed[1])
-        if placed[0].outline is not body.outline and _framing_error(joined, _drawn_box(target)) > FRAMING_TRUST:
+        error = _framing_error(joined, drawn)
+        if placed[0].outline is not body.outline and error > FRAMING_TRUST:
             return NOWHERE  # reached across: only the framing shows how far a hidden foot runs
-        return _framed_fit(joined, target, objective)
+        return _placed_fit(joined, target, objective), error
 
     t = _along_view(span, UNION_STEPS, score)
     if score(t) == NOWHERE:
@@ -892,10 +892,10 @@ def _placed(body: Body, g: Geometry, other: Geometry, target: RenderTarget, obje
         t = _framed_pick([(x, score(x)) for x in (t, *wings)])
     moved, g_moved = at(t)
     free = _fit_depth(moved, g_moved, target, objective, other)
-    snapped = _snapped(body, g, other, target, objective, span)
+    snapped = _snapped(body, g, other, target, objective, span, drawn)
     if snapped is None:
         return free
-    return _framed_pick([snapped, (free, _framed_fit(_joined(other, _reshaped(g_moved, moved, free)), target, objective))])
+    return _framed_pick([snapped, (free, _framed_fit(_joined(other, _reshaped(g_moved, moved, free)), target, objective, drawn))])
 
 
 def _reaching(body: Body, g: Geometry, other: Geometry) -> tuple[Body, Geometry] | None:
@@ -968,18 +968,19 @@ def _face_levels(g: Geometry, axis: int) -> np.ndarray:
 
 
 def _snapped(body: Body, g: Geometry, other: Geometry, target: RenderTarget, objective: dict[str, float],
-             span: tuple[float, float]) -> tuple[Body, Placing] | None:
+             span: tuple[float, float], drawn: np.ndarray) -> tuple[Body, Placing] | None:
     """``body`` standing on a face of ``other``: its far end on one of ``other``'s faces square to
     its axis (``_face_levels``) and its cap moved along the view direction (within ``span``) to
-    where, rendered with ``other``, it fits ``objective`` best (``_framed_pick``); (body, its
-    placing), None when no such place leaves it at least a pixel deep."""
-    found = [f for f in (_standing_on(level, body, g, other, target, objective, span) for level in _face_levels(other, body.axis))
+    where, rendered with ``other``, it fits ``objective`` best (``_framed_pick``, with the picture's
+    silhouette box ``drawn``); (body, its placing), None when no such place leaves it at least a
+    pixel deep."""
+    found = [f for f in (_standing_on(level, body, g, other, target, objective, span, drawn) for level in _face_levels(other, body.axis))
              if f is not None]
     return _framed_pick([(f, f[1]) for f in found]) if found else None
 
 
 def _standing_on(level: float, body: Body, g: Geometry, other: Geometry, target: RenderTarget,
-                 objective: dict[str, float], span: tuple[float, float]) -> tuple[Body, Placing] | None:
+                 objective: dict[str, float], span: tuple[float, float], drawn: np.ndarray) -> tuple[Body, Placing] | None:
     """``_snapped``'s best place for ``body`` with its far end at world coordinate ``level`` along
     its axis: (body, score), None when none leaves it a pixel deep and meeting ``other``."""
     view = np.asarray(VIEW_DIR)
@@ -997,7 +998,7 @@ def _standing_on(level: float, body: Body, g: Geometry, other: Geometry, target:
         if b is None:
             return NOWHERE
         moved = _reshaped(g, body, b)
-        return _framed_fit(_joined(other, moved), target, objective) if _meet(other, moved) else NOWHERE
+        return _framed_fit(_joined(other, moved), target, objective, drawn) if _meet(other, moved) else NOWHERE
 
     t = _along_view(span, SNAP_STEPS, score)
     return (shaped(t), score(t)) if score(t) != NOWHERE else None
