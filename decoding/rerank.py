@@ -19,9 +19,11 @@ from reward.score import CRITIC, RENDER_TERMS, RENDERED_TERMS, RenderTarget, can
 # shipped model (models/img2cad-small) with 1 edit and 16 retrieved programs ("fitted_weights" in
 # docs/results/rerank_correlation-shipped-k16.json, with each term's correlation with the true IoU;
 # edges + pixel before the edge-distance term existed, rerank_correlation-gpu-edit.json). Refit
-# for a new model; the decoding config overrides them.
+# for a new model; the decoding config overrides them. ``framing_error`` (pixels; prisms and
+# unions read off the picture only) was chosen among 0.001-0.005 on the shipped default's
+# candidates for validation rows 0-511 (docs/results/candidate_oracle-val256*-framing.json).
 DEFAULT_WEIGHTS = {"logprob": 0.0, "sanity": 0.0, "silhouette": 1.0, "edges": 0.0, "edges_coarse": 0.0,
-                   "edge_distance": 1.0, "pixel": 2.0}
+                   "edge_distance": 1.0, "pixel": 2.0, "framing_error": -0.002}
 
 
 def parse_weights(text: str, option: str = "--weights") -> dict[str, float]:

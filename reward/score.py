@@ -36,7 +36,7 @@ from cad.geometry import best_iou
 from cad.sandbox import ExecOptions, ExecResult, Geometry, SandboxPool
 
 TERMS = ("executed", "grammatical", "logprob", "sanity", "silhouette", "edges", "edges_coarse", "edge_distance",
-         "pixel", "critic", "iou")
+         "pixel", "critic", "framing_error", "iou")
 RENDER_TERMS = ("silhouette", "edges", "edges_coarse", "edge_distance", "pixel")  # the terms that need the candidate rendered
 CRITIC = "critic"  # rendered too, but only where the target carries a learned critic (reward.critic)
 RENDERED_TERMS = (*RENDER_TERMS, CRITIC)  # every term whose weight means the candidate is rendered
@@ -207,7 +207,11 @@ def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.I
     render terms are then those of the better of that frame and the window fit (by ``weights``),
     and ``framed`` says which (1: the frame). A fit of part of the picture (a block without the
     thin rod that widens the picture's frame) fills the window alone, larger than the picture
-    shows it, and only its own frame compares it where it is."""
+    shows it, and only its own frame compares it where it is. Compared where its frame draws it,
+    ``framing_error`` is the pixels by which the picture's own framing (the window fit of the
+    solid's bounding box, ``cad.render.frame_offset``) would draw it away from there: a solid
+    whose hidden extent differs from the pictured part's moves the window fit. It is 0 compared
+    at the window fit, and weighs in the choice between the two."""
     need = {t for t, w in weights.items() if w} | set(want)
     terms = {"executed": float(result.executable), "sanity": sanity(code)}
     if "grammatical" in need:
@@ -220,9 +224,12 @@ def candidate_terms(code: str, result: ExecResult, weights: dict, image: Image.I
         if image is not None and need & set(RENDERED_TERMS):
             rendered = render_compare(result, image)
             if frame is not None:
-                placed = render_compare(result, image, frame=frame)
+                from cad.render import frame_offset
+
+                placed = {**render_compare(result, image, frame=frame),
+                          "framing_error": frame_offset(result.geometry, frame)}
                 better = weighted(placed, weights) > weighted(rendered, weights)
-                rendered = {**(placed if better else rendered), "framed": float(better)}
+                rendered = {**(placed if better else {**rendered, "framing_error": 0.0}), "framed": float(better)}
             terms.update(rendered)
         if reference is not None and "iou" in need:
             r = best_iou(result.geometry, reference)

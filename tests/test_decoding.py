@@ -422,8 +422,9 @@ def test_a_prism_is_drawn_where_the_picture_shows_it(pool):
     """A prism read off a picture carries the frame that draws it where the picture shows it: for a
     block alone that is where the window fit draws it; for a block whose thin rod widens the
     picture, the block's prism fit to the window alone is drawn too large, and the reranker's
-    terms come from its own frame (``framed``)."""
-    from cad.render import silhouette
+    terms come from its own frame (``framed``), with how far the window fit of its box would draw
+    it from there (``framing_error``)."""
+    from cad.render import frame_offset, silhouette
     from decoding.prism import framed_prisms
     from reward.score import candidate_terms, mask_iou
 
@@ -443,6 +444,10 @@ def test_a_prism_is_drawn_where_the_picture_shows_it(pool):
             assert placed > 0.9 > fitted + 0.2, (placed, fitted)  # the rod is a sliver of the picture
             assert terms["framed"] == 1.0 and terms["silhouette"] == pytest.approx(placed)
             assert "framed" not in candidate_terms(fits[0][0], result, objective, image=image)  # no frame: the window fit
+            # the block's own box, fit to the window, would be drawn larger than the rod's picture shows it
+            assert terms["framing_error"] == pytest.approx(frame_offset(result.geometry, fits[0][1])) and terms["framing_error"] > 10
+            weighed = candidate_terms(fits[0][0], result, {**objective, "framing_error": -1.0}, image=image, frame=fits[0][1])
+            assert weighed["framed"] == 0.0 and weighed["framing_error"] == 0.0  # so costly a frame loses to the window fit
             from decoding.refine import refine
 
             placed_start = refine(fits[0][0], image, pool, 1, objective=objective, frame=fits[0][1]).start_score
