@@ -130,6 +130,11 @@ REACH_STEPS = 11  # places tried each way beyond where the bodies meet, twice (c
 REACH_END = 6.0  # the outline's points this near its end (or a quarter of its length, if less) make that end: an edge the other body hid is ragged
 SNAP_STEPS = 11  # places along the view direction tried for a body standing on a face of the others (_snapped), twice (coarse, then fine)
 AXIS_DEGREES = 3.0  # an outline's edge within this of a sketch axis lies along it (_regularity)
+ARC_CORNERS = 4  # an outline's corners, at least this many in a row (three chords: any three points lie on a circle) ...
+ARC_TOLERANCE = 1.0  # ... within this many pixels (on the plane) of one circle ...
+ARC_SAGITTA = 1.6  # ... whose chords between them stand at most this many pixels from it on the screen (Douglas-Peucker leaves them within SIMPLIFY; a regular polygon's corners lie on a circle too) ...
+ARC_TURN = (3.0, 50.0)  # ... each of the inner corners turning the same way by this many degrees ...
+ARC_SPAN = 300.0  # ... and spanning at most this many degrees of it, are written as one arc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,10 +337,15 @@ def _circle(points: np.ndarray, width: float | None = None) -> tuple[float, floa
     return float(cx), float(cy), float(r)
 
 
+def _to_screen(axis: int) -> np.ndarray:
+    """The map of the (u, v) coordinates of ``axis``'s sketch plane to screen offsets."""
+    x_dir, y_dir, _ = plane_basis(axis)
+    return np.column_stack([screen_vector(x_dir), screen_vector(y_dir)])
+
+
 def _to_plane(axis: int) -> np.ndarray:
     """The map of screen offsets to the (u, v) coordinates of ``axis``'s sketch plane."""
-    x_dir, y_dir, _ = plane_basis(axis)
-    return np.linalg.inv(np.column_stack([screen_vector(x_dir), screen_vector(y_dir)]))
+    return np.linalg.inv(_to_screen(axis))
 
 
 def profile(cap: Cap, hidden: np.ndarray | None = None, seen: np.ndarray | None = None,
@@ -502,13 +512,95 @@ def _bounds(loop: Loop) -> tuple[np.ndarray, np.ndarray]:
     return loop.min(0), loop.max(0)
 
 
-def _loop(loop: Loop, scale: float, centre: np.ndarray) -> str:
+def _fit_circle(points: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The least-squares circle through ``points`` (Kasa's fit): centre, radius, and the largest
+    distance of a point from it."""
+    a = np.column_stack([2 * points, np.ones(len(points))])
+    (cx, cy, c), *_ = np.linalg.lstsq(a, (points ** 2).sum(1), rcond=None)
+    centre = np.array([cx, cy])
+    r = float(np.sqrt(max(c + cx * cx + cy * cy, 0.0)))
+    return centre, r, float(np.abs(np.hypot(*(points - centre).T) - r).max())
+
+
+def _arc_through(points: np.ndarray, extent: float, to_screen: np.ndarray) -> np.ndarray | None:
+    """The point halfway along the arc through ``points`` (consecutive corners of an outline
+    ``extent`` wide, on a plane that ``to_screen`` draws), where they make one (``ARC_TOLERANCE``,
+    ``ARC_SAGITTA``, ``ARC_SPAN``, a circle at most ``CIRCLE_EXTENT`` times as wide as the
+    outline); None where they do not."""
+    centre, r, off = _fit_circle(points)
+    if off > ARC_TOLERANCE or not 0 < 2 * r <= CIRCLE_EXTENT * extent:
+        return None
+    angles = np.unwrap(np.arctan2(*(points - centre).T[::-1]))
+    steps = np.diff(angles)
+    if not ((steps > 0).all() or (steps < 0).all()) or np.degrees(abs(angles[-1] - angles[0])) > ARC_SPAN:
+        return None
+    halves = (angles[:-1] + angles[1:]) / 2  # each chord's arc, halfway: how far it stands from the chord on the screen
+    a, b, m = (p @ to_screen.T for p in (points[:-1], points[1:], centre + r * np.column_stack([np.cos(halves), np.sin(halves)])))
+    chord = b - a
+    sagitta = np.abs(chord[:, 0] * (m - a)[:, 1] - chord[:, 1] * (m - a)[:, 0]) / np.maximum(np.hypot(*chord.T), 1e-9)
+    if sagitta.max() > ARC_SAGITTA:
+        return None
+    mid = (angles[0] + angles[-1]) / 2
+    return centre + r * np.array([np.cos(mid), np.sin(mid)])
+
+
+def arcs(polygon: np.ndarray, to_screen: np.ndarray = np.eye(2)) -> tuple[np.ndarray, dict[int, tuple[int, np.ndarray]]]:
+    """The polygon's corners, turned to start at a corner no arc passes through (one that does not
+    bend like an arc's, or else where the longest edge starts), and its arcs:
+    {first corner: (last corner, the arc's middle point)}, the last corner ``len(polygon)`` where
+    an arc ends at the first. Runs of corners read off a curved edge (``ARC_CORNERS``,
+    ``ARC_TURN``, ``_arc_through``) are arcs, taken greedily, longest first from the start;
+    ``to_screen`` draws the polygon's plane on the screen (``_to_screen``)."""
+    n = len(polygon)
+    if n < ARC_CORNERS:
+        return polygon, {}
+    d = np.roll(polygon, -1, 0) - polygon
+    turn = np.degrees(np.angle(np.exp(1j * (np.arctan2(d[:, 1], d[:, 0]) - np.roll(np.arctan2(d[:, 1], d[:, 0]), 1)))))
+    bends = (np.abs(turn) >= ARC_TURN[0]) & (np.abs(turn) <= ARC_TURN[1])  # the turn at each corner, from the edge before it
+    start = int(np.argmin(bends)) if not bends.all() else int(np.argmax(np.hypot(*d.T)))  # or where its longest edge starts
+    polygon, turn, bends = np.roll(polygon, -start, 0), np.roll(turn, -start), np.roll(bends, -start)
+    ring = np.vstack([polygon, polygon[:1]])
+    extent = float(np.ptp(polygon, 0).max())
+    found, i = {}, 0
+    while i < n - 1:
+        best = None
+        for j in range(i + ARC_CORNERS - 1, n + 1):
+            inner = slice(i + 1, j)
+            if not bends[inner].all() or len(set(np.sign(turn[inner]))) > 1:
+                break
+            mid = _arc_through(ring[i:j + 1], extent, to_screen)
+            if mid is None:
+                break
+            best = (j, mid)
+        if best is None:
+            i += 1
+            continue
+        found[i] = best
+        i = best[0]
+    return (polygon, found) if found else (np.roll(polygon, start, 0), found)
+
+
+def _loop(loop: Loop, scale: float, centre: np.ndarray, to_screen: np.ndarray = np.eye(2)) -> str:
+    """A loop's CadQuery path: a circle, or the polygon's corners joined by lines and by arcs
+    where runs of them were read off a curved edge (``arcs``; ``to_screen`` draws its plane)."""
     if isinstance(loop, tuple):
         cx, cy, r = loop
         x, y = (np.array([cx, cy]) - centre) * scale
         return f"moveTo({x:.6g},{y:.6g}).circle({r * scale:.6g})"
-    (x0, y0), *rest = (loop - centre) * scale
-    return f"moveTo({x0:.6g},{y0:.6g})" + "".join(f".lineTo({x:.6g},{y:.6g})" for x, y in rest) + ".close()"
+    polygon, found = arcs(np.asarray(loop, dtype=float), to_screen)
+    ring = (np.vstack([polygon, polygon[:1]]) - centre) * scale
+    path, i = f"moveTo({ring[0, 0]:.6g},{ring[0, 1]:.6g})", 0
+    while i < len(polygon):
+        if i in found:
+            j, mid = found[i]
+            (mx, my), (x, y) = (mid - centre) * scale, ring[j]
+            path += f".threePointArc(({mx:.6g},{my:.6g}),({x:.6g},{y:.6g}))"
+            i = j
+        else:
+            i += 1
+            if i < len(polygon):
+                path += f".lineTo({ring[i, 0]:.6g},{ring[i, 1]:.6g})"
+    return path + ".close()"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,7 +638,7 @@ def program(bodies: list[Body], normalise: bool = True) -> str:
         lines.append(f"wp_sketch{i}=cq.Workplane(cq.Plane({_vector(origin)},{_vector(x_dir)},{_vector(normal)}))")
         names = []
         for loop in (b.outline, *b.holes):
-            lines.append(f"loop{n_loop}=wp_sketch{i}.{_loop(loop, scale, np.zeros(2))}")
+            lines.append(f"loop{n_loop}=wp_sketch{i}.{_loop(loop, scale, np.zeros(2), _to_screen(b.axis))}")
             names.append(f"loop{n_loop}")
             n_loop += 1
         extrude = f"{b.depth * scale / 2:.6g},both=True" if b.both else f"{b.depth * scale:.6g}"

@@ -412,6 +412,54 @@ def test_prisms_read_an_outline_with_holes_and_the_depth_off_the_render(pool):
         assert max(np.subtract(pred.bbox[3:], pred.bbox[:3])) == pytest.approx(1.5, rel=1e-3)  # GenCAD's size
 
 
+def _chords(centre, r: float, start: float, stop: float, sagitta: float = 1.0) -> np.ndarray:
+    """Points on a circle from angle ``start`` to ``stop`` (degrees) whose chords stand ``sagitta``
+    from it, as Douglas-Peucker leaves a curved edge's pixels (the last point left out)."""
+    step = 2 * np.degrees(np.arccos(1 - sagitta / r))
+    a = np.radians(np.linspace(start, stop, int(np.ceil(abs(stop - start) / step)) + 1)[:-1])
+    return np.asarray(centre) + r * np.column_stack([np.cos(a), np.sin(a)])
+
+
+def test_corners_read_off_a_curved_edge_are_written_as_one_arc():
+    from decoding.prism import _loop, arcs
+
+    # a slot (two half circles of 40 pixels joined by lines), the first corner inside an arc
+    slot = np.vstack([_chords((100, 0), 40, -30, 90), _chords((0, 0), 40, 90, 270), _chords((100, 0), 40, 270, 330)])
+    polygon, found = arcs(slot)
+    assert len(found) == 2 and len(polygon) == len(slot)
+    for i, (j, mid) in found.items():
+        centre = np.array([100, 0]) if polygon[i][0] > 50 else np.array([0, 0])
+        assert j - i >= 4 and np.hypot(*(mid - centre)) == pytest.approx(40, abs=0.2)
+        assert np.hypot(*(polygon[i:j + 1] - centre).T) == pytest.approx(40, abs=0.01)  # every corner in between on it
+    assert _loop(slot, 1.0, np.zeros(2)).count(".threePointArc(") == 2
+    # corners that lie on a circle but whose edges stand off it (an octagon nut), or on none
+    octagon = _chords((0, 0), 30, 0, 360, sagitta=30 * (1 - np.cos(np.pi / 8)))
+    chamfered = np.array([[5, 0], [95, 0], [100, 5], [100, 45], [95, 50], [5, 50], [0, 45], [0, 5]], float)
+    rectangle = np.array([[0, 0], [80, 0], [80, 40], [0, 40]], float)
+    for polygon in (octagon, chamfered, rectangle):
+        assert arcs(polygon)[1] == {} and np.array_equal(arcs(polygon)[0], polygon)
+        assert ".threePointArc(" not in _loop(polygon, 1.0, np.zeros(2))
+
+
+SLOT = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
+        "solid=wp.add(wp.moveTo(0.13,0).lineTo(0.67,0).threePointArc((0.8,0.13),(0.67,0.26)).lineTo(0.13,0.26)"
+        ".threePointArc((0,0.13),(0.13,0)).close()).extrude(0.7)\n")  # a block with round ends (GenCAD's synth3 000031)
+
+
+def test_a_prism_with_round_ends_is_read_with_arcs(pool):
+    """The round ends of a slot-shaped block are written as arcs: its render shows no edges where
+    chords would meet on the round faces, and it fits the true part closer than its chords do."""
+    from cad.geometry import best_iou
+    from decoding.prism import fit_prisms
+
+    gt = pool.run(SLOT, ExecOptions(want_geometry=True))
+    fit = fit_prisms(_image_of(pool, SLOT), pool, FIT_OBJECTIVE, quick=True)[0]
+    assert fit.count(".threePointArc(") == 2, fit
+    chords = re.sub(r"\.threePointArc\(\(([^)]*)\),\(([^)]*)\)\)", r".lineTo(\1).lineTo(\2)", fit)  # each arc by two chords
+    ious = [best_iou(pool.run(c, ExecOptions(want_geometry=True)).geometry, gt.geometry).iou for c in (fit, chords)]
+    assert ious[0] > 0.97 and ious[0] > ious[1] + 0.005, ious
+
+
 BLOCK = ("import cadquery as cq\nwp0=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
          "solid=wp0.add(wp0.moveTo(0,0).lineTo(0.8,0).lineTo(0.8,0.6).lineTo(0,0.6).close()).extrude(0.5)\n")
 ROD = ("wp1=cq.Workplane(cq.Plane(cq.Vector(0.8,0.3,0.25),cq.Vector(0,1,0),cq.Vector(1,0,0)))\n"
