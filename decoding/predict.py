@@ -57,7 +57,7 @@ from sft.tokenizer import canonical_target
 
 STRATEGIES = ("greedy", "beam", "grammar", "bestofn", "rerank", "retrieval")
 NOT_MODEL = ("retrieval", "primitive")  # candidate sources the model did not write
-DECODING_VERSION = 42  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
+DECODING_VERSION = 43  # bump when a change gives different outputs for the same DecodeConfig (result caches key on it)
 
 
 @dataclass

@@ -73,6 +73,7 @@ MIN_FLAT = 0.9  # a region with a smaller share of flat pixels is a curved face,
 MIN_REGION = 0.01  # a region smaller than this share of the silhouette is not tried
 MIN_HOLE = 12  # holes of fewer pixels are dropped
 SIMPLIFY = 1.2  # Douglas-Peucker tolerance of the outlines, in pixels
+STEP = (30.0, 2.5)  # a step in an outline: two corners turning opposite ways by at most this many degrees, within this many pixels of the line that skips them
 CIRCLE_TOLERANCE = 0.05  # a contour is a circle when its points lie within this share of the radius
 MIN_CORNER_DEGREES = 30.0  # an outline corner hidden behind another body is restored only where its seen edges meet at least this wide
 MIN_CORNER_EDGE = 6.0  # ... and where both are at least this many pixels long
@@ -394,7 +395,8 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
     """A closed contour of pixels (OpenCV's) in the sketch plane (``to_plane`` maps screen
     offsets to it): a circle when its pixels outside ``hidden`` (at least ``MIN_SEEN`` of them)
     lie on one no wider than the contour allows (``CIRCLE_EXTENT``), else its polygon simplified
-    on the screen, where the staircase of the pixels is at most a pixel high: the regular polygon
+    on the screen, where the staircase of the pixels is at most a pixel high, without its small
+    steps (``_without_steps``): the regular polygon
     its seen edges lie on, where part of it is hidden (``_regular``; edges in ``beside``, default
     ``hidden``, are not seen), else with its hidden corners restored (``_extended``, where the seen
     edges are ``corner_edge`` long)."""
@@ -404,11 +406,39 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
     circle = _circle(on_plane[seen], np.ptp(on_plane, 0).max()) if seen.mean() >= MIN_SEEN else None
     if circle is not None:
         return circle
-    polygon = cv2.approxPolyDP(contour, SIMPLIFY, True).reshape(-1, 2).astype(float)
+    polygon = _without_steps(cv2.approxPolyDP(contour, SIMPLIFY, True).reshape(-1, 2).astype(float))
     if hidden is None:
         return _on_plane(polygon, to_plane)
     regular = _regular(polygon, hidden if beside is None else beside, to_plane)
     return regular if regular is not None else _on_plane(_extended(polygon, hidden, corner_edge), to_plane)
+
+
+def _without_steps(polygon: np.ndarray) -> np.ndarray:
+    """``polygon`` (screen points) with its steps taken out, shallowest first: pairs of corners
+    turning opposite ways by at most ``STEP[0]`` degrees and within ``STEP[1]`` pixels of the line
+    from the corner before them to the corner after. A straight edge whose pixels the face's
+    drawn edges or a neighbouring region nibble is read with a small jog in it, drawn as an edge
+    across the face; corners along a curve all turn the same way and stay."""
+    while len(polygon) > 4:
+        d = np.roll(polygon, -1, 0) - polygon
+        heading = np.arctan2(d[:, 1], d[:, 0])
+        turn = np.degrees(np.angle(np.exp(1j * (heading - np.roll(heading, 1)))))  # at each corner, from the edge before it
+        n, best = len(polygon), None
+        for k in range(n):
+            k1 = (k + 1) % n
+            if turn[k] * turn[k1] >= 0 or max(abs(turn[k]), abs(turn[k1])) > STEP[0]:
+                continue
+            a, b = polygon[k - 1], polygon[(k + 2) % n]
+            ab, length = b - a, np.hypot(*(b - a))
+            if length < 1e-9:
+                continue
+            off = max(abs(ab[0] * (p - a)[1] - ab[1] * (p - a)[0]) / length for p in (polygon[k], polygon[k1]))
+            if off <= STEP[1] and (best is None or off < best[0]):
+                best = (off, k, k1)
+        if best is None:
+            break
+        polygon = np.delete(polygon, best[1:], 0)
+    return polygon
 
 
 def _covered(p: np.ndarray, hidden: np.ndarray) -> bool:

@@ -441,6 +441,20 @@ def test_corners_read_off_a_curved_edge_are_written_as_one_arc():
         assert ".threePointArc(" not in _loop(polygon, 1.0, np.zeros(2))
 
 
+def test_an_outline_is_read_without_the_small_steps_in_its_straight_edges():
+    from decoding.prism import _without_steps
+
+    # a 200 x 80 rectangle whose bottom edge steps down 2 pixels halfway (a nibbled edge)
+    nibbled = np.array([[0, 0], [100, 0], [104, 2], [200, 2], [200, 80], [0, 80]], float)
+    assert np.array_equal(_without_steps(nibbled), nibbled[[0, 3, 4, 5]])
+    # a real step (an L: 20 pixels), a chamfer, and the corners along a curve (all turning one way) stay
+    ell = np.array([[0, 0], [100, 0], [100, 20], [200, 20], [200, 80], [0, 80]], float)
+    chamfered = np.array([[5, 0], [95, 0], [100, 5], [100, 45], [95, 50], [5, 50], [0, 45], [0, 5]], float)
+    slot = np.vstack([_chords((100, 0), 40, -90, 90), _chords((0, 0), 40, 90, 270)])
+    for polygon in (ell, chamfered, slot):
+        assert np.array_equal(_without_steps(polygon), polygon)
+
+
 SLOT = ("import cadquery as cq\nwp=cq.Workplane(cq.Plane(cq.Vector(0,0,0),cq.Vector(1,0,0),cq.Vector(0,0,1)))\n"
         "solid=wp.add(wp.moveTo(0.13,0).lineTo(0.67,0).threePointArc((0.8,0.13),(0.67,0.26)).lineTo(0.13,0.26)"
         ".threePointArc((0,0.13),(0.13,0)).close()).extrude(0.7)\n")  # a block with round ends (GenCAD's synth3 000031)
