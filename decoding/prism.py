@@ -413,6 +413,14 @@ def simplified(contour: np.ndarray, to_plane: np.ndarray, hidden: np.ndarray | N
     return regular if regular is not None else _on_plane(_extended(polygon, hidden, corner_edge), to_plane)
 
 
+def _turns(polygon: np.ndarray) -> np.ndarray:
+    """The degrees by which a closed polygon turns at each corner, from the edge before it
+    (signed: positive counter-clockwise in its coordinates)."""
+    d = np.roll(polygon, -1, 0) - polygon
+    heading = np.arctan2(d[:, 1], d[:, 0])
+    return np.degrees(np.angle(np.exp(1j * (heading - np.roll(heading, 1)))))
+
+
 def _without_steps(polygon: np.ndarray) -> np.ndarray:
     """``polygon`` (screen points) with its steps taken out, shallowest first: pairs of corners
     turning opposite ways by at most ``STEP[0]`` degrees and within ``STEP[1]`` pixels of the line
@@ -420,10 +428,7 @@ def _without_steps(polygon: np.ndarray) -> np.ndarray:
     drawn edges or a neighbouring region nibble is read with a small jog in it, drawn as an edge
     across the face; corners along a curve all turn the same way and stay."""
     while len(polygon) > 4:
-        d = np.roll(polygon, -1, 0) - polygon
-        heading = np.arctan2(d[:, 1], d[:, 0])
-        turn = np.degrees(np.angle(np.exp(1j * (heading - np.roll(heading, 1)))))  # at each corner, from the edge before it
-        n, best = len(polygon), None
+        turn, n, best = _turns(polygon), len(polygon), None
         for k in range(n):
             k1 = (k + 1) % n
             if turn[k] * turn[k1] >= 0 or max(abs(turn[k]), abs(turn[k1])) > STEP[0]:
@@ -584,10 +589,10 @@ def arcs(polygon: np.ndarray, to_screen: np.ndarray = np.eye(2)) -> tuple[np.nda
     n = len(polygon)
     if n < ARC_CORNERS:
         return polygon, {}
-    d = np.roll(polygon, -1, 0) - polygon
-    turn = np.degrees(np.angle(np.exp(1j * (np.arctan2(d[:, 1], d[:, 0]) - np.roll(np.arctan2(d[:, 1], d[:, 0]), 1)))))
-    bends = (np.abs(turn) >= ARC_TURN[0]) & (np.abs(turn) <= ARC_TURN[1])  # the turn at each corner, from the edge before it
-    start = int(np.argmin(bends)) if not bends.all() else int(np.argmax(np.hypot(*d.T)))  # or where its longest edge starts
+    turn = _turns(polygon)
+    bends = (np.abs(turn) >= ARC_TURN[0]) & (np.abs(turn) <= ARC_TURN[1])
+    edges = np.hypot(*(np.roll(polygon, -1, 0) - polygon).T)
+    start = int(np.argmin(bends)) if not bends.all() else int(np.argmax(edges))  # or where its longest edge starts
     polygon, turn, bends = np.roll(polygon, -start, 0), np.roll(turn, -start), np.roll(bends, -start)
     ring = np.vstack([polygon, polygon[:1]])
     extent = float(np.ptp(polygon, 0).max())
