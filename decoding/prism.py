@@ -327,15 +327,28 @@ def _circle(points: np.ndarray, width: float | None = None) -> tuple[float, floa
     ``width`` across (when given: the width of the contour they are seen of), else None."""
     if len(points) < 8:
         return None
-    a = np.column_stack([2 * points, np.ones(len(points))])
-    b = (points ** 2).sum(1)
-    (cx, cy, c), *_ = np.linalg.lstsq(a, b, rcond=None)
-    r = np.sqrt(max(c + cx ** 2 + cy ** 2, 0.0))
-    if r <= 0 or np.abs(np.hypot(*(points - [cx, cy]).T) - r).max() > CIRCLE_TOLERANCE * r + 0.75:
+    (cx, cy), r, off = _fit_circle(points)
+    if r <= 0 or off > CIRCLE_TOLERANCE * r + 0.75:
         return None
     if width is not None and 2 * r > CIRCLE_EXTENT * width:
         return None
-    return float(cx), float(cy), float(r)
+    return float(cx), float(cy), r
+
+
+def _fit_circle(points: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The least-squares circle through ``points`` (Kasa's fit): centre, radius, and the largest
+    distance of a point from it."""
+    a = np.column_stack([2 * points, np.ones(len(points))])
+    (cx, cy, c), *_ = np.linalg.lstsq(a, (points ** 2).sum(1), rcond=None)
+    centre = np.array([cx, cy])
+    r = float(np.sqrt(max(c + cx * cx + cy * cy, 0.0)))
+    return centre, r, float(np.abs(np.hypot(*(points - centre).T) - r).max())
+
+
+def _off_line(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How far ``points`` lie from the lines through ``a`` and ``b`` (points, or rows of them)."""
+    ab, ap = b - a, points - a
+    return np.abs(ab[..., 0] * ap[..., 1] - ab[..., 1] * ap[..., 0]) / np.maximum(np.hypot(ab[..., 0], ab[..., 1]), 1e-9)
 
 
 def _to_screen(axis: int) -> np.ndarray:
@@ -434,10 +447,9 @@ def _without_steps(polygon: np.ndarray) -> np.ndarray:
             if turn[k] * turn[k1] >= 0 or max(abs(turn[k]), abs(turn[k1])) > STEP[0]:
                 continue
             a, b = polygon[k - 1], polygon[(k + 2) % n]
-            ab, length = b - a, np.hypot(*(b - a))
-            if length < 1e-9:
+            if np.hypot(*(b - a)) < 1e-9:
                 continue
-            off = max(abs(ab[0] * (p - a)[1] - ab[1] * (p - a)[0]) / length for p in (polygon[k], polygon[k1]))
+            off = float(_off_line(polygon[[k, k1]], a, b).max())
             if off <= STEP[1] and (best is None or off < best[0]):
                 best = (off, k, k1)
         if best is None:
@@ -547,16 +559,6 @@ def _bounds(loop: Loop) -> tuple[np.ndarray, np.ndarray]:
     return loop.min(0), loop.max(0)
 
 
-def _fit_circle(points: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """The least-squares circle through ``points`` (Kasa's fit): centre, radius, and the largest
-    distance of a point from it."""
-    a = np.column_stack([2 * points, np.ones(len(points))])
-    (cx, cy, c), *_ = np.linalg.lstsq(a, (points ** 2).sum(1), rcond=None)
-    centre = np.array([cx, cy])
-    r = float(np.sqrt(max(c + cx * cx + cy * cy, 0.0)))
-    return centre, r, float(np.abs(np.hypot(*(points - centre).T) - r).max())
-
-
 def _arc_through(points: np.ndarray, extent: float, to_screen: np.ndarray) -> np.ndarray | None:
     """The point halfway along the arc through ``points`` (consecutive corners of an outline
     ``extent`` wide, on a plane that ``to_screen`` draws), where they make one (``ARC_TOLERANCE``,
@@ -571,9 +573,7 @@ def _arc_through(points: np.ndarray, extent: float, to_screen: np.ndarray) -> np
         return None
     halves = (angles[:-1] + angles[1:]) / 2  # each chord's arc, halfway: how far it stands from the chord on the screen
     a, b, m = (p @ to_screen.T for p in (points[:-1], points[1:], centre + r * np.column_stack([np.cos(halves), np.sin(halves)])))
-    chord = b - a
-    sagitta = np.abs(chord[:, 0] * (m - a)[:, 1] - chord[:, 1] * (m - a)[:, 0]) / np.maximum(np.hypot(*chord.T), 1e-9)
-    if sagitta.max() > ARC_SAGITTA:
+    if _off_line(m, a, b).max() > ARC_SAGITTA:
         return None
     mid = (angles[0] + angles[-1]) / 2
     return centre + r * np.array([np.cos(mid), np.sin(mid)])
